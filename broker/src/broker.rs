@@ -1,0 +1,300 @@
+//! The broker as a whole: registration with the controller, the metadata
+//! follower, the writer, the caches, and the set of partition actors it runs
+//! for the streams it owns. The Kafka protocol layer calls into this.
+//!
+//! Which partitions run here follows the metadata alone: `reconcile` opens an
+//! actor for every stream owned by this broker and closes the others.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use kameo::actor::{ActorRef, Spawn};
+use object_store::ObjectStore;
+use proto::image::{BrokerEndpoint, CommandReply, MetadataCommand};
+use proto::rpc::ControllerApi;
+use proto::{BrokerId, StreamId};
+use tokio::sync::{watch, Mutex};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::config::BrokerConfig;
+use crate::metadata::{self, MetadataView};
+use crate::partition::{Close, Partition};
+use crate::storage::log_cache::LogCache;
+use crate::storage::reader::ObjectReader;
+use crate::storage::stream::StreamState;
+use crate::storage::writer::{self, WriterHandle, WriterIdentity};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("registering with the controller: {0}")]
+    Register(String),
+    #[error("metadata did not catch up with the controller within {0:?}")]
+    MetadataTimeout(Duration),
+}
+
+pub struct OpenPartition {
+    pub actor: ActorRef<Partition>,
+    pub state: Arc<StreamState>,
+    pub stream_epoch: u64,
+}
+
+/// Producer ids handed out by this broker, taken from the controller in blocks.
+#[derive(Default)]
+struct ProducerIdBlock {
+    next: i64,
+    end: i64,
+}
+
+const PRODUCER_ID_BLOCK: u32 = 1000;
+
+pub struct Broker {
+    pub config: BrokerConfig,
+    pub id: BrokerId,
+    pub epoch: u64,
+    pub controller: Arc<dyn ControllerApi>,
+    pub metadata: Arc<MetadataView>,
+    pub log_cache: Arc<LogCache>,
+    pub reader: ObjectReader,
+    writer: StdMutex<Option<WriterHandle>>,
+    writer_task: Mutex<Option<JoinHandle<()>>>,
+    partitions: StdMutex<HashMap<StreamId, Arc<OpenPartition>>>,
+    reconcile_lock: Mutex<()>,
+    producer_ids: Mutex<ProducerIdBlock>,
+    stop: watch::Sender<bool>,
+    tasks: StdMutex<Vec<JoinHandle<()>>>,
+}
+
+impl Broker {
+    /// Registers with the controller, catches up on metadata, starts the
+    /// writer and opens the partitions this broker owns.
+    pub async fn start(
+        config: BrokerConfig,
+        controller: Arc<dyn ControllerApi>,
+        store: Arc<dyn ObjectStore>,
+        key_prefix: String,
+    ) -> Result<Arc<Broker>, StartError> {
+        let reply = controller
+            .write(MetadataCommand::RegisterBroker {
+                id: config.node_id,
+                endpoint: BrokerEndpoint {
+                    host: config.advertised_host.clone(),
+                    port: config.advertised_port,
+                },
+                rack: config.rack.clone(),
+            })
+            .await
+            .map_err(|e| StartError::Register(e.to_string()))?;
+        let epoch = match reply.reply {
+            CommandReply::BrokerRegistered { epoch } => epoch,
+            other => return Err(StartError::Register(format!("unexpected reply {other:?}"))),
+        };
+        let view = Arc::new(MetadataView::default());
+        let catch_up = Duration::from_secs(30);
+        let deadline = tokio::time::Instant::now() + catch_up;
+        while view.version() < reply.version {
+            if tokio::time::Instant::now() > deadline {
+                return Err(StartError::MetadataTimeout(catch_up));
+            }
+            view.pull(&*controller, Duration::from_millis(500)).await;
+        }
+        let log_cache = Arc::new(LogCache::new(config.storage.log_cache_bytes));
+        let (writer, writer_task) = writer::spawn_writer(
+            config.storage.clone(),
+            store.clone(),
+            controller.clone(),
+            WriterIdentity {
+                broker: config.node_id,
+                broker_epoch: epoch,
+                key_prefix,
+            },
+            log_cache.clone(),
+        );
+        let reader = ObjectReader::new(
+            store,
+            config.storage.index_cache_entries,
+            config.storage.block_cache_bytes,
+        );
+        let broker = Arc::new(Broker {
+            id: config.node_id,
+            epoch,
+            config,
+            controller: controller.clone(),
+            metadata: view.clone(),
+            log_cache,
+            reader,
+            writer: StdMutex::new(Some(writer)),
+            writer_task: Mutex::new(Some(writer_task)),
+            partitions: StdMutex::new(HashMap::new()),
+            reconcile_lock: Mutex::new(()),
+            producer_ids: Mutex::new(ProducerIdBlock::default()),
+            stop: watch::Sender::new(false),
+            tasks: StdMutex::new(Vec::new()),
+        });
+        broker.reconcile().await;
+        info!(
+            broker_id = broker.id,
+            broker_epoch = epoch,
+            "broker registered"
+        );
+
+        let follower = tokio::spawn(metadata::follow(
+            view.clone(),
+            controller,
+            broker.stop.subscribe(),
+        ));
+        let b = broker.clone();
+        let mut versions = view.subscribe();
+        let mut stop = broker.stop.subscribe();
+        let reconciler = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = versions.changed() => if r.is_err() { return },
+                    _ = stop.changed() => return,
+                }
+                b.reconcile().await;
+            }
+        });
+        broker
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend([follower, reconciler]);
+        Ok(broker)
+    }
+
+    fn partitions_lock(&self) -> std::sync::MutexGuard<'_, HashMap<StreamId, Arc<OpenPartition>>> {
+        self.partitions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn partition(&self, stream: StreamId) -> Option<Arc<OpenPartition>> {
+        self.partitions_lock().get(&stream).cloned()
+    }
+
+    pub fn partition_count(&self) -> usize {
+        self.partitions_lock().len()
+    }
+
+    /// Opens actors for streams this broker owns and closes the rest.
+    pub async fn reconcile(&self) {
+        let _guard = self.reconcile_lock.lock().await;
+        let Some(writer) = self
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        else {
+            return; // shutting down
+        };
+        // (stream, epoch, leader epoch, start, end, topic, partition)
+        let owned: Vec<_> = self.metadata.read(|img| {
+            img.streams
+                .values()
+                .filter(|s| s.owner == Some(self.id))
+                .filter_map(|s| {
+                    let topic = img.topic_by_id(s.topic)?;
+                    Some((
+                        s.id,
+                        s.epoch,
+                        s.leader_epoch,
+                        s.start_offset,
+                        s.end_offset,
+                        topic.name.clone(),
+                        s.partition as i32,
+                    ))
+                })
+                .collect()
+        });
+        let mut to_close = Vec::new();
+        {
+            let mut parts = self.partitions_lock();
+            let wanted: HashMap<StreamId, u64> = owned.iter().map(|o| (o.0, o.1)).collect();
+            parts.retain(|sid, p| {
+                let keep = wanted.get(sid) == Some(&p.stream_epoch) && !p.state.is_fenced();
+                if !keep {
+                    to_close.push(p.clone());
+                }
+                keep
+            });
+            for (sid, epoch, leader_epoch, start, end, topic, partition) in owned {
+                if let Some(p) = parts.get(&sid) {
+                    p.state.set_log_start(start);
+                    continue;
+                }
+                let state = Arc::new(StreamState::new(sid, topic, partition, start, end));
+                let actor = Partition::spawn(Partition::new(
+                    state.clone(),
+                    epoch,
+                    leader_epoch,
+                    writer.clone(),
+                ));
+                parts.insert(
+                    sid,
+                    Arc::new(OpenPartition {
+                        actor,
+                        state,
+                        stream_epoch: epoch,
+                    }),
+                );
+            }
+            metrics::gauge!("oxbow_partitions_hosted").set(parts.len() as f64);
+        }
+        for p in to_close {
+            let _ = p.actor.ask(Close).await;
+            self.log_cache.remove_stream(p.state.stream);
+        }
+    }
+
+    /// A producer id for a non-transactional idempotent producer.
+    pub async fn next_producer_id(&self) -> Result<i64, String> {
+        let mut block = self.producer_ids.lock().await;
+        if block.next >= block.end {
+            let out = self
+                .controller
+                .write(MetadataCommand::AllocateProducerIds {
+                    count: PRODUCER_ID_BLOCK,
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            match out.reply {
+                CommandReply::ProducerIds { first, count } => {
+                    block.next = first;
+                    block.end = first + i64::from(count);
+                }
+                other => return Err(format!("unexpected reply {other:?}")),
+            }
+        }
+        let id = block.next;
+        block.next += 1;
+        Ok(id)
+    }
+
+    /// Stops taking appends, flushes and commits what is buffered, and stops
+    /// the writer and the metadata follower.
+    pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        let open: Vec<_> = self.partitions_lock().drain().map(|(_, p)| p).collect();
+        for p in open {
+            if p.actor.ask(Close).await.is_err() {
+                warn!(
+                    stream_id = p.state.stream.0,
+                    "partition actor gone before close"
+                );
+            }
+        }
+        self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = self.writer_task.lock().await.take() {
+            let _ = task.await;
+        }
+        let tasks: Vec<_> = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        for t in tasks {
+            t.abort();
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! Broker settings with the defaults a user would choose. Every queue, cache
+//! and in-flight limit of the broker is named here.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// How long the writer waits for more data before sealing an object.
+    pub linger: Duration,
+    /// Seal an object once this many bytes are buffered.
+    pub flush_bytes: usize,
+    /// Stream-set object PUTs in flight at once.
+    pub max_inflight_puts: usize,
+    /// Bytes accepted from producers but not yet committed, across all
+    /// partitions; producers wait when it is reached.
+    pub max_unflushed_bytes: usize,
+    /// Target size of a data block inside an object (the unit of ranged GETs).
+    pub block_bytes: usize,
+    /// Committed bytes kept in memory for tail reads.
+    pub log_cache_bytes: usize,
+    /// Blocks read from objects kept in memory.
+    pub block_cache_bytes: usize,
+    /// Object indexes kept in memory.
+    pub index_cache_entries: usize,
+    /// Attempts at a PUT or a commit before its batches are failed.
+    pub max_attempts: u32,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            linger: Duration::from_millis(5),
+            flush_bytes: 8 * 1024 * 1024,
+            max_inflight_puts: 4,
+            max_unflushed_bytes: 128 * 1024 * 1024,
+            block_bytes: 512 * 1024,
+            log_cache_bytes: 256 * 1024 * 1024,
+            block_cache_bytes: 128 * 1024 * 1024,
+            index_cache_entries: 4096,
+            max_attempts: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub node_id: i32,
+    /// host:port clients are told to connect to.
+    pub advertised_host: String,
+    pub advertised_port: u16,
+    pub rack: Option<String>,
+    pub auto_create_topics: bool,
+    pub default_partitions: u32,
+    /// Largest request frame accepted (Kafka's socket.request.max.bytes).
+    pub max_request_bytes: usize,
+    /// Requests of one connection handled concurrently (responses stay in order).
+    pub max_inflight_requests_per_connection: usize,
+    pub max_connections: usize,
+    pub storage: StorageConfig,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            node_id: 1,
+            advertised_host: "127.0.0.1".into(),
+            advertised_port: 9092,
+            rack: None,
+            auto_create_topics: true,
+            default_partitions: 1,
+            max_request_bytes: 100 * 1024 * 1024,
+            max_inflight_requests_per_connection: 16,
+            max_connections: 10_000,
+            storage: StorageConfig::default(),
+        }
+    }
+}

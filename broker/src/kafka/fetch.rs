@@ -1,0 +1,353 @@
+//! Fetch and ListOffsets. Fetch reads committed data only (below the high
+//! watermark): from the log cache when it holds the offset, otherwise from
+//! objects through the reader. It long-polls on the partitions' high
+//! watermark signals for `max_wait_ms` / `min_bytes`, never by spinning.
+//!
+//! Fetch sessions (KIP-227) are refused the way Apache Kafka does when its
+//! session cache is full: every response carries session id 0, so clients
+//! keep sending full requests.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::future::select_all;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::{
+    FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, TopicName,
+};
+use proto::image::StreamRecord;
+use proto::StreamId;
+use tracing::warn;
+
+use crate::broker::Broker;
+use crate::errors::ErrorCode;
+use crate::storage::batch;
+use crate::storage::reader::ObjectLocation;
+
+/// Longest long-poll we honour, whatever the client asks.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+struct PartitionRead {
+    code: ErrorCode,
+    high_watermark: i64,
+    log_start: i64,
+    records: Vec<Bytes>,
+    bytes: usize,
+}
+
+impl PartitionRead {
+    fn error(code: ErrorCode) -> Self {
+        PartitionRead {
+            code,
+            high_watermark: -1,
+            log_start: -1,
+            records: Vec::new(),
+            bytes: 0,
+        }
+    }
+}
+
+/// Where a stream's committed bytes for `offset` live, if in an object.
+fn locate(
+    stream: &StreamRecord,
+    offset: u64,
+    img: &proto::MetadataImage,
+) -> Option<(ObjectLocation, u64)> {
+    let (_, slice) = stream.slices.range(..=offset).next_back()?;
+    if slice.end_offset <= offset {
+        return None;
+    }
+    let obj = img.objects.get(&slice.object)?;
+    Some((
+        ObjectLocation {
+            id: obj.id,
+            key: obj.key.clone(),
+            size: obj.size,
+        },
+        slice.end_offset,
+    ))
+}
+
+/// Reads committed batches of one partition from `offset`, up to `max_bytes`.
+async fn read_partition(
+    broker: &Broker,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    max_bytes: usize,
+) -> PartitionRead {
+    let Some(stream_id) = broker
+        .metadata
+        .read(|img| img.stream_of(topic, partition).map(|s| s.id))
+    else {
+        return PartitionRead::error(ErrorCode::UnknownTopicOrPartition);
+    };
+    let Some(open) = broker.partition(stream_id) else {
+        return PartitionRead::error(ErrorCode::NotLeaderOrFollower);
+    };
+    let hw = open.state.high_watermark();
+    let log_start = open.state.log_start();
+    let mut read = PartitionRead {
+        code: ErrorCode::None,
+        high_watermark: hw as i64,
+        log_start: log_start as i64,
+        records: Vec::new(),
+        bytes: 0,
+    };
+    if offset < 0 || (offset as u64) < log_start || (offset as u64) > hw {
+        read.code = ErrorCode::OffsetOutOfRange;
+        return read;
+    }
+    let offset = offset as u64;
+    if offset == hw || max_bytes == 0 {
+        return read;
+    }
+    if let Some(cached) = broker.log_cache.read(stream_id, offset, max_bytes) {
+        read.bytes = cached.bytes;
+        read.records = cached.batches;
+        return read;
+    }
+    let located = broker.metadata.read(|img| {
+        img.streams
+            .get(&stream_id)
+            .and_then(|s| locate(s, offset, img))
+    });
+    let Some((obj, slice_end)) = located else {
+        // Committed (below the high watermark) but neither cached nor in the
+        // metadata view yet: the view lags the commit by a moment.
+        return read;
+    };
+    match broker
+        .reader
+        .read(&obj, stream_id, offset, slice_end.min(hw), max_bytes)
+        .await
+    {
+        Ok(r) => {
+            read.bytes = r.bytes;
+            read.records = r.batches;
+        }
+        Err(e) => {
+            warn!(stream_id = stream_id.0, offset, error = %e, "reading object failed");
+            read.code = ErrorCode::KafkaStorageError;
+        }
+    }
+    read
+}
+
+fn concat(parts: &[Bytes]) -> Bytes {
+    match parts {
+        [] => Bytes::new(),
+        [one] => one.clone(),
+        many => {
+            let mut b = BytesMut::with_capacity(many.iter().map(|p| p.len()).sum());
+            for p in many {
+                b.extend_from_slice(p);
+            }
+            b.freeze()
+        }
+    }
+}
+
+pub async fn handle(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> FetchResponse {
+    let mut resp = FetchResponse::default();
+    resp.session_id = 0;
+    if req.session_id != 0 {
+        // An incremental fetch on a session we never created.
+        resp.error_code = ErrorCode::FetchSessionIdNotFound.code();
+        return resp;
+    }
+    let wait = Duration::from_millis(u64::try_from(req.max_wait_ms).unwrap_or(0)).min(MAX_WAIT);
+    let deadline = tokio::time::Instant::now() + wait;
+    let min_bytes = usize::try_from(req.min_bytes).unwrap_or(0);
+    let max_bytes = usize::try_from(req.max_bytes).unwrap_or(0);
+    let max_bytes = if version >= 3 { max_bytes } else { usize::MAX };
+
+    // (topic name, partition, fetch offset, partition max bytes)
+    let mut wanted: Vec<(TopicName, i32, i64, usize)> = Vec::new();
+    for t in &req.topics {
+        for p in &t.partitions {
+            wanted.push((
+                t.topic.clone(),
+                p.partition,
+                p.fetch_offset,
+                usize::try_from(p.partition_max_bytes).unwrap_or(0),
+            ));
+        }
+    }
+    loop {
+        let mut total = 0usize;
+        let mut reads = Vec::with_capacity(wanted.len());
+        for (topic, partition, offset, pmax) in &wanted {
+            let budget = (*pmax).min(max_bytes.saturating_sub(total));
+            // The first batch of the response is returned whatever its size
+            // (KIP-74), so a client can always make progress.
+            let budget = if total == 0 { budget.max(1) } else { budget };
+            let r = if budget == 0 {
+                PartitionRead::error(ErrorCode::None)
+            } else {
+                read_partition(broker, topic.0.as_str(), *partition, *offset, budget).await
+            };
+            total += r.bytes;
+            reads.push(r);
+        }
+        let now = tokio::time::Instant::now();
+        let has_error = reads.iter().any(|r| r.code != ErrorCode::None);
+        if total >= min_bytes.max(1) || now >= deadline || has_error || wanted.is_empty() {
+            let mut by_topic: Vec<FetchableTopicResponse> = Vec::new();
+            for ((topic, partition, _, _), r) in wanted.iter().zip(reads) {
+                let mut pd = PartitionData::default();
+                pd.partition_index = *partition;
+                pd.error_code = r.code.code();
+                pd.high_watermark = r.high_watermark;
+                pd.last_stable_offset = r.high_watermark;
+                pd.log_start_offset = r.log_start;
+                pd.aborted_transactions = Some(Vec::new());
+                pd.preferred_read_replica = kafka_protocol::messages::BrokerId(-1);
+                metrics::counter!("oxbow_bytes_out_total").increment(r.bytes as u64);
+                pd.records = Some(concat(&r.records));
+                match by_topic.last_mut() {
+                    Some(t) if &t.topic == topic => t.partitions.push(pd),
+                    _ => {
+                        let mut t = FetchableTopicResponse::default();
+                        t.topic = topic.clone();
+                        t.partitions.push(pd);
+                        by_topic.push(t);
+                    }
+                }
+            }
+            resp.responses = by_topic;
+            return resp;
+        }
+        // Wait for any partition's high watermark to move, or the deadline.
+        let mut receivers: Vec<_> = wanted
+            .iter()
+            .filter_map(|(topic, partition, _, _)| {
+                let sid = broker
+                    .metadata
+                    .read(|img| img.stream_of(topic.0.as_str(), *partition).map(|s| s.id))?;
+                broker.partition(sid).map(|p| p.state.subscribe())
+            })
+            .collect();
+        if receivers.is_empty() {
+            tokio::time::sleep_until(deadline).await;
+            continue;
+        }
+        for r in receivers.iter_mut() {
+            r.borrow_and_update();
+        }
+        let changed = select_all(receivers.iter_mut().map(|r| Box::pin(r.changed())));
+        let _ = tokio::time::timeout_at(deadline, changed).await;
+    }
+}
+
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+const MAX_TIMESTAMP: i64 = -3;
+
+pub async fn list_offsets(broker: &Arc<Broker>, req: ListOffsetsRequest) -> ListOffsetsResponse {
+    let mut resp = ListOffsetsResponse::default();
+    for t in req.topics {
+        let mut tr = ListOffsetsTopicResponse::default();
+        tr.name = t.name.clone();
+        for p in t.partitions {
+            let mut pr = ListOffsetsPartitionResponse::default();
+            pr.partition_index = p.partition_index;
+            pr.timestamp = -1;
+            pr.offset = -1;
+            pr.leader_epoch = -1;
+            let found = broker.metadata.read(|img| {
+                img.stream_of(t.name.0.as_str(), p.partition_index)
+                    .map(|s| (s.id, s.leader_epoch))
+            });
+            match found {
+                None => pr.error_code = ErrorCode::UnknownTopicOrPartition.code(),
+                Some((sid, leader_epoch)) => match broker.partition(sid) {
+                    None => pr.error_code = ErrorCode::NotLeaderOrFollower.code(),
+                    Some(open) => {
+                        pr.leader_epoch = leader_epoch;
+                        let hw = open.state.high_watermark();
+                        let start = open.state.log_start();
+                        match p.timestamp {
+                            LATEST => pr.offset = hw as i64,
+                            EARLIEST => pr.offset = start as i64,
+                            ts => match offset_for_timestamp(broker, sid, ts, start, hw).await {
+                                Ok(Some((offset, timestamp))) => {
+                                    pr.offset = offset;
+                                    pr.timestamp = timestamp;
+                                }
+                                Ok(None) => {}
+                                Err(code) => pr.error_code = code.code(),
+                            },
+                        }
+                    }
+                },
+            }
+            tr.partitions.push(pr);
+        }
+        resp.topics.push(tr);
+    }
+    resp
+}
+
+/// The first batch whose max timestamp reaches `ts` (or, for -3, the batch
+/// holding the largest timestamp). Batch granularity: the offset returned
+/// is the batch's base offset for a time lookup and its last offset for the
+/// max-timestamp lookup. The slices' max timestamps in the metadata pick the
+/// object, so only one object is read.
+async fn offset_for_timestamp(
+    broker: &Broker,
+    stream: StreamId,
+    ts: i64,
+    start: u64,
+    hw: u64,
+) -> Result<Option<(i64, i64)>, ErrorCode> {
+    let slice = broker.metadata.read(|img| {
+        let s = img.streams.get(&stream)?;
+        let candidates = s.slices.iter().filter(|(_, sl)| sl.end_offset > start);
+        let chosen = if ts == MAX_TIMESTAMP {
+            candidates.max_by_key(|(_, sl)| sl.max_timestamp)
+        } else if ts < 0 {
+            None
+        } else {
+            candidates
+                .into_iter()
+                .find(|(_, sl)| sl.max_timestamp >= ts)
+        }?;
+        let obj = img.objects.get(&chosen.1.object)?;
+        Some((
+            (*chosen.0).max(start),
+            chosen.1.end_offset,
+            ObjectLocation {
+                id: obj.id,
+                key: obj.key.clone(),
+                size: obj.size,
+            },
+        ))
+    });
+    let Some((from, end, obj)) = slice else {
+        return Ok(None);
+    };
+    let read = broker
+        .reader
+        .read(&obj, stream, from, end.min(hw), usize::MAX)
+        .await
+        .map_err(|_| ErrorCode::KafkaStorageError)?;
+    let mut best: Option<(i64, i64)> = None;
+    for b in &read.batches {
+        let Ok(h) = batch::parse_header(b) else {
+            continue;
+        };
+        if ts == MAX_TIMESTAMP {
+            if best.is_none_or(|(_, t)| h.max_timestamp > t) {
+                best = Some((h.last_offset(), h.max_timestamp));
+            }
+        } else if h.max_timestamp >= ts {
+            return Ok(Some((h.base_offset.max(start as i64), h.max_timestamp)));
+        }
+    }
+    Ok(best)
+}

@@ -1,0 +1,257 @@
+//! Produce: validate each partition's batches (CRC, magic, sizes; no
+//! decompression), hand them to the partition actors in request order, and
+//! answer once the writer reports them committed (acks 1 and -1) or at once
+//! with no answer at all (acks 0).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafka_protocol::messages::produce_response::{
+    LeaderIdAndEpoch, PartitionProduceResponse, TopicProduceResponse,
+};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind, TopicName};
+use kafka_protocol::protocol::StrBytes;
+
+use super::ResponseFuture;
+use crate::broker::Broker;
+use crate::errors::ErrorCode;
+use crate::partition::{Append, AppendStatus, IncomingBatch};
+use crate::storage::batch;
+use crate::storage::writer::AckOutcome;
+
+enum Pending {
+    Done(PartitionProduceResponse),
+    Queued {
+        index: i32,
+        base_offset: u64,
+        log_start: u64,
+        acks: Vec<tokio::sync::oneshot::Receiver<AckOutcome>>,
+    },
+    Duplicate {
+        index: i32,
+        base_offset: u64,
+        last_offset: u64,
+        log_start: u64,
+        state: Arc<crate::storage::stream::StreamState>,
+    },
+}
+
+fn partition_response(index: i32, code: ErrorCode) -> PartitionProduceResponse {
+    let mut p = PartitionProduceResponse::default();
+    p.index = index;
+    p.error_code = code.code();
+    p.base_offset = -1;
+    p.log_append_time_ms = -1;
+    p.log_start_offset = -1;
+    p.current_leader = LeaderIdAndEpoch::default();
+    p
+}
+
+fn success(index: i32, base_offset: u64, log_start: u64) -> PartitionProduceResponse {
+    let mut p = partition_response(index, ErrorCode::None);
+    p.base_offset = base_offset as i64;
+    p.log_start_offset = log_start as i64;
+    p
+}
+
+pub async fn handle(broker: Arc<Broker>, req: ProduceRequest, _version: i16) -> ResponseFuture {
+    let acks = req.acks;
+    let timeout = Duration::from_millis(u64::try_from(req.timeout_ms).unwrap_or(0).max(1));
+    if !(-1..=1).contains(&acks) {
+        let topics = req
+            .topic_data
+            .iter()
+            .map(|t| {
+                let mut r = TopicProduceResponse::default();
+                r.name = t.name.clone();
+                r.partition_responses = t
+                    .partition_data
+                    .iter()
+                    .map(|p| partition_response(p.index, ErrorCode::InvalidRequiredAcks))
+                    .collect();
+                r
+            })
+            .collect();
+        let mut resp = ProduceResponse::default();
+        resp.responses = topics;
+        return Box::pin(async move { Some(ResponseKind::Produce(resp)) });
+    }
+    if req.transactional_id.is_some() {
+        // Transactions are not built yet: refuse rather than pretend.
+        let topics = req
+            .topic_data
+            .iter()
+            .map(|t| {
+                let mut r = TopicProduceResponse::default();
+                r.name = t.name.clone();
+                r.partition_responses = t
+                    .partition_data
+                    .iter()
+                    .map(|p| {
+                        let mut r = partition_response(p.index, ErrorCode::InvalidRequest);
+                        r.error_message = Some(StrBytes::from_static_str(
+                            "transactions are not supported yet",
+                        ));
+                        r
+                    })
+                    .collect();
+                r
+            })
+            .collect();
+        let mut resp = ProduceResponse::default();
+        resp.responses = topics;
+        return Box::pin(async move { Some(ResponseKind::Produce(resp)) });
+    }
+
+    let mut topics: Vec<(TopicName, Vec<Pending>)> = Vec::with_capacity(req.topic_data.len());
+    for t in req.topic_data {
+        let name = t.name.0.as_str().to_string();
+        if broker.config.auto_create_topics {
+            super::admin::ensure_topic(&broker, &name).await;
+        }
+        let mut parts = Vec::with_capacity(t.partition_data.len());
+        for p in t.partition_data {
+            parts.push(append_partition(&broker, &name, p.index, p.records).await);
+        }
+        topics.push((t.name, parts));
+    }
+
+    Box::pin(async move {
+        let mut responses = Vec::with_capacity(topics.len());
+        for (name, parts) in topics {
+            let mut r = TopicProduceResponse::default();
+            r.name = name;
+            for p in parts {
+                r.partition_responses.push(finish(p, timeout).await);
+            }
+            responses.push(r);
+        }
+        if acks == 0 {
+            return None;
+        }
+        let mut resp = ProduceResponse::default();
+        resp.responses = responses;
+        Some(ResponseKind::Produce(resp))
+    })
+}
+
+async fn append_partition(
+    broker: &Arc<Broker>,
+    topic: &str,
+    index: i32,
+    records: Option<bytes::Bytes>,
+) -> Pending {
+    let refuse = |code| Pending::Done(partition_response(index, code));
+    let Some((stream, committed_end)) = broker
+        .metadata
+        .read(|img| img.stream_of(topic, index).map(|s| (s.id, s.end_offset)))
+    else {
+        return refuse(ErrorCode::UnknownTopicOrPartition);
+    };
+    let Some(open) = broker.partition(stream) else {
+        return refuse(ErrorCode::NotLeaderOrFollower);
+    };
+    let records = records.unwrap_or_default();
+    let batches = match batch::split_batches(&records) {
+        // Produce v3+ carries exactly one batch per partition (Kafka's
+        // ProduceRequest.validateRecords).
+        Ok(b) if b.len() == 1 => b,
+        Ok(_) => return refuse(ErrorCode::InvalidRecord),
+        Err(e) => {
+            metrics::counter!("oxbow_produce_invalid_batches_total").increment(1);
+            return refuse(ErrorCode::from_batch_code(e.kafka_error_code()));
+        }
+    };
+    let mut incoming = Vec::with_capacity(batches.len());
+    for bytes in batches {
+        let header = match batch::parse_header(&bytes) {
+            Ok(h) => h,
+            Err(e) => return refuse(ErrorCode::from_batch_code(e.kafka_error_code())),
+        };
+        if header.is_transactional() || header.is_control() {
+            return refuse(ErrorCode::InvalidRecord);
+        }
+        if header.producer_id >= 0 && header.base_sequence < 0 {
+            // An idempotent batch without a sequence.
+            return refuse(ErrorCode::InvalidRecord);
+        }
+        metrics::counter!("oxbow_bytes_in_total").increment(bytes.len() as u64);
+        incoming.push(IncomingBatch { header, bytes });
+    }
+    let reply = match open
+        .actor
+        .ask(Append {
+            batches: incoming,
+            committed_end,
+        })
+        .await
+    {
+        Ok(r) => r,
+        Err(_) => return refuse(ErrorCode::NotLeaderOrFollower),
+    };
+    match reply.status {
+        AppendStatus::Queued { base_offset, acks } => Pending::Queued {
+            index,
+            base_offset,
+            log_start: reply.log_start,
+            acks,
+        },
+        AppendStatus::Duplicate {
+            base_offset,
+            last_offset,
+        } => Pending::Duplicate {
+            index,
+            base_offset,
+            last_offset,
+            log_start: reply.log_start,
+            state: open.state.clone(),
+        },
+        AppendStatus::Refused(code) => refuse(code),
+    }
+}
+
+async fn finish(p: Pending, timeout: Duration) -> PartitionProduceResponse {
+    match p {
+        Pending::Done(r) => r,
+        Pending::Queued {
+            index,
+            base_offset,
+            log_start,
+            acks,
+        } => {
+            let mut outcome = ErrorCode::None;
+            for rx in acks {
+                // No timeout here: the writer bounds its own retries, and
+                // answering early would leave the outcome unknown.
+                let code = match rx.await {
+                    Ok(AckOutcome::Committed) => ErrorCode::None,
+                    Ok(AckOutcome::Fenced) => ErrorCode::NotLeaderOrFollower,
+                    Ok(AckOutcome::Failed) | Err(_) => ErrorCode::KafkaStorageError,
+                };
+                if outcome == ErrorCode::None {
+                    outcome = code;
+                }
+            }
+            if outcome == ErrorCode::None {
+                success(index, base_offset, log_start)
+            } else {
+                partition_response(index, outcome)
+            }
+        }
+        Pending::Duplicate {
+            index,
+            base_offset,
+            last_offset,
+            log_start,
+            state,
+        } => {
+            let mut rx = state.subscribe();
+            let committed =
+                tokio::time::timeout(timeout, rx.wait_for(|hw| *hw > last_offset)).await;
+            match committed {
+                Ok(Ok(_)) => success(index, base_offset, log_start),
+                _ => partition_response(index, ErrorCode::RequestTimedOut),
+            }
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! The Oxbow broker: the Kafka protocol server, partition actors, and the
+//! stream storage layer that keeps every byte in object storage.
+//!
+//! The broker holds no durable state of its own: what it has acknowledged is
+//! in an object and in the controller's metadata. It never decides metadata;
+//! it proposes commands through `proto::rpc::ControllerApi` and follows the
+//! committed ones.
+
+pub mod broker;
+pub mod config;
+pub mod errors;
+pub mod kafka;
+pub mod metadata;
+pub mod partition;
+pub mod storage;
+
+pub use broker::Broker;
+pub use config::{BrokerConfig, StorageConfig};

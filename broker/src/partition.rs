@@ -1,0 +1,213 @@
+//! Partition actors. Each partition this broker owns is a kameo actor that
+//! serialises appends: it checks idempotent-producer sequences, assigns
+//! offsets by patching each batch's `baseOffset` (outside the CRC, so no
+//! re-encoding and no decompression), and hands the bytes to the writer in
+//! offset order.
+//!
+//! Reads never go through the actor: they use the shared `StreamState`
+//! (high watermark) and the caches. The actor never acknowledges anything
+//! itself; acknowledgements come from the writer after the controller commit.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use kameo::message::{Context, Message};
+use kameo::{Actor, Reply};
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use crate::errors::ErrorCode;
+use crate::storage::batch::{self, BatchHeader};
+use crate::storage::producer_state::{last_seq_of, BatchSeq, ProducerStateTable, SequenceVerdict};
+use crate::storage::stream::StreamState;
+use crate::storage::writer::{AckOutcome, PendingBatch, WriterHandle};
+
+#[derive(Actor)]
+pub struct Partition {
+    state: Arc<StreamState>,
+    stream_epoch: u64,
+    leader_epoch: i32,
+    next_offset: u64,
+    producers: ProducerStateTable,
+    writer: WriterHandle,
+}
+
+impl Partition {
+    pub fn new(
+        state: Arc<StreamState>,
+        stream_epoch: u64,
+        leader_epoch: i32,
+        writer: WriterHandle,
+    ) -> Self {
+        let next_offset = state.high_watermark();
+        Partition {
+            state,
+            stream_epoch,
+            leader_epoch,
+            next_offset,
+            producers: ProducerStateTable::default(),
+            writer,
+        }
+    }
+
+    /// After a failed flush: wait until every batch handed to the writer has
+    /// an outcome, then continue from the committed end. Later in-flight
+    /// batches of this stream were refused by the controller (not contiguous),
+    /// so nothing above the committed end survives.
+    async fn reset_after_failure(&mut self, committed_end: u64) {
+        self.state.wait_until_drained().await;
+        let end = committed_end.max(self.state.high_watermark());
+        self.state.advance_high_watermark(end);
+        info!(
+            stream_id = self.state.stream.0,
+            from = self.next_offset,
+            to = end,
+            "partition reset to committed end after a failed flush"
+        );
+        self.next_offset = end;
+        // Sequences recorded for batches that never committed are void.
+        self.producers.clear();
+        self.state.clear_failed();
+    }
+}
+
+/// One validated batch of a produce request.
+pub struct IncomingBatch {
+    pub header: BatchHeader,
+    pub bytes: Bytes,
+}
+
+pub struct Append {
+    pub batches: Vec<IncomingBatch>,
+    /// The stream's committed end according to the broker's metadata view,
+    /// used only when the partition must reset after a failed flush.
+    pub committed_end: u64,
+}
+
+/// What became of an append, before durability.
+pub enum AppendStatus {
+    /// Queued for the writer: the outcomes arrive on the receivers.
+    Queued {
+        base_offset: u64,
+        acks: Vec<oneshot::Receiver<AckOutcome>>,
+    },
+    /// Every batch was a retry of one already appended at these offsets;
+    /// answer once the high watermark passes `last_offset`.
+    Duplicate {
+        base_offset: u64,
+        last_offset: u64,
+    },
+    Refused(ErrorCode),
+}
+
+#[derive(Reply)]
+pub struct AppendReply {
+    pub status: AppendStatus,
+    pub log_start: u64,
+}
+
+impl Message<Append> for Partition {
+    type Reply = AppendReply;
+
+    async fn handle(&mut self, msg: Append, _ctx: &mut Context<Self, Self::Reply>) -> AppendReply {
+        let state = self.state.clone();
+        let reply = |status| AppendReply {
+            status,
+            log_start: state.log_start(),
+        };
+        if self.state.is_fenced() {
+            return reply(AppendStatus::Refused(ErrorCode::NotLeaderOrFollower));
+        }
+        if self.state.has_failed() {
+            self.reset_after_failure(msg.committed_end).await;
+        }
+        let mut acks = Vec::with_capacity(msg.batches.len());
+        let mut first_base: Option<u64> = None;
+        let mut duplicate: Option<(u64, u64)> = None;
+        for b in msg.batches {
+            let h = b.header;
+            let count = h.record_count();
+            match self
+                .producers
+                .check(h.producer_id, h.producer_epoch, h.base_sequence, count)
+            {
+                SequenceVerdict::Append => {}
+                SequenceVerdict::Duplicate(seq) => {
+                    let (lo, hi) = duplicate.unwrap_or((seq.base_offset, seq.last_offset));
+                    duplicate = Some((lo.min(seq.base_offset), hi.max(seq.last_offset)));
+                    continue;
+                }
+                SequenceVerdict::OutOfOrder => {
+                    return reply(AppendStatus::Refused(ErrorCode::OutOfOrderSequenceNumber))
+                }
+                SequenceVerdict::StaleEpoch => {
+                    return reply(AppendStatus::Refused(ErrorCode::InvalidProducerEpoch))
+                }
+            }
+            let base = self.next_offset;
+            let end = base + u64::from(count);
+            let mut bytes = BytesMut::from(&b.bytes[..]);
+            batch::set_base_offset(&mut bytes, base as i64);
+            batch::set_partition_leader_epoch(&mut bytes, self.leader_epoch);
+            let Some(permit) = self.writer.reserve(bytes.len()).await else {
+                return reply(AppendStatus::Refused(ErrorCode::KafkaStorageError));
+            };
+            let (tx, rx) = oneshot::channel();
+            self.state.batch_submitted();
+            let pending = PendingBatch {
+                stream: self.state.clone(),
+                stream_epoch: self.stream_epoch,
+                base_offset: base,
+                end_offset: end,
+                record_count: count,
+                max_timestamp: h.max_timestamp,
+                bytes: bytes.freeze(),
+                ack: tx,
+                permit,
+            };
+            if self.writer.submit(pending).await.is_err() {
+                warn!(
+                    stream_id = self.state.stream.0,
+                    "writer stopped; refusing append"
+                );
+                self.state.batch_resolved();
+                return reply(AppendStatus::Refused(ErrorCode::KafkaStorageError));
+            }
+            self.producers.record(
+                h.producer_id,
+                h.producer_epoch,
+                BatchSeq {
+                    first_seq: h.base_sequence,
+                    last_seq: last_seq_of(h.base_sequence, count),
+                    base_offset: base,
+                    last_offset: end - 1,
+                },
+            );
+            self.next_offset = end;
+            first_base.get_or_insert(base);
+            acks.push(rx);
+        }
+        match (first_base, duplicate) {
+            (Some(base_offset), _) => reply(AppendStatus::Queued { base_offset, acks }),
+            (None, Some((base_offset, last_offset))) => reply(AppendStatus::Duplicate {
+                base_offset,
+                last_offset,
+            }),
+            (None, None) => reply(AppendStatus::Refused(ErrorCode::CorruptMessage)),
+        }
+    }
+}
+
+/// Asks the partition to stop taking appends and waits until everything it
+/// handed to the writer has an outcome.
+pub struct Close;
+
+impl Message<Close> for Partition {
+    type Reply = ();
+
+    async fn handle(&mut self, _msg: Close, ctx: &mut Context<Self, Self::Reply>) {
+        self.state.set_fenced();
+        self.state.wait_until_drained().await;
+        ctx.stop();
+    }
+}

@@ -1,0 +1,213 @@
+//! Idempotent-producer state of one partition: for each producer id, its
+//! epoch and the sequence ranges of its last five batches, and the rules that
+//! decide whether a new batch is in sequence, a duplicate, or refused.
+//!
+//! Pure: the partition actor calls `check` before assigning offsets and
+//! `record` after; nothing here does I/O. The rules are Kafka's
+//! (`ProducerAppendInfo.checkSequence` / `ProducerStateEntry`).
+
+use std::collections::{HashMap, VecDeque};
+
+/// Kafka keeps the last five batches per producer for duplicate detection;
+/// it is also the most in-flight requests an idempotent producer may have.
+pub const BATCHES_KEPT_PER_PRODUCER: usize = 5;
+/// Bound on producers tracked per partition; the least recently written is
+/// forgotten past it (Kafka expires them by `producer.id.expiration.ms`).
+pub const MAX_PRODUCERS_PER_PARTITION: usize = 10_000;
+
+const NO_PRODUCER_ID: i64 = -1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSeq {
+    pub first_seq: i32,
+    pub last_seq: i32,
+    pub base_offset: u64,
+    pub last_offset: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ProducerEntry {
+    epoch: i16,
+    batches: VecDeque<BatchSeq>,
+    last_touch: u64,
+}
+
+/// What to do with a batch from an idempotent producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SequenceVerdict {
+    /// Not idempotent, or in sequence: append it.
+    Append,
+    /// Already appended: answer with the original offsets, append nothing.
+    Duplicate(BatchSeq),
+    /// Kafka's OUT_OF_ORDER_SEQUENCE_NUMBER (45).
+    OutOfOrder,
+    /// Kafka's INVALID_PRODUCER_EPOCH (47): an older epoch than we know.
+    StaleEpoch,
+}
+
+#[derive(Debug, Default)]
+pub struct ProducerStateTable {
+    producers: HashMap<i64, ProducerEntry>,
+    clock: u64,
+}
+
+/// Sequence numbers wrap from i32::MAX to 0.
+fn next_seq(seq: i32) -> i32 {
+    if seq == i32::MAX {
+        0
+    } else {
+        seq + 1
+    }
+}
+
+/// The last sequence of a batch of `count` records starting at `first`.
+pub fn last_seq_of(first: i32, count: u32) -> i32 {
+    let span = i64::from(count.max(1)) - 1;
+    ((i64::from(first) + span) % (i64::from(i32::MAX) + 1)) as i32
+}
+
+impl ProducerStateTable {
+    pub fn len(&self) -> usize {
+        self.producers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.producers.is_empty()
+    }
+
+    /// Judges a batch with producer id `pid`, epoch, first sequence and record count.
+    pub fn check(&self, pid: i64, epoch: i16, first_seq: i32, count: u32) -> SequenceVerdict {
+        if pid == NO_PRODUCER_ID {
+            return SequenceVerdict::Append;
+        }
+        let Some(entry) = self.producers.get(&pid) else {
+            // Unknown producer (new, or its state expired): any sequence goes.
+            return SequenceVerdict::Append;
+        };
+        if epoch < entry.epoch {
+            return SequenceVerdict::StaleEpoch;
+        }
+        if epoch > entry.epoch {
+            // A new epoch must start at sequence 0.
+            return if first_seq == 0 {
+                SequenceVerdict::Append
+            } else {
+                SequenceVerdict::OutOfOrder
+            };
+        }
+        let last_seq = last_seq_of(first_seq, count);
+        if let Some(dup) = entry
+            .batches
+            .iter()
+            .find(|b| b.first_seq == first_seq && b.last_seq == last_seq)
+        {
+            return SequenceVerdict::Duplicate(*dup);
+        }
+        match entry.batches.back() {
+            Some(last) if next_seq(last.last_seq) != first_seq => SequenceVerdict::OutOfOrder,
+            _ => SequenceVerdict::Append,
+        }
+    }
+
+    /// Records an appended batch (after `check` said `Append`).
+    pub fn record(&mut self, pid: i64, epoch: i16, batch: BatchSeq) {
+        if pid == NO_PRODUCER_ID {
+            return;
+        }
+        self.clock += 1;
+        let clock = self.clock;
+        if !self.producers.contains_key(&pid) && self.producers.len() >= MAX_PRODUCERS_PER_PARTITION
+        {
+            if let Some((&oldest, _)) = self.producers.iter().min_by_key(|(_, e)| e.last_touch) {
+                self.producers.remove(&oldest);
+            }
+        }
+        let entry = self.producers.entry(pid).or_insert_with(|| ProducerEntry {
+            epoch,
+            batches: VecDeque::with_capacity(BATCHES_KEPT_PER_PRODUCER),
+            last_touch: clock,
+        });
+        if epoch != entry.epoch {
+            entry.epoch = epoch;
+            entry.batches.clear();
+        }
+        if entry.batches.len() == BATCHES_KEPT_PER_PRODUCER {
+            entry.batches.pop_front();
+        }
+        entry.batches.push_back(batch);
+        entry.last_touch = clock;
+    }
+
+    pub fn clear(&mut self) {
+        self.producers.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seq(first: i32, count: u32, base: u64) -> BatchSeq {
+        BatchSeq {
+            first_seq: first,
+            last_seq: last_seq_of(first, count),
+            base_offset: base,
+            last_offset: base + u64::from(count) - 1,
+        }
+    }
+
+    #[test]
+    fn in_sequence_duplicate_and_gap() {
+        let mut t = ProducerStateTable::default();
+        assert_eq!(t.check(7, 0, 0, 5), SequenceVerdict::Append);
+        t.record(7, 0, seq(0, 5, 100));
+        assert_eq!(t.check(7, 0, 5, 5), SequenceVerdict::Append);
+        t.record(7, 0, seq(5, 5, 105));
+        assert_eq!(
+            t.check(7, 0, 0, 5),
+            SequenceVerdict::Duplicate(seq(0, 5, 100))
+        );
+        assert_eq!(t.check(7, 0, 11, 1), SequenceVerdict::OutOfOrder);
+        assert_eq!(t.check(7, 0, 9, 1), SequenceVerdict::OutOfOrder);
+    }
+
+    #[test]
+    fn epochs() {
+        let mut t = ProducerStateTable::default();
+        t.record(7, 3, seq(0, 1, 0));
+        assert_eq!(t.check(7, 2, 1, 1), SequenceVerdict::StaleEpoch);
+        assert_eq!(t.check(7, 4, 1, 1), SequenceVerdict::OutOfOrder);
+        assert_eq!(t.check(7, 4, 0, 1), SequenceVerdict::Append);
+        t.record(7, 4, seq(0, 1, 1));
+        // The old epoch's batches are gone: seq 0 at epoch 4 is now a duplicate of the new one.
+        assert_eq!(
+            t.check(7, 4, 0, 1),
+            SequenceVerdict::Duplicate(seq(0, 1, 1))
+        );
+    }
+
+    #[test]
+    fn only_five_batches_are_remembered() {
+        let mut t = ProducerStateTable::default();
+        for i in 0..6 {
+            t.record(1, 0, seq(i, 1, i as u64));
+        }
+        assert_eq!(t.check(1, 0, 0, 1), SequenceVerdict::OutOfOrder);
+        assert!(matches!(t.check(1, 0, 1, 1), SequenceVerdict::Duplicate(_)));
+    }
+
+    #[test]
+    fn sequence_wraps() {
+        let mut t = ProducerStateTable::default();
+        t.record(1, 0, seq(i32::MAX - 1, 2, 0));
+        assert_eq!(seq(i32::MAX - 1, 2, 0).last_seq, i32::MAX);
+        assert_eq!(t.check(1, 0, 0, 3), SequenceVerdict::Append);
+        assert_eq!(last_seq_of(i32::MAX, 2), 0);
+    }
+
+    #[test]
+    fn non_idempotent_batches_are_never_checked() {
+        let t = ProducerStateTable::default();
+        assert_eq!(t.check(-1, -1, -1, 3), SequenceVerdict::Append);
+    }
+}

@@ -1,0 +1,237 @@
+//! Cold reads: committed stream data fetched from stream-set objects with
+//! ranged GETs, through two bounded caches (object indexes, data blocks).
+//!
+//! Reads never go through the partition actor and never wait on the writer:
+//! they use their own store requests and caches. Which object holds an offset
+//! is the caller's question (the metadata image's object map); this module
+//! only turns (object, stream, offset) into record batches.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use object_store::{path::Path, ObjectStore, ObjectStoreExt};
+use proto::{ObjectId, StreamId};
+
+use crate::storage::batch;
+use crate::storage::object_format::{self, ObjectIndex, FOOTER_LEN};
+
+/// First GET of an object's tail: footer plus, usually, the whole index.
+const TAIL_READ_BYTES: u64 = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("object store: {0}")]
+    Store(#[from] object_store::Error),
+    #[error("object {key} is malformed: {reason}")]
+    Malformed { key: String, reason: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct ObjectLocation {
+    pub id: ObjectId,
+    pub key: String,
+    pub size: u64,
+}
+
+/// Batches read from one object.
+#[derive(Debug, Default)]
+pub struct ObjectRead {
+    pub batches: Vec<Bytes>,
+    pub bytes: usize,
+    /// One past the last offset of the last batch returned.
+    pub end_offset: u64,
+}
+
+/// A map bounded by a weight, evicting in insertion order.
+struct BoundedCache<K, V> {
+    map: HashMap<K, (V, usize)>,
+    order: VecDeque<K>,
+    weight: usize,
+    capacity: usize,
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> BoundedCache<K, V> {
+    fn new(capacity: usize) -> Self {
+        BoundedCache {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            weight: 0,
+            capacity,
+        }
+    }
+
+    fn get(&self, k: &K) -> Option<V> {
+        self.map.get(k).map(|(v, _)| v.clone())
+    }
+
+    fn insert(&mut self, k: K, v: V, weight: usize) {
+        if weight > self.capacity {
+            return;
+        }
+        if let Some((_, w)) = self.map.insert(k.clone(), (v, weight)) {
+            self.weight -= w;
+        } else {
+            self.order.push_back(k);
+        }
+        self.weight += weight;
+        while self.weight > self.capacity {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some((_, w)) = self.map.remove(&old) {
+                self.weight -= w;
+            }
+        }
+    }
+}
+
+pub struct ObjectReader {
+    store: Arc<dyn ObjectStore>,
+    indexes: Mutex<BoundedCache<ObjectId, Arc<ObjectIndex>>>,
+    blocks: Mutex<BoundedCache<(ObjectId, u64), Bytes>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Cache contents stay valid if a holder panicked.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ObjectReader {
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        index_entries: usize,
+        block_cache_bytes: usize,
+    ) -> Self {
+        ObjectReader {
+            store,
+            indexes: Mutex::new(BoundedCache::new(index_entries)),
+            blocks: Mutex::new(BoundedCache::new(block_cache_bytes)),
+        }
+    }
+
+    async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Bytes, ReadError> {
+        let started = Instant::now();
+        let result = self.store.get_range(&Path::from(key), range).await;
+        metrics::histogram!("oxbow_object_get_seconds").record(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(b) => {
+                metrics::counter!("oxbow_object_gets_total").increment(1);
+                metrics::counter!("oxbow_object_get_bytes_total").increment(b.len() as u64);
+            }
+            Err(_) => metrics::counter!("oxbow_object_get_errors_total").increment(1),
+        }
+        Ok(result?)
+    }
+
+    /// The object's index, from cache or from its tail.
+    pub async fn index(&self, obj: &ObjectLocation) -> Result<Arc<ObjectIndex>, ReadError> {
+        if let Some(ix) = lock(&self.indexes).get(&obj.id) {
+            return Ok(ix);
+        }
+        let malformed = |reason: String| ReadError::Malformed {
+            key: obj.key.clone(),
+            reason,
+        };
+        if obj.size < FOOTER_LEN as u64 {
+            return Err(malformed(format!("only {} bytes", obj.size)));
+        }
+        let tail_start = obj.size.saturating_sub(TAIL_READ_BYTES);
+        let tail = self.get_range(&obj.key, tail_start..obj.size).await?;
+        if tail.len() as u64 != obj.size - tail_start {
+            return Err(malformed(format!("short read of {} bytes", tail.len())));
+        }
+        let footer = object_format::parse_footer(&tail[tail.len() - FOOTER_LEN..], obj.size)
+            .map_err(|e| malformed(e.to_string()))?;
+        let index_end = footer.index_position + u64::from(footer.index_len);
+        let index_bytes = if footer.index_position >= tail_start {
+            let from = (footer.index_position - tail_start) as usize;
+            tail.slice(from..from + footer.index_len as usize)
+        } else {
+            self.get_range(&obj.key, footer.index_position..index_end)
+                .await?
+        };
+        let index = Arc::new(
+            object_format::parse_index(&index_bytes, &footer)
+                .map_err(|e| malformed(e.to_string()))?,
+        );
+        lock(&self.indexes).insert(obj.id, index.clone(), 1);
+        Ok(index)
+    }
+
+    /// Batches of `stream` from the one containing `offset`, up to `max_bytes`
+    /// (at least one batch), all from the block holding `offset` and the
+    /// blocks after it in this object, none starting at or after `end_limit`
+    /// (the end of the committed slice: anything past it was not accepted).
+    pub async fn read(
+        &self,
+        obj: &ObjectLocation,
+        stream: StreamId,
+        offset: u64,
+        end_limit: u64,
+        max_bytes: usize,
+    ) -> Result<ObjectRead, ReadError> {
+        let index = self.index(obj).await?;
+        let blocks = index.stream_blocks(stream);
+        let mut out = ObjectRead::default();
+        let Some(first) = blocks.iter().position(|b| b.end_offset > offset) else {
+            return Ok(out);
+        };
+        for entry in &blocks[first..] {
+            let block = self.block(obj, entry.position, entry.size).await?;
+            for item in batch::batches(&block) {
+                let (pos, header) = item.map_err(|e| ReadError::Malformed {
+                    key: obj.key.clone(),
+                    reason: format!("block at {}: {e}", entry.position),
+                })?;
+                let last = u64::try_from(header.last_offset()).unwrap_or(0);
+                if last < offset {
+                    continue;
+                }
+                if u64::try_from(header.base_offset).unwrap_or(u64::MAX) >= end_limit {
+                    return Ok(out);
+                }
+                let len = header.total_len();
+                if !out.batches.is_empty() && out.bytes + len > max_bytes {
+                    return Ok(out);
+                }
+                out.batches.push(block.slice(pos..pos + len));
+                out.bytes += len;
+                out.end_offset = last + 1;
+            }
+            if out.bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn block(
+        &self,
+        obj: &ObjectLocation,
+        position: u64,
+        size: u32,
+    ) -> Result<Bytes, ReadError> {
+        let key = (obj.id, position);
+        if let Some(b) = lock(&self.blocks).get(&key) {
+            metrics::counter!("oxbow_block_cache_hits_total").increment(1);
+            return Ok(b);
+        }
+        metrics::counter!("oxbow_block_cache_misses_total").increment(1);
+        let bytes = self
+            .get_range(&obj.key, position..position + u64::from(size))
+            .await?;
+        if bytes.len() != size as usize {
+            return Err(ReadError::Malformed {
+                key: obj.key.clone(),
+                reason: format!("block at {position}: got {} of {size} bytes", bytes.len()),
+            });
+        }
+        let mut cache = lock(&self.blocks);
+        cache.insert(key, bytes.clone(), bytes.len());
+        metrics::gauge!("oxbow_block_cache_bytes").set(cache.weight as f64);
+        Ok(bytes)
+    }
+}

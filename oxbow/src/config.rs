@@ -1,0 +1,351 @@
+//! Command line, environment and TOML settings for `oxbow server`, resolved
+//! into one `Settings` (flag or `OXBOW_*` variable, then the file, then the
+//! default), and the start-up checks on them: the data directory lock and an
+//! object store probe.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use broker::{BrokerConfig, StorageConfig};
+use clap::{Parser, Subcommand};
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::{path::Path as ObjectPath, ObjectStore, ObjectStoreExt, PutPayload};
+use serde::Deserialize;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "oxbow",
+    version,
+    about = "Kafka-compatible streaming on object storage"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a whole single-node cluster: controller, broker and (by default)
+    /// an object store in a local directory.
+    Server(ServerArgs),
+}
+
+#[derive(clap::Args, Debug, Default)]
+pub struct ServerArgs {
+    /// Directory for the controller's log and the default object store.
+    #[arg(long, env = "OXBOW_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address the Kafka listener binds, HOST:PORT.
+    #[arg(long, env = "OXBOW_KAFKA_LISTEN")]
+    kafka_listen: Option<String>,
+    /// HOST:PORT clients are told to connect to (default: the listen address).
+    #[arg(long, env = "OXBOW_ADVERTISED_LISTENER")]
+    advertised_listener: Option<String>,
+    /// Address of the Prometheus endpoint, HOST:PORT.
+    #[arg(long, env = "OXBOW_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
+    /// file:///path or s3://bucket/prefix (AWS_* variables configure S3).
+    #[arg(long, env = "OXBOW_OBJECT_STORE")]
+    object_store: Option<String>,
+    /// TOML file with any of these settings and the [storage] section.
+    #[arg(long, env = "OXBOW_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+/// The TOML file. Unknown keys are errors: a misspelt setting must not be
+/// silently ignored.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    kafka_listen: Option<String>,
+    advertised_listener: Option<String>,
+    metrics_listen: Option<String>,
+    object_store: Option<String>,
+    node_id: Option<i32>,
+    rack: Option<String>,
+    auto_create_topics: Option<bool>,
+    default_partitions: Option<u32>,
+    max_request_bytes: Option<usize>,
+    storage: Option<FileStorage>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileStorage {
+    linger_ms: Option<u64>,
+    flush_bytes: Option<usize>,
+    max_inflight_puts: Option<usize>,
+    max_unflushed_bytes: Option<usize>,
+    block_bytes: Option<usize>,
+    log_cache_bytes: Option<usize>,
+    block_cache_bytes: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub kafka_listen: String,
+    pub metrics_listen: String,
+    pub object_store: String,
+    pub broker: BrokerConfig,
+}
+
+/// Parses the command line; on `--help`/`--version` or a bad flag, prints
+/// (bad flags: one line) and returns the exit code to use.
+pub fn parse_cli() -> Result<ServerArgs, ExitCode> {
+    match Cli::try_parse() {
+        Ok(cli) => match cli.command {
+            Command::Server(args) => Ok(args),
+        },
+        Err(e) => {
+            use clap::error::ErrorKind;
+            match e.kind() {
+                ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    let _ = e.print();
+                    Err(ExitCode::SUCCESS)
+                }
+                _ => {
+                    let msg = e.to_string();
+                    let first = msg.lines().next().unwrap_or("invalid arguments");
+                    eprintln!("oxbow: {}", first.trim_start_matches("error: "));
+                    Err(ExitCode::from(2))
+                }
+            }
+        }
+    }
+}
+
+fn split_host_port(s: &str, what: &str) -> Result<(String, u16)> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow!("{what} '{s}' is not HOST:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| anyhow!("{what} '{s}' has an invalid port"))?;
+    if host.is_empty() {
+        bail!("{what} '{s}' has no host");
+    }
+    Ok((
+        host.trim_matches(|c| c == '[' || c == ']').to_string(),
+        port,
+    ))
+}
+
+fn positive(v: usize, name: &str) -> Result<usize> {
+    if v == 0 {
+        bail!("storage.{name} must be greater than 0");
+    }
+    Ok(v)
+}
+
+impl Settings {
+    pub fn resolve(args: ServerArgs) -> Result<Settings> {
+        let file: FileConfig = match &args.config {
+            None => FileConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str(&text).map_err(|e| {
+                    anyhow!(
+                        "config file {}: {}",
+                        path.display(),
+                        e.message().lines().next().unwrap_or("invalid TOML")
+                    )
+                })?
+            }
+        };
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./oxbow-data"));
+        let kafka_listen = args
+            .kafka_listen
+            .or(file.kafka_listen)
+            .unwrap_or_else(|| "127.0.0.1:9092".into());
+        let (listen_host, listen_port) = split_host_port(&kafka_listen, "--kafka-listen")?;
+        let metrics_listen = args
+            .metrics_listen
+            .or(file.metrics_listen)
+            .unwrap_or_else(|| "127.0.0.1:9464".into());
+        split_host_port(&metrics_listen, "--metrics-listen")?;
+        let advertised = args.advertised_listener.or(file.advertised_listener);
+        let (adv_host, adv_port) = match advertised {
+            Some(a) => split_host_port(&a, "--advertised-listener")?,
+            None if listen_host == "0.0.0.0" || listen_host == "::" => {
+                ("127.0.0.1".to_string(), listen_port)
+            }
+            None => (listen_host, listen_port),
+        };
+        let object_store = args
+            .object_store
+            .or(file.object_store)
+            .unwrap_or_else(|| format!("file://{}", absolute(&data_dir.join("objects")).display()));
+
+        let mut storage = StorageConfig::default();
+        if let Some(st) = file.storage {
+            if let Some(v) = st.linger_ms {
+                storage.linger = Duration::from_millis(v);
+            }
+            if let Some(v) = st.flush_bytes {
+                storage.flush_bytes = positive(v, "flush_bytes")?;
+            }
+            if let Some(v) = st.max_inflight_puts {
+                storage.max_inflight_puts = positive(v, "max_inflight_puts")?;
+            }
+            if let Some(v) = st.max_unflushed_bytes {
+                storage.max_unflushed_bytes = positive(v, "max_unflushed_bytes")?;
+            }
+            if let Some(v) = st.block_bytes {
+                storage.block_bytes = positive(v, "block_bytes")?;
+            }
+            if let Some(v) = st.log_cache_bytes {
+                storage.log_cache_bytes = v;
+            }
+            if let Some(v) = st.block_cache_bytes {
+                storage.block_cache_bytes = v;
+            }
+        }
+        let mut broker = BrokerConfig {
+            node_id: file.node_id.unwrap_or(1),
+            advertised_host: adv_host,
+            advertised_port: adv_port,
+            rack: file.rack,
+            storage,
+            ..BrokerConfig::default()
+        };
+        if let Some(v) = file.auto_create_topics {
+            broker.auto_create_topics = v;
+        }
+        if let Some(v) = file.default_partitions {
+            if v == 0 {
+                bail!("default_partitions must be greater than 0");
+            }
+            broker.default_partitions = v;
+        }
+        if let Some(v) = file.max_request_bytes {
+            broker.max_request_bytes = v.clamp(1024, i32::MAX as usize);
+        }
+        Ok(Settings {
+            data_dir,
+            kafka_listen,
+            metrics_listen,
+            object_store,
+            broker,
+        })
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Holds an exclusive lock on the data directory for the process lifetime.
+pub fn lock_data_dir(dir: &Path) -> Result<File> {
+    let path = dir.join("oxbow.lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening lock file {}", path.display()))?;
+    match fs4::fs_std::FileExt::try_lock_exclusive(&file) {
+        Ok(true) => Ok(file),
+        Ok(false) => bail!(
+            "data directory {} is locked by another oxbow process",
+            dir.display()
+        ),
+        Err(e) => Err(anyhow!("locking data directory {}: {e}", dir.display())),
+    }
+}
+
+/// The object store named by the settings and the key prefix inside it.
+pub fn object_store(s: &Settings) -> Result<(Arc<dyn ObjectStore>, String)> {
+    let url = url::Url::parse(&s.object_store)
+        .map_err(|e| anyhow!("--object-store '{}': {e}", s.object_store))?;
+    match url.scheme() {
+        "file" => {
+            let path = PathBuf::from(url.path());
+            std::fs::create_dir_all(&path)
+                .with_context(|| format!("creating object directory {}", path.display()))?;
+            let store = LocalFileSystem::new_with_prefix(&path)
+                .with_context(|| format!("opening object directory {}", path.display()))?
+                .with_fsync(true);
+            Ok((Arc::new(store), String::new()))
+        }
+        "s3" => {
+            let bucket = url
+                .host_str()
+                .ok_or_else(|| anyhow!("--object-store '{}' names no bucket", s.object_store))?;
+            let prefix = url.path().trim_matches('/');
+            let prefix = if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}/")
+            };
+            let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+            let endpoint = std::env::var("AWS_ENDPOINT_URL")
+                .or_else(|_| std::env::var("AWS_ENDPOINT"))
+                .ok();
+            if let Some(ep) = endpoint {
+                if ep.starts_with("http://") {
+                    b = b.with_allow_http(true);
+                }
+                b = b.with_endpoint(ep);
+            }
+            if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err()
+            {
+                b = b.with_region("us-east-1");
+            }
+            let store = b
+                .build()
+                .map_err(|e| anyhow!("configuring S3 store '{}': {e}", s.object_store))?;
+            Ok((Arc::new(store), prefix))
+        }
+        other => bail!("--object-store scheme '{other}' is not supported (use file:// or s3://)"),
+    }
+}
+
+/// Writes, reads back and deletes a small object, so that a wrong endpoint,
+/// bucket or credentials fail start-up instead of the first produce.
+pub async fn probe_object_store(store: &dyn ObjectStore, prefix: &str) -> Result<()> {
+    let key = ObjectPath::from(format!("{prefix}_probe/{}", uuid_like()));
+    let body = b"oxbow probe".to_vec();
+    let attempt = async {
+        store
+            .put(&key, PutPayload::from(body.clone()))
+            .await
+            .context("PUT")?;
+        let got = store
+            .get(&key)
+            .await
+            .context("GET")?
+            .bytes()
+            .await
+            .context("GET body")?;
+        if got.as_ref() != body.as_slice() {
+            bail!("read back different bytes than written");
+        }
+        store.delete(&key).await.context("DELETE")?;
+        Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(15), attempt)
+        .await
+        .map_err(|_| anyhow!("no answer within 15 s"))?
+        .map_err(|e: anyhow::Error| anyhow!("{}", format!("{e:#}").replace('\n', " ")))
+}
+
+fn uuid_like() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{}-{nanos}", std::process::id())
+}

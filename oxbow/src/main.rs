@@ -1,0 +1,159 @@
+//! `oxbow`: one binary for every Oxbow process. `oxbow server` runs a whole
+//! single-node cluster in one process: a one-member Raft controller, one
+//! broker, and an object store in a local directory (or any S3-compatible
+//! store). Start-up either completes or exits with one line naming the
+//! problem; nothing is left half-started.
+
+mod alloc;
+mod config;
+mod metrics_http;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use broker::Broker;
+use controller::{Controller, ControllerConfig};
+use proto::rpc::ControllerApi;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+#[global_allocator]
+static ALLOCATOR: alloc::OxbowAllocator = alloc::OxbowAllocator;
+
+fn main() -> ExitCode {
+    let cli = match config::parse_cli() {
+        Ok(c) => c,
+        Err(exit) => return exit,
+    };
+    let settings = match config::Settings::resolve(cli) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("oxbow: error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("oxbow: error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run_server(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("oxbow: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run_server(s: config::Settings) -> Result<()> {
+    std::fs::create_dir_all(&s.data_dir)
+        .with_context(|| format!("creating data directory {}", s.data_dir.display()))?;
+    let _lock = config::lock_data_dir(&s.data_dir)?;
+
+    let metrics_listener = TcpListener::bind(&s.metrics_listen)
+        .await
+        .with_context(|| format!("binding the metrics listener on {}", s.metrics_listen))?;
+    let metrics_handle = metrics_http::install()?;
+
+    let (store, key_prefix) = config::object_store(&s)?;
+    config::probe_object_store(&*store, &key_prefix)
+        .await
+        .with_context(|| format!("object store {} is not usable", s.object_store))?;
+
+    let mut ccfg = ControllerConfig::new(1, s.data_dir.join("controller"));
+    ccfg.rpc_addr = String::new();
+    let controller = Arc::new(
+        Controller::start(ccfg)
+            .await
+            .context("starting the embedded controller")?,
+    );
+    let api: Arc<dyn ControllerApi> = controller.clone();
+    let broker = Broker::start(s.broker.clone(), api, store, key_prefix)
+        .await
+        .context("starting the broker")?;
+
+    // Bound last: the Kafka port accepts connections only once the broker
+    // can serve them.
+    let kafka_listener = match TcpListener::bind(&s.kafka_listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            broker.shutdown().await;
+            return Err(anyhow::anyhow!(
+                "binding the Kafka listener on {}: {e}",
+                s.kafka_listen
+            ));
+        }
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let metrics_task = tokio::spawn(metrics_http::serve(
+        metrics_listener,
+        metrics_handle,
+        stop_rx.clone(),
+    ));
+    let kafka_task = tokio::spawn(broker::kafka::run_listener(
+        kafka_listener,
+        broker.clone(),
+        stop_rx.clone(),
+    ));
+    info!(
+        kafka = %s.kafka_listen,
+        advertised = %format!("{}:{}", s.broker.advertised_host, s.broker.advertised_port),
+        metrics = %s.metrics_listen,
+        object_store = %s.object_store,
+        "oxbow ready"
+    );
+
+    wait_for_signal().await;
+    info!("shutting down: flushing and committing buffered data");
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(Duration::from_secs(20), broker.shutdown())
+        .await
+        .is_err()
+    {
+        warn!("broker did not finish flushing within 20 s");
+    }
+    let _ = kafka_task.await;
+    let _ = metrics_task.await;
+    drop(broker);
+    match Arc::try_unwrap(controller) {
+        Ok(c) => c.shutdown().await,
+        Err(_) => warn!("controller still referenced at exit; its store is crash-safe"),
+    }
+    info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the process can only be killed.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,644 @@
+//! The metadata image and the commands that change it.
+//!
+//! The controller's Raft state machine is `MetadataImage::apply` over the
+//! committed log; brokers follow the same committed commands as deltas and
+//! apply them to their own copy. `apply` is therefore pure and deterministic:
+//! no clocks, no randomness, no I/O, ordered maps only. Anything random (topic
+//! ids) or time-based (timestamps) is chosen by the proposer and carried in
+//! the command. Retried commands are recognised (a commit of an object key
+//! already committed answers with the first answer).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::ids::{BrokerId, ObjectId, StreamId};
+
+/// Kafka's limit on partitions per topic creation request is the int32 range;
+/// ours is a bound that keeps one command's effect on the image bounded.
+pub const MAX_PARTITIONS_PER_TOPIC: u32 = 10_000;
+/// Topic names follow Kafka's rule: at most 249 characters of [a-zA-Z0-9._-].
+pub const MAX_TOPIC_NAME_LEN: usize = 249;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerEndpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerRecord {
+    pub id: BrokerId,
+    /// Bumped on every registration: a restarted broker is a new incarnation.
+    pub epoch: u64,
+    pub endpoint: BrokerEndpoint,
+    pub rack: Option<String>,
+    pub fenced: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicRecord {
+    pub id: Uuid,
+    pub name: String,
+    /// Index = partition number.
+    pub partitions: Vec<StreamId>,
+    pub configs: BTreeMap<String, String>,
+    pub internal: bool,
+}
+
+/// One contiguous piece of a stream held by one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamSlice {
+    /// Exclusive.
+    pub end_offset: u64,
+    pub object: ObjectId,
+    /// Largest record timestamp in the slice, for ListOffsets by time.
+    pub max_timestamp: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamRecord {
+    pub id: StreamId,
+    pub topic: Uuid,
+    pub partition: u32,
+    /// Bumped whenever ownership changes; commits must carry the current one.
+    pub epoch: u64,
+    /// Kafka's leader epoch for the partition (i32 on the wire).
+    pub leader_epoch: i32,
+    pub owner: Option<BrokerId>,
+    /// Log start offset: offsets below it are gone.
+    pub start_offset: u64,
+    /// Committed end offset (Kafka's high watermark): the next offset to commit.
+    pub end_offset: u64,
+    /// Object map keyed by the slice's first offset. Slices are contiguous
+    /// from `start_offset` (the first may begin below it) to `end_offset`.
+    pub slices: BTreeMap<u64, StreamSlice>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ObjectState {
+    Committed,
+    /// No stream references it any more; the store copy goes after a grace period.
+    MarkDestroyed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectRecord {
+    pub id: ObjectId,
+    pub key: String,
+    pub size: u64,
+    pub state: ObjectState,
+    /// Streams with at least one accepted range in this object.
+    pub streams: Vec<StreamId>,
+}
+
+/// A range a broker asks to commit: offsets `[start_offset, end_offset)` of
+/// `stream` written at `stream_epoch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitRange {
+    pub stream: StreamId,
+    pub stream_epoch: u64,
+    pub start_offset: u64,
+    pub end_offset: u64,
+    pub max_timestamp: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RangeVerdict {
+    Accepted,
+    /// The stream's epoch moved on or another broker owns it.
+    Fenced,
+    /// The range does not start at the committed end offset.
+    NotContiguous {
+        expected_start: u64,
+    },
+    UnknownStream,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetadataCommand {
+    /// First command of a new cluster.
+    Bootstrap {
+        cluster_id: String,
+    },
+    RegisterBroker {
+        id: BrokerId,
+        endpoint: BrokerEndpoint,
+        rack: Option<String>,
+    },
+    CreateTopic {
+        id: Uuid,
+        name: String,
+        partitions: u32,
+        configs: BTreeMap<String, String>,
+        internal: bool,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    CreatePartitions {
+        name: String,
+        total: u32,
+    },
+    /// Registers an object already PUT to the store and the stream ranges it
+    /// holds. Ranges are judged one by one; the object is recorded if any is
+    /// accepted.
+    CommitObject {
+        broker: BrokerId,
+        broker_epoch: u64,
+        key: String,
+        size: u64,
+        ranges: Vec<CommitRange>,
+    },
+    /// Hands out `count` producer ids.
+    AllocateProducerIds {
+        count: u32,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandReply {
+    Ok,
+    BrokerRegistered {
+        epoch: u64,
+    },
+    TopicCreated {
+        id: Uuid,
+    },
+    TopicExists,
+    InvalidTopic(String),
+    InvalidPartitions(String),
+    UnknownTopic,
+    NoLiveBrokers,
+    ObjectCommitted {
+        object: Option<ObjectId>,
+        verdicts: Vec<RangeVerdict>,
+    },
+    StaleBrokerEpoch,
+    ProducerIds {
+        first: i64,
+        count: u32,
+    },
+    AlreadyBootstrapped,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct MetadataImage {
+    pub cluster_id: Option<String>,
+    pub brokers: BTreeMap<BrokerId, BrokerRecord>,
+    pub topics: BTreeMap<String, TopicRecord>,
+    pub streams: BTreeMap<StreamId, StreamRecord>,
+    pub objects: BTreeMap<ObjectId, ObjectRecord>,
+    /// Object key → id, to recognise a retried commit.
+    pub object_keys: BTreeMap<String, ObjectId>,
+    pub next_stream_id: u64,
+    pub next_object_id: u64,
+    pub next_producer_id: i64,
+}
+
+/// Kafka's legal topic name check (`Topic.validate`).
+pub fn validate_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("topic name is empty".into());
+    }
+    if name == "." || name == ".." {
+        return Err(format!("topic name cannot be '{name}'"));
+    }
+    if name.len() > MAX_TOPIC_NAME_LEN {
+        return Err(format!(
+            "topic name is longer than {MAX_TOPIC_NAME_LEN} characters"
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "topic name '{name}' contains '{c}'; legal characters are ASCII alphanumerics, '.', '_' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+impl MetadataImage {
+    pub fn topic_by_id(&self, id: Uuid) -> Option<&TopicRecord> {
+        self.topics.values().find(|t| t.id == id)
+    }
+
+    pub fn live_brokers(&self) -> impl Iterator<Item = &BrokerRecord> {
+        self.brokers.values().filter(|b| !b.fenced)
+    }
+
+    /// The stream behind a topic partition.
+    pub fn stream_of(&self, topic: &str, partition: i32) -> Option<&StreamRecord> {
+        let t = self.topics.get(topic)?;
+        let sid = t.partitions.get(usize::try_from(partition).ok()?)?;
+        self.streams.get(sid)
+    }
+
+    /// Applies one committed command. Deterministic: the same image and
+    /// command always give the same image and reply.
+    pub fn apply(&mut self, cmd: &MetadataCommand) -> CommandReply {
+        match cmd {
+            MetadataCommand::Bootstrap { cluster_id } => {
+                if self.cluster_id.is_some() {
+                    return CommandReply::AlreadyBootstrapped;
+                }
+                self.cluster_id = Some(cluster_id.clone());
+                if self.next_producer_id == 0 {
+                    self.next_producer_id = 1000;
+                }
+                CommandReply::Ok
+            }
+            MetadataCommand::RegisterBroker { id, endpoint, rack } => {
+                let epoch = self.brokers.get(id).map_or(1, |b| b.epoch + 1);
+                self.brokers.insert(
+                    *id,
+                    BrokerRecord {
+                        id: *id,
+                        epoch,
+                        endpoint: endpoint.clone(),
+                        rack: rack.clone(),
+                        fenced: false,
+                    },
+                );
+                // A new incarnation fences whatever its previous one still has
+                // in flight: every stream it owns moves to a new epoch.
+                for s in self.streams.values_mut() {
+                    if s.owner == Some(*id) {
+                        s.epoch += 1;
+                        s.leader_epoch += 1;
+                    }
+                }
+                CommandReply::BrokerRegistered { epoch }
+            }
+            MetadataCommand::CreateTopic {
+                id,
+                name,
+                partitions,
+                configs,
+                internal,
+            } => {
+                if let Err(e) = validate_topic_name(name) {
+                    return CommandReply::InvalidTopic(e);
+                }
+                if self.topics.contains_key(name) {
+                    return CommandReply::TopicExists;
+                }
+                if *partitions == 0 || *partitions > MAX_PARTITIONS_PER_TOPIC {
+                    return CommandReply::InvalidPartitions(format!(
+                        "number of partitions must be between 1 and {MAX_PARTITIONS_PER_TOPIC}"
+                    ));
+                }
+                let owners: Vec<BrokerId> = self.live_brokers().map(|b| b.id).collect();
+                if owners.is_empty() {
+                    return CommandReply::NoLiveBrokers;
+                }
+                let streams = self.add_streams(*id, 0, *partitions, &owners);
+                self.topics.insert(
+                    name.clone(),
+                    TopicRecord {
+                        id: *id,
+                        name: name.clone(),
+                        partitions: streams,
+                        configs: configs.clone(),
+                        internal: *internal,
+                    },
+                );
+                CommandReply::TopicCreated { id: *id }
+            }
+            MetadataCommand::DeleteTopic { name } => {
+                let Some(topic) = self.topics.remove(name) else {
+                    return CommandReply::UnknownTopic;
+                };
+                for sid in &topic.partitions {
+                    self.streams.remove(sid);
+                }
+                self.release_unreferenced_objects();
+                CommandReply::Ok
+            }
+            MetadataCommand::CreatePartitions { name, total } => {
+                let owners: Vec<BrokerId> = self.live_brokers().map(|b| b.id).collect();
+                let Some(topic) = self.topics.get(name) else {
+                    return CommandReply::UnknownTopic;
+                };
+                let current = topic.partitions.len() as u32;
+                if *total <= current {
+                    return CommandReply::InvalidPartitions(format!(
+                        "topic currently has {current} partitions, which is higher than the requested {total}"
+                    ));
+                }
+                if *total > MAX_PARTITIONS_PER_TOPIC {
+                    return CommandReply::InvalidPartitions(format!(
+                        "number of partitions must be at most {MAX_PARTITIONS_PER_TOPIC}"
+                    ));
+                }
+                if owners.is_empty() {
+                    return CommandReply::NoLiveBrokers;
+                }
+                let topic_id = topic.id;
+                let added = self.add_streams(topic_id, current, *total - current, &owners);
+                self.topics
+                    .get_mut(name)
+                    .expect("topic looked up above")
+                    .partitions
+                    .extend(added);
+                CommandReply::Ok
+            }
+            MetadataCommand::CommitObject {
+                broker,
+                broker_epoch,
+                key,
+                size,
+                ranges,
+            } => self.commit_object(*broker, *broker_epoch, key, *size, ranges),
+            MetadataCommand::AllocateProducerIds { count } => {
+                let first = self.next_producer_id.max(1000);
+                self.next_producer_id = first + i64::from(*count);
+                CommandReply::ProducerIds {
+                    first,
+                    count: *count,
+                }
+            }
+        }
+    }
+
+    fn add_streams(
+        &mut self,
+        topic: Uuid,
+        first_partition: u32,
+        count: u32,
+        owners: &[BrokerId],
+    ) -> Vec<StreamId> {
+        let mut ids = Vec::with_capacity(count as usize);
+        for i in 0..count {
+            let partition = first_partition + i;
+            let id = StreamId(self.next_stream_id);
+            self.next_stream_id += 1;
+            let owner = owners[(id.0 % owners.len() as u64) as usize];
+            self.streams.insert(
+                id,
+                StreamRecord {
+                    id,
+                    topic,
+                    partition,
+                    epoch: 1,
+                    leader_epoch: 0,
+                    owner: Some(owner),
+                    start_offset: 0,
+                    end_offset: 0,
+                    slices: BTreeMap::new(),
+                },
+            );
+            ids.push(id);
+        }
+        ids
+    }
+
+    fn commit_object(
+        &mut self,
+        broker: BrokerId,
+        broker_epoch: u64,
+        key: &str,
+        size: u64,
+        ranges: &[CommitRange],
+    ) -> CommandReply {
+        if let Some(&id) = self.object_keys.get(key) {
+            // A retried write: the first apply already judged it. Ranges that
+            // were accepted then are now behind the end offset, so answer from
+            // what the object records.
+            let streams = &self.objects.get(&id).map(|o| o.streams.clone());
+            let verdicts = ranges
+                .iter()
+                .map(|r| match streams {
+                    Some(s) if s.contains(&r.stream) => RangeVerdict::Accepted,
+                    _ => RangeVerdict::Fenced,
+                })
+                .collect();
+            return CommandReply::ObjectCommitted {
+                object: Some(id),
+                verdicts,
+            };
+        }
+        match self.brokers.get(&broker) {
+            Some(b) if b.epoch == broker_epoch && !b.fenced => {}
+            _ => return CommandReply::StaleBrokerEpoch,
+        }
+        let id = ObjectId(self.next_object_id);
+        let mut verdicts = Vec::with_capacity(ranges.len());
+        let mut accepted = Vec::new();
+        for r in ranges {
+            let verdict = match self.streams.get_mut(&r.stream) {
+                None => RangeVerdict::UnknownStream,
+                Some(s) if s.owner != Some(broker) || s.epoch != r.stream_epoch => {
+                    RangeVerdict::Fenced
+                }
+                Some(s) if s.end_offset != r.start_offset || r.end_offset <= r.start_offset => {
+                    RangeVerdict::NotContiguous {
+                        expected_start: s.end_offset,
+                    }
+                }
+                Some(s) => {
+                    s.slices.insert(
+                        r.start_offset,
+                        StreamSlice {
+                            end_offset: r.end_offset,
+                            object: id,
+                            max_timestamp: r.max_timestamp,
+                        },
+                    );
+                    s.end_offset = r.end_offset;
+                    if !accepted.contains(&r.stream) {
+                        accepted.push(r.stream);
+                    }
+                    RangeVerdict::Accepted
+                }
+            };
+            verdicts.push(verdict);
+        }
+        if accepted.is_empty() {
+            return CommandReply::ObjectCommitted {
+                object: None,
+                verdicts,
+            };
+        }
+        self.next_object_id += 1;
+        self.object_keys.insert(key.to_string(), id);
+        self.objects.insert(
+            id,
+            ObjectRecord {
+                id,
+                key: key.to_string(),
+                size,
+                state: ObjectState::Committed,
+                streams: accepted,
+            },
+        );
+        CommandReply::ObjectCommitted {
+            object: Some(id),
+            verdicts,
+        }
+    }
+
+    /// Marks objects that no live stream references any more.
+    fn release_unreferenced_objects(&mut self) {
+        let streams = &self.streams;
+        for o in self.objects.values_mut() {
+            if o.state == ObjectState::Committed
+                && !o.streams.iter().any(|s| streams.contains_key(s))
+            {
+                o.state = ObjectState::MarkDestroyed;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image_with_topic(partitions: u32) -> MetadataImage {
+        let mut img = MetadataImage::default();
+        img.apply(&MetadataCommand::Bootstrap {
+            cluster_id: "c".into(),
+        });
+        img.apply(&MetadataCommand::RegisterBroker {
+            id: 1,
+            endpoint: BrokerEndpoint {
+                host: "h".into(),
+                port: 9092,
+            },
+            rack: None,
+        });
+        let reply = img.apply(&MetadataCommand::CreateTopic {
+            id: Uuid::from_u128(7),
+            name: "t".into(),
+            partitions,
+            configs: BTreeMap::new(),
+            internal: false,
+        });
+        assert_eq!(
+            reply,
+            CommandReply::TopicCreated {
+                id: Uuid::from_u128(7)
+            }
+        );
+        img
+    }
+
+    fn commit(
+        img: &mut MetadataImage,
+        key: &str,
+        epoch: u64,
+        start: u64,
+        end: u64,
+    ) -> CommandReply {
+        img.apply(&MetadataCommand::CommitObject {
+            broker: 1,
+            broker_epoch: 1,
+            key: key.into(),
+            size: 100,
+            ranges: vec![CommitRange {
+                stream: StreamId(0),
+                stream_epoch: epoch,
+                start_offset: start,
+                end_offset: end,
+                max_timestamp: 0,
+            }],
+        })
+    }
+
+    #[test]
+    fn commits_must_be_contiguous_and_current() {
+        let mut img = image_with_topic(2);
+        assert!(matches!(
+            commit(&mut img, "a", 1, 0, 10),
+            CommandReply::ObjectCommitted { object: Some(_), ref verdicts } if verdicts == &[RangeVerdict::Accepted]
+        ));
+        assert_eq!(img.streams[&StreamId(0)].end_offset, 10);
+        // A gap is refused.
+        assert!(matches!(
+            commit(&mut img, "b", 1, 11, 20),
+            CommandReply::ObjectCommitted { object: None, ref verdicts }
+                if verdicts == &[RangeVerdict::NotContiguous { expected_start: 10 }]
+        ));
+        // A stale epoch is refused.
+        assert!(matches!(
+            commit(&mut img, "c", 0, 10, 20),
+            CommandReply::ObjectCommitted { object: None, ref verdicts } if verdicts == &[RangeVerdict::Fenced]
+        ));
+        assert_eq!(img.streams[&StreamId(0)].end_offset, 10);
+        assert_eq!(img.objects.len(), 1);
+    }
+
+    #[test]
+    fn retried_commit_is_recognised() {
+        let mut img = image_with_topic(1);
+        let first = commit(&mut img, "a", 1, 0, 10);
+        let again = commit(&mut img, "a", 1, 0, 10);
+        assert_eq!(first, again);
+        assert_eq!(img.streams[&StreamId(0)].end_offset, 10);
+        assert_eq!(img.objects.len(), 1);
+    }
+
+    #[test]
+    fn reregistration_fences_the_previous_incarnation() {
+        let mut img = image_with_topic(1);
+        img.apply(&MetadataCommand::RegisterBroker {
+            id: 1,
+            endpoint: BrokerEndpoint {
+                host: "h".into(),
+                port: 9092,
+            },
+            rack: None,
+        });
+        assert_eq!(img.streams[&StreamId(0)].epoch, 2);
+        // The old incarnation's broker epoch is stale.
+        assert_eq!(
+            commit(&mut img, "a", 1, 0, 10),
+            CommandReply::StaleBrokerEpoch
+        );
+    }
+
+    #[test]
+    fn delete_topic_releases_objects() {
+        let mut img = image_with_topic(1);
+        commit(&mut img, "a", 1, 0, 10);
+        img.apply(&MetadataCommand::DeleteTopic { name: "t".into() });
+        assert!(img.streams.is_empty());
+        assert_eq!(
+            img.objects.values().next().map(|o| o.state),
+            Some(ObjectState::MarkDestroyed)
+        );
+    }
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        assert!(validate_topic_name("a.b_c-1").is_ok());
+        assert!(validate_topic_name("").is_err());
+        assert!(validate_topic_name("..").is_err());
+        assert!(validate_topic_name("a/b").is_err());
+        assert!(validate_topic_name(&"x".repeat(250)).is_err());
+    }
+
+    #[test]
+    fn create_partitions_only_grows() {
+        let mut img = image_with_topic(2);
+        assert!(matches!(
+            img.apply(&MetadataCommand::CreatePartitions {
+                name: "t".into(),
+                total: 2
+            }),
+            CommandReply::InvalidPartitions(_)
+        ));
+        assert_eq!(
+            img.apply(&MetadataCommand::CreatePartitions {
+                name: "t".into(),
+                total: 5
+            }),
+            CommandReply::Ok
+        );
+        assert_eq!(img.topics["t"].partitions.len(), 5);
+    }
+}

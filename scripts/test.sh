@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The project's test command (see README): set-up, formatting, lints, unit and
+# property tests, the oxbow binary, then the end-to-end suite in tests/.
+# Stops at the first failing step and says which; ends with one summary line.
+# Extra arguments go to pytest, e.g. scripts/test.sh -k crash -x
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+started=$(date +%s)
+steps_done=0
+
+run_step() {
+  local name=$1; shift
+  local t0; t0=$(date +%s)
+  echo "==> test.sh: $name: $*" >&2
+  if "$@"; then
+    steps_done=$((steps_done + 1))
+    echo "==> test.sh: $name: ok ($(( $(date +%s) - t0 ))s)" >&2
+  else
+    local rc=$?
+    echo "test.sh: FAILED at step '$name' (exit $rc) after $steps_done steps passed, $(( $(date +%s) - started ))s" >&2
+    exit "$rc"
+  fi
+}
+
+run_step setup scripts/setup.sh
+run_step fmt cargo fmt --all --check
+run_step clippy cargo clippy --workspace --all-targets -- -D warnings
+run_step unit-tests cargo test --workspace
+run_step build cargo build -p oxbow
+run_step e2e "$root/.venv/bin/pytest" -q tests/ "$@"
+
+echo "test.sh: all $steps_done steps passed in $(( $(date +%s) - started ))s" >&2

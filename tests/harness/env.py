@@ -1,0 +1,33 @@
+"""Where things are and how big the tests run, all overridable from the environment.
+
+OXBOW_TEST_TARGET  oxbow (default) or kafka: run the suite against Apache Kafka 4.1.1
+                   (KRaft, one node, from Maven jars) to check the tests themselves.
+OXBOW_BIN          the oxbow binary (default <repo>/target/debug/oxbow).
+OXBOW_TOOLS        where scripts/setup.sh put s3s-fs and the Kafka jars.
+OXBOW_TEST_SCALE   multiplies every message count below (default 1.0).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TOOLS = Path(os.environ.get("OXBOW_TOOLS", Path.home() / ".cache" / "oxbow-tools"))
+TARGET = os.environ.get("OXBOW_TEST_TARGET", "oxbow").strip().lower()
+if TARGET not in ("oxbow", "kafka"):
+    raise SystemExit(f"OXBOW_TEST_TARGET must be 'oxbow' or 'kafka', not {TARGET!r}")
+OXBOW_BIN = Path(os.environ.get("OXBOW_BIN", REPO / "target" / "debug" / "oxbow"))
+S3S_FS_BIN = TOOLS / "bin" / "s3s-fs"
+KAFKA_CLI_LIBS = TOOLS / "kafka-libs"
+KAFKA_BROKER_LIBS = TOOLS / "kafka-broker-libs"
+
+
+def env_int(name: str, default: int) -> int:
+    """An integer knob from the environment, scaled by OXBOW_TEST_SCALE (never below 1)."""
+    base = int(os.environ.get(name, default))
+    scale = float(os.environ.get("OXBOW_TEST_SCALE", "1"))
+    return max(1, int(base * scale))
+
+
+def env_float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
