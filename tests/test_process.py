@@ -38,14 +38,27 @@ def run_oxbow(args: list[str], tmp_path, extra_env: dict | None = None, timeout:
                              f"{ex.stderr!r:.2000}") from None
 
 
-def assert_one_line_error(p: subprocess.CompletedProcess, *mentions: str) -> str:
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+LOG_LINE = re.compile(r"^\s*\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")  # a tracing log line, not the error
+
+
+def assert_one_line_error(p: subprocess.CompletedProcess, *mentions: str, only_line: bool = False) -> str:
+    """Non-zero exit, no panic, and the error is one line: the last line of stderr, with at
+    most log lines before it (none at all when `only_line`, e.g. for argument errors)."""
     assert p.returncode != 0, f"exit code 0; stderr:\n{p.stderr}"
     assert "panicked" not in p.stderr and "RUST_BACKTRACE" not in p.stderr, f"panic:\n{p.stderr}"
-    lines = [line for line in p.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected a one-line error on stderr, got {len(lines)} lines:\n{p.stderr}"
+    lines = [ANSI.sub("", line) for line in p.stderr.splitlines() if line.strip()]
+    assert lines, "nothing on stderr"
+    error, before = lines[-1], lines[:-1]
+    if only_line:
+        assert not before, f"expected exactly one line on stderr, got {len(lines)}:\n{p.stderr}"
+    else:
+        stray = [line for line in before if not LOG_LINE.match(line)]
+        assert not stray, f"the error is not one line; extra non-log lines before it:\n" + "\n".join(stray)
+    assert not LOG_LINE.match(error), f"stderr ends with a log line, not an error: {error}"
     for m in mentions:
-        assert m.lower() in lines[0].lower(), f"error does not mention {m!r}: {lines[0]}"
-    return lines[0]
+        assert m.lower() in error.lower(), f"error does not mention {m!r}: {error}"
+    return error
 
 
 def base_args(tmp_path) -> list[str]:
@@ -55,7 +68,7 @@ def base_args(tmp_path) -> list[str]:
 
 def test_bad_flag(tmp_path):
     p = run_oxbow([*base_args(tmp_path), "--no-such-flag"], tmp_path)
-    assert_one_line_error(p, "--no-such-flag")
+    assert_one_line_error(p, "--no-such-flag", only_line=True)
 
 
 def test_bad_listen_address(tmp_path):

@@ -20,9 +20,9 @@ use tracing::{info, warn};
 
 use crate::config::BrokerConfig;
 use crate::metadata::{self, MetadataView};
-use crate::partition::{Close, Partition};
+use crate::partition::{Close, Partition, PartitionArgs, StreamTail};
 use crate::storage::log_cache::LogCache;
-use crate::storage::reader::ObjectReader;
+use crate::storage::reader::{ObjectLocation, ObjectReader};
 use crate::storage::stream::StreamState;
 use crate::storage::writer::{self, WriterHandle, WriterIdentity};
 
@@ -56,7 +56,7 @@ pub struct Broker {
     pub controller: Arc<dyn ControllerApi>,
     pub metadata: Arc<MetadataView>,
     pub log_cache: Arc<LogCache>,
-    pub reader: ObjectReader,
+    pub reader: Arc<ObjectReader>,
     writer: StdMutex<Option<WriterHandle>>,
     writer_task: Mutex<Option<JoinHandle<()>>>,
     partitions: StdMutex<HashMap<StreamId, Arc<OpenPartition>>>,
@@ -111,11 +111,11 @@ impl Broker {
             },
             log_cache.clone(),
         );
-        let reader = ObjectReader::new(
+        let reader = Arc::new(ObjectReader::new(
             store,
             config.storage.index_cache_entries,
             config.storage.block_cache_bytes,
-        );
+        ));
         let broker = Arc::new(Broker {
             id: config.node_id,
             epoch,
@@ -211,7 +211,11 @@ impl Broker {
             let mut parts = self.partitions_lock();
             let wanted: HashMap<StreamId, u64> = owned.iter().map(|o| (o.0, o.1)).collect();
             parts.retain(|sid, p| {
-                let keep = wanted.get(sid) == Some(&p.stream_epoch) && !p.state.is_fenced();
+                // A dead actor (it panicked) is closed and opened afresh from
+                // metadata: the same path as a move.
+                let keep = wanted.get(sid) == Some(&p.stream_epoch)
+                    && !p.state.is_fenced()
+                    && p.actor.is_alive();
                 if !keep {
                     to_close.push(p.clone());
                 }
@@ -223,12 +227,13 @@ impl Broker {
                     continue;
                 }
                 let state = Arc::new(StreamState::new(sid, topic, partition, start, end));
-                let actor = Partition::spawn(Partition::new(
-                    state.clone(),
-                    epoch,
-                    leader_epoch,
-                    writer.clone(),
-                ));
+                let actor = Partition::spawn(PartitionArgs {
+                    partition: Partition::new(state.clone(), epoch, leader_epoch, writer.clone()),
+                    tail: StreamTail {
+                        slices: self.tail_slices(sid),
+                        reader: self.reader.clone(),
+                    },
+                });
                 parts.insert(
                     sid,
                     Arc::new(OpenPartition {
@@ -244,6 +249,40 @@ impl Broker {
             let _ = p.actor.ask(Close).await;
             self.log_cache.remove_stream(p.state.stream);
         }
+    }
+
+    /// The last committed slices of a stream, newest last, enough to hold
+    /// the last few batches of every producer still writing to it.
+    fn tail_slices(&self, stream: StreamId) -> Vec<(ObjectLocation, u64, u64)> {
+        const TAIL_SLICES: usize = 8;
+        const TAIL_BYTES: u64 = 32 * 1024 * 1024;
+        self.metadata.read(|img| {
+            let Some(s) = img.streams.get(&stream) else {
+                return Vec::new();
+            };
+            let mut out = Vec::new();
+            let mut bytes = 0u64;
+            for (&start, slice) in s.slices.iter().rev() {
+                let Some(obj) = img.objects.get(&slice.object) else {
+                    continue;
+                };
+                if out.len() >= TAIL_SLICES || bytes >= TAIL_BYTES {
+                    break;
+                }
+                bytes += obj.size;
+                out.push((
+                    ObjectLocation {
+                        id: obj.id,
+                        key: obj.key.clone(),
+                        size: obj.size,
+                    },
+                    start.max(s.start_offset),
+                    slice.end_offset,
+                ));
+            }
+            out.reverse();
+            out
+        })
     }
 
     /// A producer id for a non-transactional idempotent producer.

@@ -11,6 +11,8 @@
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use kameo::actor::ActorRef;
+use kameo::error::Infallible;
 use kameo::message::{Context, Message};
 use kameo::{Actor, Reply};
 use tokio::sync::oneshot;
@@ -19,10 +21,10 @@ use tracing::{info, warn};
 use crate::errors::ErrorCode;
 use crate::storage::batch::{self, BatchHeader};
 use crate::storage::producer_state::{last_seq_of, BatchSeq, ProducerStateTable, SequenceVerdict};
+use crate::storage::reader::{ObjectLocation, ObjectReader};
 use crate::storage::stream::StreamState;
 use crate::storage::writer::{AckOutcome, PendingBatch, WriterHandle};
 
-#[derive(Actor)]
 pub struct Partition {
     state: Arc<StreamState>,
     stream_epoch: u64,
@@ -68,6 +70,83 @@ impl Partition {
         // Sequences recorded for batches that never committed are void.
         self.producers.clear();
         self.state.clear_failed();
+    }
+}
+
+/// The committed tail of a stream, read when its actor starts to rebuild
+/// idempotent-producer state: (object, first offset, end offset) per slice.
+pub struct StreamTail {
+    pub slices: Vec<(ObjectLocation, u64, u64)>,
+    pub reader: Arc<ObjectReader>,
+}
+
+pub struct PartitionArgs {
+    pub partition: Partition,
+    pub tail: StreamTail,
+}
+
+impl Actor for Partition {
+    type Args = PartitionArgs;
+    type Error = Infallible;
+
+    async fn on_start(args: PartitionArgs, _actor_ref: ActorRef<Self>) -> Result<Self, Infallible> {
+        let mut p = args.partition;
+        p.rebuild_producer_state(&args.tail).await;
+        Ok(p)
+    }
+}
+
+impl Partition {
+    /// Replays the headers of the stream's last committed batches into the
+    /// producer table, so a producer retrying a batch committed before a
+    /// restart or move is answered as a duplicate. Appends wait until this
+    /// is done (the actor starts serving after `on_start`).
+    async fn rebuild_producer_state(&mut self, tail: &StreamTail) {
+        for (obj, start, end) in &tail.slices {
+            match tail
+                .reader
+                .read(obj, self.state.stream, *start, *end, usize::MAX)
+                .await
+            {
+                Ok(read) => {
+                    for b in &read.batches {
+                        let Ok(h) = batch::parse_header(b) else {
+                            continue;
+                        };
+                        let (Ok(base), Ok(last)) =
+                            (u64::try_from(h.base_offset), u64::try_from(h.last_offset()))
+                        else {
+                            continue;
+                        };
+                        if base < *start || h.producer_id < 0 {
+                            continue;
+                        }
+                        self.producers.record(
+                            h.producer_id,
+                            h.producer_epoch,
+                            BatchSeq {
+                                first_seq: h.base_sequence,
+                                last_seq: last_seq_of(h.base_sequence, h.record_count()),
+                                base_offset: base,
+                                last_offset: last,
+                            },
+                        );
+                    }
+                }
+                Err(e) => warn!(
+                    stream_id = self.state.stream.0,
+                    error = %e,
+                    "could not read the stream tail; idempotent producers start fresh"
+                ),
+            }
+        }
+        if !self.producers.is_empty() {
+            info!(
+                stream_id = self.state.stream.0,
+                producers = self.producers.len(),
+                "rebuilt idempotent-producer state from the stream tail"
+            );
+        }
     }
 }
 

@@ -470,6 +470,58 @@ fn base64_url_no_pad(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn snapshots_purge_the_log_and_restart_from_them() {
+        use openraft::storage::RaftLogStorage;
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = ControllerConfig::new(1, dir.path());
+        config.election_timeout_min = Duration::from_millis(150);
+        config.election_timeout_max = Duration::from_millis(300);
+        config.heartbeat_interval = Duration::from_millis(50);
+        config.snapshot_every_entries = 10;
+        config.entries_kept_after_snapshot = 2;
+        let controller = Controller::start(config.clone()).await.expect("start");
+        let mut last = 0;
+        for id in 0..40 {
+            let cmd = MetadataCommand::AllocateProducerIds { count: id + 1 };
+            last = controller.write(cmd).await.expect("write").version;
+        }
+        let metrics = controller
+            .raft
+            .wait(Some(Duration::from_secs(10)))
+            .metrics(
+                |m| m.purged.as_ref().is_some_and(|p| p.index + 2 + 10 > last),
+                "a recent snapshot and purge",
+            )
+            .await
+            .expect("snapshot built and log purged");
+        let snapshot = metrics.snapshot.expect("snapshot built").index;
+        let purged = metrics.purged.expect("log purged").index;
+        assert_eq!(
+            purged + 2,
+            snapshot,
+            "keeps entries_kept_after_snapshot entries"
+        );
+        let before = controller.image().await;
+        controller.shutdown().await;
+
+        {
+            let db = Arc::new(open_database(dir.path()).expect("reopen database"));
+            let state = RedbLogStore::new(db)
+                .get_log_state()
+                .await
+                .expect("log state");
+            assert_eq!(state.last_purged_log_id.map(|id| id.index), Some(purged));
+        }
+
+        let controller = Controller::start(config).await.expect("restart");
+        let after = controller.image().await;
+        assert_eq!(after.1, before.1);
+        assert!(after.0 >= before.0);
+        controller.shutdown().await;
+    }
+
     #[test]
     fn write_errors_map_to_rpc_errors() {
         use openraft::error::ForwardToLeader;

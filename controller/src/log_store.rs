@@ -161,7 +161,7 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
             let log = txn.open_table(LOG).map_err(db_err)?;
             let last_log_id = match log.last().map_err(db_err)? {
                 Some((_, bytes)) => Some(decode::<Entry>(bytes.value())?.log_id),
-                None => last_purged_log_id.clone(),
+                None => last_purged_log_id,
             };
             Ok(LogState {
                 last_purged_log_id,

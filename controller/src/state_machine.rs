@@ -204,7 +204,7 @@ impl RaftStateMachine<TypeConfig> for MetadataStateMachine {
 
     async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
         let applied = self.state.read();
-        Ok((applied.last_applied.clone(), applied.membership.clone()))
+        Ok((applied.last_applied, applied.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
@@ -232,8 +232,7 @@ impl RaftStateMachine<TypeConfig> for MetadataStateMachine {
                         reply
                     }
                     EntryPayload::Membership(membership) => {
-                        applied.membership =
-                            StoredMembership::new(Some(log_id.clone()), membership);
+                        applied.membership = StoredMembership::new(Some(log_id), membership);
                         CommandReply::Ok
                     }
                 };
@@ -298,7 +297,7 @@ impl RaftSnapshotBuilder<TypeConfig> for MetadataSnapshotBuilder {
         let (meta, data) = {
             let applied = self.state.read();
             let meta = SnapshotMeta {
-                last_log_id: applied.last_applied.clone(),
+                last_log_id: applied.last_applied,
                 last_membership: applied.membership.clone(),
             };
             let data = encode(&SnapshotContentsRef {

@@ -62,15 +62,25 @@ async fn restart_keeps_state_and_does_not_bootstrap_again() {
         .expect("first start");
 
     let (_, fresh) = controller.image().await;
-    let cluster_id = fresh.cluster_id.clone().expect("bootstrapped on first start");
+    let cluster_id = fresh
+        .cluster_id
+        .clone()
+        .expect("bootstrapped on first start");
     assert_eq!(cluster_id.len(), 22);
 
     let registered = write(&controller, register(1)).await;
-    assert_eq!(registered.reply, CommandReply::BrokerRegistered { epoch: 1 });
+    assert_eq!(
+        registered.reply,
+        CommandReply::BrokerRegistered { epoch: 1 }
+    );
     let created = write(&controller, create_topic("orders", 3)).await;
     assert!(matches!(created.reply, CommandReply::TopicCreated { .. }));
     assert!(created.version > registered.version);
-    let ids = write(&controller, MetadataCommand::AllocateProducerIds { count: 10 }).await;
+    let ids = write(
+        &controller,
+        MetadataCommand::AllocateProducerIds { count: 10 },
+    )
+    .await;
     assert_eq!(
         ids.reply,
         CommandReply::ProducerIds {
@@ -92,7 +102,13 @@ async fn restart_keeps_state_and_does_not_bootstrap_again() {
     assert_eq!(after.cluster_id.as_deref(), Some(cluster_id.as_str()));
     assert!(after_version >= before_version, "versions never go back");
     // Only the new leader's blank entry came after: no commands, no Bootstrap.
-    assert!(deltas(controller.deltas_since(before_version, Duration::ZERO).await.unwrap()).is_empty());
+    assert!(deltas(
+        controller
+            .deltas_since(before_version, Duration::ZERO)
+            .await
+            .unwrap()
+    )
+    .is_empty());
 
     let again = write(&controller, create_topic("orders", 3)).await;
     assert_eq!(again.reply, CommandReply::TopicExists);
@@ -149,9 +165,19 @@ async fn deltas_follow_the_log_and_fall_back_to_the_image() {
     // The ring holds the last four commands; everything after the third
     // write's version is there.
     let third = written[2].0;
-    let answer = deltas(controller.deltas_since(third, Duration::ZERO).await.unwrap());
+    let answer = deltas(
+        controller
+            .deltas_since(third, Duration::ZERO)
+            .await
+            .unwrap(),
+    );
     assert_eq!(answer, written[3..].to_vec());
-    let answer = deltas(controller.deltas_since(written[1].0, Duration::ZERO).await.unwrap());
+    let answer = deltas(
+        controller
+            .deltas_since(written[1].0, Duration::ZERO)
+            .await
+            .unwrap(),
+    );
     assert_eq!(answer, written[2..].to_vec());
 
     // Older than the ring: the whole image at the applied version.
@@ -202,8 +228,14 @@ async fn long_poll_waits_then_wakes_on_a_write() {
         .unwrap();
     let waited = started.elapsed();
     assert!(deltas(answer).is_empty());
-    assert!(waited >= Duration::from_millis(190), "returned after {waited:?}");
-    assert!(waited < Duration::from_millis(1000), "returned after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(190),
+        "returned after {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_millis(1000),
+        "returned after {waited:?}"
+    );
 
     let poller = {
         let controller = controller.clone();
