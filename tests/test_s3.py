@@ -55,5 +55,5 @@ def test_round_trip_on_s3(oxbow_on_s3, s3, topic_name):
 
 @pytest.mark.oxbow_only
 def test_kill9_on_s3_loses_nothing_acknowledged(oxbow_on_s3, topic_name):
-    stats = crash.run_crash_check(oxbow_on_s3, topic_name)
+    stats = crash.run_crash_check(oxbow_on_s3, topic_name, partitions=2)
     print(f"crash check on s3: {stats}")

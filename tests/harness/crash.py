@@ -9,6 +9,8 @@ continuing densely after the old end.
 """
 from __future__ import annotations
 
+import os
+import random
 import threading
 import time
 
@@ -18,6 +20,8 @@ from . import clients, env
 
 CRASH_ROUNDS = env.env_int("OXBOW_TEST_CRASH_ROUNDS", 2)
 RUN_BEFORE_KILL = env.env_float("OXBOW_TEST_CRASH_AFTER_S", 2.0)
+# Kill times are jittered (x0.5..x1.5) from this seed, printed so a failure can be replayed.
+SEED = int(os.environ.get("OXBOW_TEST_SEED", time.time_ns() % 1_000_000))
 
 
 def payload(seq: int) -> bytes:
@@ -30,14 +34,15 @@ def seq_of(value: bytes) -> int:
 
 
 class ContinuousProducer:
-    def __init__(self, bootstrap: str, topic: str):
+    def __init__(self, bootstrap: str, topic: str, partitions: int):
         self.topic = topic
+        self.partitions = partitions
         self.producer = Producer({
             "bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
             "linger.ms": 5, "message.timeout.ms": 45000, "queue.buffering.max.messages": 20000,
             "reconnect.backoff.ms": 50, "reconnect.backoff.max.ms": 500,
         })
-        self.acked: dict[int, int] = {}      # seq -> offset from the delivery report
+        self.acked: dict[int, tuple[int, int]] = {}  # seq -> (partition, offset) from the delivery report
         self.failed: dict[int, str] = {}     # seq -> error
         self.sent = 0
         self._stop = threading.Event()
@@ -47,7 +52,7 @@ class ContinuousProducer:
     def _on_delivery(self, err, msg):
         seq = seq_of(msg.value())
         if err is None:
-            self.acked[seq] = msg.offset()
+            self.acked[seq] = (msg.partition(), msg.offset())
         else:
             self.failed[seq] = str(err)
 
@@ -56,7 +61,7 @@ class ContinuousProducer:
             while not self._stop.is_set():
                 try:
                     self.producer.produce(self.topic, value=payload(self.sent), key=b"k%d" % self.sent,
-                                          partition=0, on_delivery=self._on_delivery)
+                                          partition=self.sent % self.partitions, on_delivery=self._on_delivery)
                     self.sent += 1
                     self.producer.poll(0)
                 except BufferError:
@@ -77,39 +82,41 @@ class ContinuousProducer:
         assert left == 0, f"{left} messages neither delivered nor failed after {flush_timeout}s"
 
 
-def read_all(bootstrap: str, topic: str) -> list[clients.Rec]:
-    got = clients.consume_confluent(bootstrap, topic, [0], timeout=180)
-    return got[0]
+def read_all(bootstrap: str, topic: str, partitions: int) -> dict[int, list[clients.Rec]]:
+    return clients.consume_confluent(bootstrap, topic, list(range(partitions)), timeout=180)
 
 
-def audit(recs: list[clients.Rec], acked: dict[int, int]) -> dict[int, int]:
-    """Checks the log against what was acknowledged; returns seq -> offset as read."""
-    offsets = [r.offset for r in recs]
-    assert offsets == list(range(len(recs))), (
-        f"offsets not dense from 0: first gap near index "
-        f"{next((i for i, o in enumerate(offsets) if o != i), None)}")
-    where: dict[int, int] = {}
-    for r in recs:
-        s = seq_of(r.value)
-        assert s not in where, f"seq {s} stored twice: offsets {where[s]} and {r.offset}"
-        assert r.value == payload(s), f"seq {s} at offset {r.offset}: bytes differ from what was sent"
-        assert r.key == b"k%d" % s, f"seq {s} at offset {r.offset}: key {r.key!r}"
-        where[s] = r.offset
+def audit(log: dict[int, list[clients.Rec]], acked: dict[int, tuple[int, int]], partitions: int) -> None:
+    """Checks the log against what was acknowledged."""
+    where: dict[int, tuple[int, int]] = {}
+    for p, recs in log.items():
+        offsets = [r.offset for r in recs]
+        assert offsets == list(range(len(recs))), (
+            f"partition {p}: offsets not dense from 0: first gap near index "
+            f"{next((i for i, o in enumerate(offsets) if o != i), None)}")
+        for r in recs:
+            s = seq_of(r.value)
+            assert s not in where, f"seq {s} stored twice: at {where[s]} and {(p, r.offset)}"
+            assert s % partitions == p, f"seq {s} found in partition {p}, sent to {s % partitions}"
+            assert r.value == payload(s), f"seq {s} at {p}/{r.offset}: bytes differ from what was sent"
+            assert r.key == b"k%d" % s, f"seq {s} at {p}/{r.offset}: key {r.key!r}"
+            where[s] = (p, r.offset)
     lost = sorted(s for s in acked if s not in where)
     assert not lost, f"{len(lost)} acknowledged messages lost, e.g. seq {lost[:10]}"
     moved = [(s, acked[s], where[s]) for s in acked if where[s] != acked[s]]
-    assert not moved, (f"{len(moved)} acknowledged messages not at their acknowledged offset, "
-                       f"e.g. (seq, acked offset, found offset) {moved[:5]}")
-    return where
+    assert not moved, (f"{len(moved)} acknowledged messages not at their acknowledged (partition, offset), "
+                       f"e.g. (seq, acked, found) {moved[:5]}")
 
 
-def run_crash_check(server, topic: str, rounds: int = CRASH_ROUNDS) -> dict:
-    clients.create_topic(server.bootstrap, topic, 1)
-    prod = ContinuousProducer(server.bootstrap, topic)
+def run_crash_check(server, topic: str, partitions: int = 1, rounds: int = CRASH_ROUNDS) -> dict:
+    rnd = random.Random(SEED)
+    print(f"crash check seed {SEED} (OXBOW_TEST_SEED), {rounds} kills, {partitions} partitions")
+    clients.create_topic(server.bootstrap, topic, partitions)
+    prod = ContinuousProducer(server.bootstrap, topic, partitions)
     prod.start()
     acked_before_kill = []
     for _ in range(rounds):
-        time.sleep(RUN_BEFORE_KILL)
+        time.sleep(RUN_BEFORE_KILL * rnd.uniform(0.5, 1.5))
         acked_before_kill.append(len(prod.acked))
         server.kill9()
         server.restart()
@@ -120,17 +127,23 @@ def run_crash_check(server, topic: str, rounds: int = CRASH_ROUNDS) -> dict:
         f"no message acknowledged after the last restart ({len(prod.acked)} acked in all; "
         f"failures e.g. {list(prod.failed.items())[:3]})")
 
-    first = read_all(server.bootstrap, topic)
-    audit(first, prod.acked)
-    second = read_all(server.bootstrap, topic)
+    first = read_all(server.bootstrap, topic, partitions)
+    audit(first, prod.acked, partitions)
+    second = read_all(server.bootstrap, topic, partitions)
     assert second == first, "a second read differs from the first"
 
-    # Writes continue densely after the old end.
-    more = [clients.Msg(0, b"k%d" % s, payload(s)) for s in range(10**8, 10**8 + 500)]
+    # Writes continue densely after the old end of every partition.
+    ends = {p: len(first[p]) for p in range(partitions)}
+    base = 10**8
+    more = [clients.Msg(s % partitions, b"k%d" % s, payload(s)) for s in range(base, base + 100 * partitions)]
     acks = clients.produce_confluent(server.bootstrap, topic, more)
-    assert [o for _, o in acks] == list(range(len(first), len(first) + len(more))), (
-        f"new offsets {acks[0][1]}..{acks[-1][1]}, expected {len(first)}..{len(first) + len(more) - 1}")
-    third = read_all(server.bootstrap, topic)
-    assert third[:len(first)] == first
-    assert [r.offset for r in third] == list(range(len(first) + len(more)))
-    return {"sent": prod.sent, "acked": len(prod.acked), "failed": len(prod.failed), "stored": len(first)}
+    for p in range(partitions):
+        got = [o for (pp, o) in acks if pp == p]
+        assert got == list(range(ends[p], ends[p] + len(got))), (
+            f"partition {p}: new offsets {got[:3]}..., expected from {ends[p]}")
+    third = read_all(server.bootstrap, topic, partitions)
+    for p in range(partitions):
+        assert third[p][:ends[p]] == first[p], f"partition {p}: old records changed after new writes"
+        assert [r.offset for r in third[p]] == list(range(ends[p] + 100))
+    return {"sent": prod.sent, "acked": len(prod.acked), "failed": len(prod.failed),
+            "stored": sum(len(v) for v in first.values())}

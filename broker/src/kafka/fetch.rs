@@ -16,6 +16,7 @@ use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, Partition
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::messages::{
     FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, TopicName,
 };
@@ -166,12 +167,24 @@ pub async fn handle(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> Fe
     let max_bytes = usize::try_from(req.max_bytes).unwrap_or(0);
     let max_bytes = if version >= 3 { max_bytes } else { usize::MAX };
 
-    // (topic name, partition, fetch offset, partition max bytes)
+    // (topic name, partition, fetch offset, partition max bytes); v13+
+    // names topics by id only.
     let mut wanted: Vec<(TopicName, i32, i64, usize)> = Vec::new();
+    let mut ids: Vec<uuid::Uuid> = Vec::new();
     for t in &req.topics {
+        let name = if version >= 13 {
+            broker
+                .metadata
+                .read(|img| img.topic_by_id(t.topic_id).map(|t| t.name.clone()))
+                .map(|n| TopicName(StrBytes::from_string(n)))
+                .unwrap_or_default()
+        } else {
+            t.topic.clone()
+        };
         for p in &t.partitions {
+            ids.push(t.topic_id);
             wanted.push((
-                t.topic.clone(),
+                name.clone(),
                 p.partition,
                 p.fetch_offset,
                 usize::try_from(p.partition_max_bytes).unwrap_or(0),
@@ -198,10 +211,14 @@ pub async fn handle(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> Fe
         let has_error = reads.iter().any(|r| r.code != ErrorCode::None);
         if total >= min_bytes.max(1) || now >= deadline || has_error || wanted.is_empty() {
             let mut by_topic: Vec<FetchableTopicResponse> = Vec::new();
-            for ((topic, partition, _, _), r) in wanted.iter().zip(reads) {
+            for (((topic, partition, _, _), r), id) in wanted.iter().zip(reads).zip(&ids) {
                 let mut pd = PartitionData::default();
                 pd.partition_index = *partition;
-                pd.error_code = r.code.code();
+                pd.error_code = if version >= 13 && r.code == ErrorCode::UnknownTopicOrPartition {
+                    ErrorCode::UnknownTopicId.code()
+                } else {
+                    r.code.code()
+                };
                 pd.high_watermark = r.high_watermark;
                 pd.last_stable_offset = r.high_watermark;
                 pd.log_start_offset = r.log_start;
@@ -210,10 +227,11 @@ pub async fn handle(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> Fe
                 metrics::counter!("oxbow_bytes_out_total").increment(r.bytes as u64);
                 pd.records = Some(concat(&r.records));
                 match by_topic.last_mut() {
-                    Some(t) if &t.topic == topic => t.partitions.push(pd),
+                    Some(t) if &t.topic == topic && t.topic_id == *id => t.partitions.push(pd),
                     _ => {
                         let mut t = FetchableTopicResponse::default();
                         t.topic = topic.clone();
+                        t.topic_id = *id;
                         t.partitions.push(pd);
                         by_topic.push(t);
                     }

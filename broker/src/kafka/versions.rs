@@ -7,7 +7,7 @@ use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
 /// (api, min version, max version) for every API we answer.
 const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 3, 12),
-    (ApiKey::Fetch, 4, 12),
+    (ApiKey::Fetch, 4, 16),
     (ApiKey::ListOffsets, 1, 9),
     (ApiKey::Metadata, 0, 13),
     (ApiKey::ApiVersions, 0, 4),
