@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from harness import env
-from harness.servers import KafkaServer, OxbowServer, S3sFs
+from harness.servers import STOP_TIMEOUT, KafkaServer, OxbowServer, S3sFs
 
 _SERVERS = pytest.StashKey[list]()
 
@@ -69,12 +69,20 @@ def server_factory(request, tmp_path):
         return srv
 
     yield make
+    problems = []
     for srv in reversed(made):
-        srv.stop()
-    panics = [srv for srv in made if isinstance(srv, OxbowServer) and "panicked at" in srv.log_text()]
-    if panics:
-        pytest.fail("oxbow panicked during the test (a panic is always a bug); see "
-                    + ", ".join(str(s.log_path) for s in panics), pytrace=False)
+        if srv.died_unexpectedly():
+            problems.append(f"{srv.name} exited on its own during the test with code "
+                            f"{srv.process.returncode()} ({srv.log_path})")
+        was_running = srv.running()
+        code = srv.stop()
+        if isinstance(srv, OxbowServer) and was_running and code != 0:
+            problems.append(f"oxbow exited with code {code} after SIGTERM at teardown, expected 0 within "
+                            f"{STOP_TIMEOUT:.0f}s ({srv.log_path})")
+        if isinstance(srv, OxbowServer) and "panicked at" in srv.log_text():
+            problems.append(f"oxbow panicked during the test (a panic is always a bug): {srv.log_path}")
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
 
 
 @pytest.fixture

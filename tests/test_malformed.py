@@ -197,3 +197,35 @@ def test_produce_with_wrong_crc_is_rejected(server, topic_name):
     got = clients.consume_confluent(server.bootstrap, topic_name, [0])[0]
     assert [(r.offset, r.key, r.value) for r in got] == [(0, b"k0", b"a valid record"), (1, None, b"another")]
     still_serving(server)
+
+
+LYING_BATCHES = {
+    "length-beyond-data": lambda: wire.record_batch([(b"k", b"v" * 100)], length_delta=1000),
+    "length-too-small": lambda: wire.record_batch([(b"k", b"v" * 100)], length_delta=-60),
+    "negative-length": lambda: wire.record_batch([(b"k", b"v")], length_delta=-10_000),
+    "count-2^31-1": lambda: wire.record_batch([(b"k", b"v")], count=0x7FFFFFFF),
+    "count-too-small": lambda: wire.record_batch([(b"k", b"a"), (b"k", b"b"), (b"k", b"c")], count=1),
+    "magic-1": lambda: wire.record_batch([(b"k", b"v")], magic=1),
+    "magic-3": lambda: wire.record_batch([(b"k", b"v")], magic=3),
+    "truncated": lambda: wire.record_batch([(b"k", b"v" * 100)])[:-40],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(LYING_BATCHES))
+def test_produce_batch_that_lies_about_itself(server, topic_name, kind):
+    """Error code (or close) for the partition, nothing stored, partition still writable."""
+    clients.create_topic(server.bootstrap, topic_name, 1)
+    with wire.Connection(server.host, server.port) as c:
+        cid = c.send_request(wire.API_PRODUCE, 7, wire.produce_request_v7(topic_name, 0, LYING_BATCHES[kind]()))
+        out = error_or_close(c, cid, f"Produce with a {kind} batch")
+        if out != "closed":
+            [(name, part, err, _)] = wire.parse_produce_response_v7(out)
+            assert (name, part) == (topic_name, 0)
+            assert err != wire.ERR_NONE, f"a {kind} batch was accepted"
+    assert rss_bytes(server.pid) < RSS_LIMIT
+    still_serving(server)
+    assert clients.watermarks_confluent(server.bootstrap, topic_name, 0) == (0, 0), "something was stored"
+    with wire.Connection(server.host, server.port) as c:
+        cid = c.send_request(wire.API_PRODUCE, 7, wire.produce_request_v7(
+            topic_name, 0, wire.record_batch([(b"k", b"good")])))
+        assert wire.parse_produce_response_v7(c.read_response(cid)) == [(topic_name, 0, wire.ERR_NONE, 0)]

@@ -8,8 +8,8 @@ import pytest
 from harness import clients, env
 
 CODECS = ["none", "gzip", "snappy", "lz4", "zstd"]
-# Per (client, codec) case; the default gives 10 x 10,000 = 100,000 messages in all.
-MESSAGES = env.env_int("OXBOW_TEST_MESSAGES", 10_000)
+# Per (client, codec) case; the default gives 10 x 20,000 = 200,000 messages in all.
+MESSAGES = env.env_int("OXBOW_TEST_MESSAGES", 20_000)
 PARTITIONS = 4
 
 

@@ -88,10 +88,21 @@ impl RedbLogStore {
     }
 
     async fn write_state<T: Serialize>(&self, key: &'static str, value: &T) -> io::Result<()> {
+        self.write_state_with(key, value, redb::Durability::Immediate)
+            .await
+    }
+
+    async fn write_state_with<T: Serialize>(
+        &self,
+        key: &'static str,
+        value: &T,
+        durability: redb::Durability,
+    ) -> io::Result<()> {
         let bytes = encode(value)?;
         let db = self.db.clone();
         blocking(move || {
-            let txn = db.begin_write().map_err(db_err)?;
+            let mut txn = db.begin_write().map_err(db_err)?;
+            txn.set_durability(durability).map_err(db_err)?;
             {
                 let mut table = txn.open_table(RAFT_STATE).map_err(db_err)?;
                 table.insert(key, bytes.as_slice()).map_err(db_err)?;
@@ -179,8 +190,13 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
         self.write_state(KEY_VOTE, vote).await
     }
 
+    /// Not fsynced: it becomes durable with the next log append or vote.
+    /// Losing it in a crash is safe (openraft re-learns the committed index;
+    /// `Controller::start` waits on a read barrier before serving), and it
+    /// saves one fsync on every metadata write.
     async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
-        self.write_state(KEY_COMMITTED, &committed).await
+        self.write_state_with(KEY_COMMITTED, &committed, redb::Durability::None)
+            .await
     }
 
     async fn read_committed(&mut self) -> io::Result<Option<LogId>> {

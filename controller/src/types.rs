@@ -30,16 +30,7 @@ pub struct Proposal(pub MetadataCommand);
 impl fmt::Display for Proposal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The variant name is enough for logs; payloads can be large.
-        let name = match &self.0 {
-            MetadataCommand::Bootstrap { .. } => "Bootstrap",
-            MetadataCommand::RegisterBroker { .. } => "RegisterBroker",
-            MetadataCommand::CreateTopic { .. } => "CreateTopic",
-            MetadataCommand::DeleteTopic { .. } => "DeleteTopic",
-            MetadataCommand::CreatePartitions { .. } => "CreatePartitions",
-            MetadataCommand::CommitObject { .. } => "CommitObject",
-            MetadataCommand::AllocateProducerIds { .. } => "AllocateProducerIds",
-        };
-        f.write_str(name)
+        f.write_str(self.0.name())
     }
 }
 

@@ -116,6 +116,14 @@ pub enum RangeVerdict {
     UnknownStream,
 }
 
+/// One object of a `CommitObjects`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectCommit {
+    pub key: String,
+    pub size: u64,
+    pub ranges: Vec<CommitRange>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetadataCommand {
     /// First command of a new cluster.
@@ -151,9 +159,28 @@ pub enum MetadataCommand {
         size: u64,
         ranges: Vec<CommitRange>,
     },
+    /// Several objects of one broker committed in one Raft write, judged in
+    /// order exactly as that many `CommitObject`s would be.
+    CommitObjects {
+        broker: BrokerId,
+        broker_epoch: u64,
+        objects: Vec<ObjectCommit>,
+    },
     /// Hands out `count` producer ids.
     AllocateProducerIds {
         count: u32,
+    },
+    /// The broker missed its session (or shut down): it is fenced and every
+    /// stream it owns moves to a live broker at a new epoch. Ignored if the
+    /// broker has re-registered since (`epoch` is not its current one).
+    FenceBroker {
+        id: BrokerId,
+        epoch: u64,
+    },
+    /// Moves a stream to `to` (a reassignment) at a new epoch.
+    MoveStream {
+        stream: StreamId,
+        to: BrokerId,
     },
 }
 
@@ -181,6 +208,8 @@ pub enum CommandReply {
         count: u32,
     },
     AlreadyBootstrapped,
+    /// One reply per object of a `CommitObjects`.
+    ObjectsCommitted(Vec<CommandReply>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -219,6 +248,30 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+impl MetadataCommand {
+    /// The variant's name, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MetadataCommand::Bootstrap { .. } => "Bootstrap",
+            MetadataCommand::RegisterBroker { .. } => "RegisterBroker",
+            MetadataCommand::CreateTopic { .. } => "CreateTopic",
+            MetadataCommand::DeleteTopic { .. } => "DeleteTopic",
+            MetadataCommand::CreatePartitions { .. } => "CreatePartitions",
+            MetadataCommand::CommitObject { .. } => "CommitObject",
+            MetadataCommand::CommitObjects { .. } => "CommitObjects",
+            MetadataCommand::AllocateProducerIds { .. } => "AllocateProducerIds",
+            MetadataCommand::FenceBroker { .. } => "FenceBroker",
+            MetadataCommand::MoveStream { .. } => "MoveStream",
+        }
+    }
+}
+
+impl std::fmt::Display for MetadataCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl MetadataImage {
@@ -266,7 +319,8 @@ impl MetadataImage {
                 // A new incarnation fences whatever its previous one still has
                 // in flight: every stream it owns moves to a new epoch.
                 for s in self.streams.values_mut() {
-                    if s.owner == Some(*id) {
+                    if s.owner == Some(*id) || s.owner.is_none() {
+                        s.owner = Some(*id);
                         s.epoch += 1;
                         s.leader_epoch += 1;
                     }
@@ -353,6 +407,51 @@ impl MetadataImage {
                 size,
                 ranges,
             } => self.commit_object(*broker, *broker_epoch, key, *size, ranges),
+            MetadataCommand::CommitObjects {
+                broker,
+                broker_epoch,
+                objects,
+            } => CommandReply::ObjectsCommitted(
+                objects
+                    .iter()
+                    .map(|o| self.commit_object(*broker, *broker_epoch, &o.key, o.size, &o.ranges))
+                    .collect(),
+            ),
+            MetadataCommand::FenceBroker { id, epoch } => {
+                match self.brokers.get_mut(id) {
+                    Some(b) if b.epoch == *epoch && !b.fenced => b.fenced = true,
+                    _ => return CommandReply::StaleBrokerEpoch,
+                }
+                let live: Vec<BrokerId> = self.live_brokers().map(|b| b.id).collect();
+                for s in self.streams.values_mut() {
+                    if s.owner == Some(*id) {
+                        // With no live broker the stream waits, ownerless,
+                        // for the next registration.
+                        s.owner = if live.is_empty() {
+                            None
+                        } else {
+                            Some(live[(s.id.0 % live.len() as u64) as usize])
+                        };
+                        s.epoch += 1;
+                        s.leader_epoch += 1;
+                    }
+                }
+                CommandReply::Ok
+            }
+            MetadataCommand::MoveStream { stream, to } => {
+                if !self.brokers.get(to).is_some_and(|b| !b.fenced) {
+                    return CommandReply::NoLiveBrokers;
+                }
+                let Some(s) = self.streams.get_mut(stream) else {
+                    return CommandReply::UnknownTopic;
+                };
+                if s.owner != Some(*to) {
+                    s.owner = Some(*to);
+                    s.epoch += 1;
+                    s.leader_epoch += 1;
+                }
+                CommandReply::Ok
+            }
             MetadataCommand::AllocateProducerIds { count } => {
                 let first = self.next_producer_id.max(1000);
                 self.next_producer_id = first + i64::from(*count);
@@ -573,6 +672,55 @@ mod tests {
     }
 
     #[test]
+    fn batched_commits_are_judged_in_order() {
+        let mut img = image_with_topic(1);
+        let range = |start, end| CommitRange {
+            stream: StreamId(0),
+            stream_epoch: 1,
+            start_offset: start,
+            end_offset: end,
+            max_timestamp: 0,
+        };
+        let reply = img.apply(&MetadataCommand::CommitObjects {
+            broker: 1,
+            broker_epoch: 1,
+            objects: vec![
+                ObjectCommit {
+                    key: "a".into(),
+                    size: 1,
+                    ranges: vec![range(0, 5)],
+                },
+                ObjectCommit {
+                    key: "b".into(),
+                    size: 1,
+                    ranges: vec![range(5, 9)],
+                },
+                ObjectCommit {
+                    key: "c".into(),
+                    size: 1,
+                    ranges: vec![range(10, 12)],
+                },
+            ],
+        });
+        let CommandReply::ObjectsCommitted(replies) = reply else {
+            panic!("unexpected reply {reply:?}");
+        };
+        assert_eq!(replies.len(), 3);
+        assert!(matches!(
+            &replies[1],
+            CommandReply::ObjectCommitted {
+                object: Some(_),
+                ..
+            }
+        ));
+        assert!(matches!(
+            &replies[2],
+            CommandReply::ObjectCommitted { object: None, .. }
+        ));
+        assert_eq!(img.streams[&StreamId(0)].end_offset, 9);
+    }
+
+    #[test]
     fn retried_commit_is_recognised() {
         let mut img = image_with_topic(1);
         let first = commit(&mut img, "a", 1, 0, 10);
@@ -611,6 +759,61 @@ mod tests {
             img.objects.values().next().map(|o| o.state),
             Some(ObjectState::MarkDestroyed)
         );
+    }
+
+    #[test]
+    fn fencing_moves_streams_to_live_brokers() {
+        let mut img = image_with_topic(4);
+        img.apply(&MetadataCommand::RegisterBroker {
+            id: 2,
+            endpoint: BrokerEndpoint {
+                host: "h".into(),
+                port: 9093,
+            },
+            rack: None,
+        });
+        let before: Vec<u64> = img.streams.values().map(|s| s.epoch).collect();
+        // A stale epoch is ignored.
+        assert_eq!(
+            img.apply(&MetadataCommand::FenceBroker { id: 1, epoch: 7 }),
+            CommandReply::StaleBrokerEpoch
+        );
+        assert_eq!(
+            img.apply(&MetadataCommand::FenceBroker { id: 1, epoch: 1 }),
+            CommandReply::Ok
+        );
+        assert!(img.streams.values().all(|s| s.owner == Some(2)));
+        let after: Vec<u64> = img.streams.values().map(|s| s.epoch).collect();
+        assert!(before.iter().zip(&after).all(|(b, a)| a > b));
+        // The fenced broker can no longer commit.
+        assert_eq!(
+            commit(&mut img, "a", 2, 0, 10),
+            CommandReply::StaleBrokerEpoch
+        );
+    }
+
+    #[test]
+    fn move_stream_bumps_the_epoch_once() {
+        let mut img = image_with_topic(1);
+        img.apply(&MetadataCommand::RegisterBroker {
+            id: 2,
+            endpoint: BrokerEndpoint {
+                host: "h".into(),
+                port: 9093,
+            },
+            rack: None,
+        });
+        let e = img.streams[&StreamId(0)].epoch;
+        img.apply(&MetadataCommand::MoveStream {
+            stream: StreamId(0),
+            to: 2,
+        });
+        img.apply(&MetadataCommand::MoveStream {
+            stream: StreamId(0),
+            to: 2,
+        });
+        assert_eq!(img.streams[&StreamId(0)].epoch, e + 1);
+        assert_eq!(img.streams[&StreamId(0)].owner, Some(2));
     }
 
     #[test]

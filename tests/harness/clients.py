@@ -168,10 +168,7 @@ def consume_confluent(bootstrap: str, topic: str, partitions: list[int], timeout
                   "auto.offset.reset": "earliest", "enable.partition.eof": False})
     try:
         if end_offsets is None:
-            end_offsets = {}
-            for p in partitions:
-                low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-                end_offsets[p] = high
+            end_offsets = {p: _high_watermark(c, topic, p) for p in partitions}
         c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         got: dict[int, list[Rec]] = {p: [] for p in partitions}
         pos = {p: 0 for p in partitions}
@@ -191,6 +188,19 @@ def consume_confluent(bootstrap: str, topic: str, partitions: list[int], timeout
         return got
     finally:
         c.close()
+
+
+def _high_watermark(c: Consumer, topic: str, partition: int, timeout: float = 30.0) -> int:
+    """The partition's high watermark, retrying errors for a while (e.g. a leader still
+    loading after a restart: NOT_LEADER_FOR_PARTITION), as a client would."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return c.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1]
+        except KafkaException as e:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no high watermark for {topic}/{partition} within {timeout}s: {e}") from e
+            time.sleep(0.2)
 
 
 def watermarks_confluent(bootstrap: str, topic: str, partition: int, timeout: float = 10.0) -> tuple[int, int]:

@@ -114,10 +114,11 @@ def run_crash_check(server, topic: str, partitions: int = 1, rounds: int = CRASH
     clients.create_topic(server.bootstrap, topic, partitions)
     prod = ContinuousProducer(server.bootstrap, topic, partitions)
     prod.start()
-    acked_before_kill = []
+    acked_before_kill, in_flight_at_kill = [], []
     for _ in range(rounds):
         time.sleep(RUN_BEFORE_KILL * rnd.uniform(0.5, 1.5))
         acked_before_kill.append(len(prod.acked))
+        in_flight_at_kill.append(prod.sent - len(prod.acked) - len(prod.failed))
         server.kill9()
         server.restart()
     time.sleep(RUN_BEFORE_KILL)
@@ -146,4 +147,5 @@ def run_crash_check(server, topic: str, partitions: int = 1, rounds: int = CRASH
         assert third[p][:ends[p]] == first[p], f"partition {p}: old records changed after new writes"
         assert [r.offset for r in third[p]] == list(range(ends[p] + 100))
     return {"sent": prod.sent, "acked": len(prod.acked), "failed": len(prod.failed),
+            "unacked_at_each_kill": in_flight_at_kill,
             "stored": sum(len(v) for v in first.values())}

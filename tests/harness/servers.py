@@ -36,6 +36,7 @@ class _Server:
         self.log_path = self.workdir / f"{self.name}.log"
         self.port = free_port()
         self.process: ManagedProcess | None = None
+        self.stopped_on_purpose = False  # set by kill9/stop; an exit without it is a crash
 
     # --- to be provided by each server kind
     def _argv(self) -> list[str]:
@@ -70,6 +71,7 @@ class _Server:
             return ""
 
     def start(self, retries_on_port_clash: int = 2) -> "_Server":
+        self.stopped_on_purpose = False
         for attempt in range(retries_on_port_clash + 1):
             self.process = ManagedProcess(self.name, self._argv(), self.log_path, env=self._env(),
                                           cwd=self.workdir)
@@ -105,11 +107,18 @@ class _Server:
         return self.start(retries_on_port_clash=0)
 
     def kill9(self) -> None:
+        self.stopped_on_purpose = True
         if self.process:
             self.process.kill9()
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
+        """SIGTERM, SIGKILL after `timeout`; the exit code (-9 if it had to be killed)."""
+        self.stopped_on_purpose = True
         return self.process.stop(timeout) if self.process else None
+
+    def died_unexpectedly(self) -> bool:
+        return bool(self.process and self.process.proc and not self.process.running()
+                    and not self.stopped_on_purpose)
 
     def running(self) -> bool:
         return bool(self.process and self.process.running())

@@ -14,6 +14,7 @@ import time
 API_PRODUCE = 0
 API_METADATA = 3
 API_API_VERSIONS = 18
+API_INIT_PRODUCER_ID = 22
 
 ERR_NONE = 0
 ERR_CORRUPT_MESSAGE = 2
@@ -88,18 +89,22 @@ def record(offset_delta: int, key: bytes | None, value: bytes | None, timestamp_
     return varint(len(body)) + body
 
 
-def record_batch(records: list[tuple[bytes | None, bytes | None]], base_timestamp: int | None = None) -> bytes:
-    """An uncompressed magic-v2 batch with a correct CRC, no producer id."""
+def record_batch(records: list[tuple[bytes | None, bytes | None]], base_timestamp: int | None = None,
+                 magic: int = 2, count: int | None = None, length_delta: int = 0,
+                 producer_id: int = -1, producer_epoch: int = -1, base_sequence: int = -1) -> bytes:
+    """An uncompressed batch with a correct CRC and no producer id; `magic`, `count` (the
+    records count field, covered by the CRC) and `length_delta` (added to batchLength, which
+    the CRC does not cover) let a test build a batch that lies about itself."""
     ts = int(time.time() * 1000) if base_timestamp is None else base_timestamp
     recs = b"".join(record(i, k, v) for i, (k, v) in enumerate(records))
     after_crc = (i16(0)                       # attributes: no compression, create time
                  + i32(len(records) - 1)      # lastOffsetDelta
                  + i64(ts) + i64(ts)          # baseTimestamp, maxTimestamp
-                 + i64(-1) + i16(-1) + i32(-1)  # producerId, producerEpoch, baseSequence
-                 + i32(len(records)) + recs)
+                 + i64(producer_id) + i16(producer_epoch) + i32(base_sequence)
+                 + i32(len(records) if count is None else count) + recs)
     crc = crc32c(after_crc)
-    after_length = i32(0) + i8(2) + u32(crc) + after_crc  # partitionLeaderEpoch, magic, crc
-    return i64(0) + i32(len(after_length)) + after_length
+    after_length = i32(0) + i8(magic) + u32(crc) + after_crc  # partitionLeaderEpoch, magic, crc
+    return i64(0) + i32(len(after_length) + length_delta) + after_length
 
 
 def produce_request_v7(topic: str, partition: int, batch: bytes, acks: int = -1, timeout_ms: int = 10000) -> bytes:
@@ -121,6 +126,22 @@ def parse_produce_response_v7(body: bytes) -> list[tuple[str, int, int, int]]:
             out.append((name, index, err, base))
     r.i32()  # throttle_time_ms
     return out
+
+
+def init_producer_id_v1(conn: "Connection") -> tuple[int, int]:
+    """InitProducerId v1 for an idempotent (non-transactional) producer: (producer_id, epoch).
+    Retries for up to 30 s on the retriable COORDINATOR_LOAD_IN_PROGRESS / _NOT_AVAILABLE."""
+    deadline = time.monotonic() + 30
+    while True:
+        cid = conn.send_request(API_INIT_PRODUCER_ID, 1, string(None) + i32(60000))
+        r = _Reader(conn.read_response(cid))
+        r.i32()  # throttle_time_ms
+        err, pid, epoch = r.i16(), r.i64(), r.i16()
+        if err == ERR_NONE:
+            return pid, epoch
+        if err not in (14, 15) or time.monotonic() > deadline:
+            raise AssertionError(f"InitProducerId answered error {err}")
+        time.sleep(0.2)
 
 
 def parse_api_versions_v0(body: bytes) -> tuple[int, dict[int, tuple[int, int]]]:

@@ -16,10 +16,10 @@ use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, Partition
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
-use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::messages::{
     FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, TopicName,
 };
+use kafka_protocol::protocol::StrBytes;
 use proto::image::StreamRecord;
 use proto::StreamId;
 use tracing::warn;

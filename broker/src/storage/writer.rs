@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use object_store::{path::Path, ObjectStore, ObjectStoreExt, PutPayload};
-use proto::image::{CommandReply, CommitRange, MetadataCommand, RangeVerdict};
+use proto::image::{CommandReply, CommitRange, MetadataCommand, ObjectCommit, RangeVerdict};
 use proto::rpc::{ControllerApi, RpcError};
 use proto::{BrokerId, StreamId};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
@@ -104,8 +104,10 @@ pub fn spawn_writer(
         max_unflushed: cfg.max_unflushed_bytes,
     };
     let (sealed_tx, sealed_rx) = mpsc::channel(cfg.max_inflight_puts.max(1));
+    let pipeline = Arc::new(Pipeline::default());
     let committer = tokio::spawn(commit_loop(
         sealed_rx,
+        pipeline.clone(),
         controller,
         identity.broker,
         identity.broker_epoch,
@@ -113,11 +115,46 @@ pub fn spawn_writer(
         cfg.max_attempts,
     ));
     let task = tokio::spawn(async move {
-        gather_loop(cfg, store, identity, rx, sealed_tx).await;
+        gather_loop(cfg, store, identity, rx, sealed_tx, pipeline).await;
         let _ = committer.await;
     });
     (handle, task)
 }
+
+/// Objects sealed but not yet through the commit stage, and a signal when
+/// that count drops, so the gatherer can seal early when the pipeline is idle
+/// (group commit: at low load an object goes out at once, under load batches
+/// gather while the previous objects are in flight, up to `linger`).
+#[derive(Default)]
+struct Pipeline {
+    in_flight: std::sync::atomic::AtomicUsize,
+    drained: tokio::sync::Notify,
+}
+
+impl Pipeline {
+    fn in_flight(&self) -> usize {
+        self.in_flight.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn sealed(&self) {
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    fn resolved(&self) {
+        self.in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.drained.notify_one();
+    }
+}
+
+/// With fewer objects than this in flight, the pipeline has room: seal after
+/// `IDLE_LINGER` instead of `linger`. Two lets the next object's PUT overlap
+/// the previous object's commit.
+const EARLY_SEAL_BELOW: usize = 2;
+/// How long to wait for the rest of a burst (the other partitions of the same
+/// produce request) before sealing early.
+const IDLE_LINGER: Duration = Duration::from_millis(1);
 
 async fn gather_loop(
     cfg: StorageConfig,
@@ -125,6 +162,7 @@ async fn gather_loop(
     identity: WriterIdentity,
     mut rx: mpsc::Receiver<PendingBatch>,
     sealed_tx: mpsc::Sender<SealedObject>,
+    pipeline: Arc<Pipeline>,
 ) {
     let mut buffer: Vec<PendingBatch> = Vec::new();
     let mut buffered = 0usize;
@@ -143,12 +181,14 @@ async fn gather_loop(
                     buffered += b.bytes.len();
                     buffer.push(b);
                     if deadline.is_none() {
-                        deadline = Some(tokio::time::Instant::now() + cfg.linger);
+                        let wait = if pipeline.in_flight() < EARLY_SEAL_BELOW { IDLE_LINGER.min(cfg.linger) } else { cfg.linger };
+                        deadline = Some(tokio::time::Instant::now() + wait);
                     }
                     buffered >= cfg.flush_bytes
                 }
                 None => {
                     if !buffer.is_empty() {
+                        pipeline.sealed();
                         let obj = seal(&cfg, &store, &identity, seq, std::mem::take(&mut buffer));
                         let _ = sealed_tx.send(obj).await;
                     }
@@ -156,8 +196,10 @@ async fn gather_loop(
                 }
             },
             _ = sleep => true,
+            _ = pipeline.drained.notified(), if !buffer.is_empty() => pipeline.in_flight() < EARLY_SEAL_BELOW,
         };
         if seal_now && !buffer.is_empty() {
+            pipeline.sealed();
             let obj = seal(&cfg, &store, &identity, seq, std::mem::take(&mut buffer));
             seq += 1;
             buffered = 0;
@@ -270,34 +312,98 @@ async fn put_with_retries(
     false
 }
 
+/// Most objects committed in one controller write.
+const MAX_OBJECTS_PER_COMMIT: usize = 16;
+
+/// Commits sealed objects in seal order. Whenever several consecutive objects
+/// have finished uploading, they go to the controller in one write.
 async fn commit_loop(
     mut sealed_rx: mpsc::Receiver<SealedObject>,
+    pipeline: Arc<Pipeline>,
     controller: Arc<dyn ControllerApi>,
     broker: BrokerId,
     broker_epoch: u64,
     cache: Arc<LogCache>,
     max_attempts: u32,
 ) {
-    while let Some(obj) = sealed_rx.recv().await {
-        let uploaded = obj.upload.await.unwrap_or(false);
-        if !uploaded {
-            fail_all(obj.batches, AckOutcome::Failed);
+    let mut queue: std::collections::VecDeque<SealedObject> = std::collections::VecDeque::new();
+    loop {
+        if queue.is_empty() {
+            match sealed_rx.recv().await {
+                Some(o) => queue.push_back(o),
+                None => return,
+            }
+        }
+        while queue.len() < MAX_OBJECTS_PER_COMMIT {
+            match sealed_rx.try_recv() {
+                Ok(o) => queue.push_back(o),
+                Err(_) => break,
+            }
+        }
+        let mut head = queue.pop_front().expect("queue holds an object");
+        let mut group = Vec::new();
+        if !(&mut head.upload).await.unwrap_or(false) {
+            fail_all(head.batches, AckOutcome::Failed);
+            pipeline.resolved();
             continue;
         }
-        let cmd = MetadataCommand::CommitObject {
+        group.push(head);
+        // Followers whose upload already succeeded join this commit; the
+        // first one still uploading (or failed) waits for the next round.
+        while group.len() < MAX_OBJECTS_PER_COMMIT
+            && queue.front().is_some_and(|o| o.upload.is_finished())
+        {
+            let mut next = queue.pop_front().expect("front checked above");
+            if !(&mut next.upload).await.unwrap_or(false) {
+                queue.push_front(next);
+                break;
+            }
+            group.push(next);
+        }
+        let n = group.len();
+        commit_group(
+            group,
+            &*controller,
             broker,
             broker_epoch,
-            key: obj.key.clone(),
-            size: obj.size,
-            ranges: obj.ranges.clone(),
-        };
-        let verdicts = match commit_with_retries(&*controller, cmd, max_attempts).await {
-            Some(v) => v,
-            None => {
-                fail_all(obj.batches, AckOutcome::Failed);
-                continue;
-            }
-        };
+            &cache,
+            max_attempts,
+        )
+        .await;
+        for _ in 0..n {
+            pipeline.resolved();
+        }
+    }
+}
+
+async fn commit_group(
+    group: Vec<SealedObject>,
+    controller: &dyn ControllerApi,
+    broker: BrokerId,
+    broker_epoch: u64,
+    cache: &LogCache,
+    max_attempts: u32,
+) {
+    let cmd = MetadataCommand::CommitObjects {
+        broker,
+        broker_epoch,
+        objects: group
+            .iter()
+            .map(|o| ObjectCommit {
+                key: o.key.clone(),
+                size: o.size,
+                ranges: o.ranges.clone(),
+            })
+            .collect(),
+    };
+    let shape: Vec<usize> = group.iter().map(|o| o.ranges.len()).collect();
+    let Some(verdicts) = commit_with_retries(controller, cmd, &shape, max_attempts).await else {
+        for obj in group {
+            fail_all(obj.batches, AckOutcome::Failed);
+        }
+        return;
+    };
+    for (obj, verdicts) in group.into_iter().zip(verdicts) {
         debug!(key = %obj.key, ranges = obj.ranges.len(), "object committed");
         for ((range, batches), verdict) in obj.ranges.iter().zip(obj.batches).zip(verdicts) {
             let outcome = match verdict {
@@ -308,7 +414,7 @@ async fn commit_loop(
             if outcome != AckOutcome::Committed {
                 warn!(stream_id = range.stream.0, ?verdict, "commit range refused");
             }
-            publish(&cache, range.stream, batches, outcome);
+            publish(cache, range.stream, batches, outcome);
         }
     }
 }
@@ -353,11 +459,14 @@ fn fail_all(groups: Vec<Vec<PendingBatch>>, outcome: AckOutcome) {
 async fn commit_with_retries(
     controller: &dyn ControllerApi,
     cmd: MetadataCommand,
+    shape: &[usize],
     max_attempts: u32,
-) -> Option<Vec<RangeVerdict>> {
-    let n_ranges = match &cmd {
-        MetadataCommand::CommitObject { ranges, .. } => ranges.len(),
-        _ => 0,
+) -> Option<Vec<Vec<RangeVerdict>>> {
+    let fenced = || {
+        shape
+            .iter()
+            .map(|&n| vec![RangeVerdict::Fenced; n])
+            .collect()
     };
     for attempt in 0..max_attempts {
         let started = Instant::now();
@@ -365,14 +474,27 @@ async fn commit_with_retries(
             Ok(outcome) => {
                 metrics::histogram!("oxbow_controller_commit_seconds")
                     .record(started.elapsed().as_secs_f64());
-                return match outcome.reply {
-                    CommandReply::ObjectCommitted { verdicts, .. } => Some(verdicts),
-                    CommandReply::StaleBrokerEpoch => Some(vec![RangeVerdict::Fenced; n_ranges]),
-                    other => {
-                        warn!(?other, "unexpected reply to an object commit");
-                        None
-                    }
+                let CommandReply::ObjectsCommitted(replies) = outcome.reply else {
+                    warn!(reply = ?outcome.reply, "unexpected reply to an object commit");
+                    return None;
                 };
+                let mut out = Vec::with_capacity(shape.len());
+                for (reply, &n) in replies.into_iter().zip(shape) {
+                    out.push(match reply {
+                        CommandReply::ObjectCommitted { verdicts, .. } if verdicts.len() == n => {
+                            verdicts
+                        }
+                        CommandReply::StaleBrokerEpoch => vec![RangeVerdict::Fenced; n],
+                        other => {
+                            warn!(?other, "unexpected reply to an object commit");
+                            return None;
+                        }
+                    });
+                }
+                if out.len() != shape.len() {
+                    return Some(fenced());
+                }
+                return Some(out);
             }
             Err(RpcError::ShuttingDown) => return None,
             Err(e) => {
