@@ -55,7 +55,8 @@ def assert_one_line_error(p: subprocess.CompletedProcess, *mentions: str, only_l
     else:
         stray = [line for line in before if not LOG_LINE.match(line)]
         assert not stray, f"the error is not one line; extra non-log lines before it:\n" + "\n".join(stray)
-    assert not LOG_LINE.match(error), f"stderr ends with a log line, not an error: {error}"
+    assert not LOG_LINE.match(error), (f"exit code {p.returncode} but stderr ends with a log line, not an"
+                                       f" error; last lines:\n" + "\n".join(lines[-4:]))
     for m in mentions:
         assert m.lower() in error.lower(), f"error does not mention {m!r}: {error}"
     return error

@@ -326,6 +326,18 @@ impl Broker {
         if let Some(task) = self.writer_task.lock().await.take() {
             let _ = task.await;
         }
+        // Hand the partitions off: everything is committed, so fencing
+        // ourselves moves every stream to a live broker at once instead of
+        // after a session timeout.
+        let handoff = self.controller.write(MetadataCommand::FenceBroker {
+            id: self.id,
+            epoch: self.epoch,
+        });
+        match tokio::time::timeout(Duration::from_secs(5), handoff).await {
+            Ok(Ok(_)) => info!(broker_id = self.id, "partitions handed off"),
+            Ok(Err(e)) => warn!(broker_id = self.id, error = %e, "handing partitions off failed"),
+            Err(_) => warn!(broker_id = self.id, "handing partitions off timed out"),
+        }
         let tasks: Vec<_> = self
             .tasks
             .lock()

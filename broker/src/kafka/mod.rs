@@ -13,6 +13,7 @@
 mod admin;
 mod fetch;
 mod produce;
+mod reassign;
 pub mod versions;
 
 use std::future::Future;
@@ -276,6 +277,14 @@ async fn dispatch(
                 &broker, req,
             )))
         }),
+        RequestKind::AlterPartitionReassignments(req) => Box::pin(async move {
+            Some(ResponseKind::AlterPartitionReassignments(
+                reassign::alter(&broker, req, version).await,
+            ))
+        }),
+        RequestKind::ListPartitionReassignments(req) => ready(
+            ResponseKind::ListPartitionReassignments(reassign::list(&broker, req)),
+        ),
         RequestKind::DescribeCluster(req) => ready(ResponseKind::DescribeCluster(
             admin::describe_cluster(&broker, req),
         )),

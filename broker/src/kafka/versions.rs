@@ -17,6 +17,8 @@ const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::InitProducerId, 0, 5),
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::AlterPartitionReassignments, 0, 1),
+    (ApiKey::ListPartitionReassignments, 0, 0),
 ];
 
 pub fn supported(key: ApiKey) -> Option<(i16, i16)> {
@@ -40,6 +42,8 @@ pub fn name(key: ApiKey) -> &'static str {
         ApiKey::InitProducerId => "init_producer_id",
         ApiKey::DescribeConfigs => "describe_configs",
         ApiKey::DescribeCluster => "describe_cluster",
+        ApiKey::AlterPartitionReassignments => "alter_partition_reassignments",
+        ApiKey::ListPartitionReassignments => "list_partition_reassignments",
         _ => "other",
     }
 }
@@ -84,6 +88,10 @@ mod tests {
                 ApiKey::InitProducerId => range::<InitProducerIdRequest>(),
                 ApiKey::DescribeConfigs => range::<DescribeConfigsRequest>(),
                 ApiKey::DescribeCluster => range::<DescribeClusterRequest>(),
+                ApiKey::AlterPartitionReassignments => {
+                    range::<AlterPartitionReassignmentsRequest>()
+                }
+                ApiKey::ListPartitionReassignments => range::<ListPartitionReassignmentsRequest>(),
                 other => panic!("no codec check for {other:?}"),
             };
             assert!(
