@@ -101,6 +101,16 @@ def test_list_offsets_earliest_latest_and_by_time(server, topic_name):
     mx = lookup(OffsetSpec.max_timestamp())
     assert (mx.offset, mx.timestamp) == (2, 5_000)
 
+    # Several records in one batch: the answer is the record, not the batch.
+    p = Producer({"bootstrap.servers": server.bootstrap, "acks": "all", "linger.ms": 1000})
+    for i, ts in enumerate([6_000, 7_000, 8_000]):
+        p.produce(topic_name, value=b"w%d" % i, partition=0, timestamp=ts)
+    assert p.flush(30) == 0
+    assert lookup(OffsetSpec.for_timestamp(6_500)).offset == 5
+    assert lookup(OffsetSpec.for_timestamp(7_000)).offset == 5
+    mx = lookup(OffsetSpec.max_timestamp())
+    assert (mx.offset, mx.timestamp) == (6, 8_000)
+
 
 def test_small_fetch_limits_still_make_progress(server, topic_name):
     clients.create_topic(server.bootstrap, topic_name, 1)

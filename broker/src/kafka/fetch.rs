@@ -311,11 +311,11 @@ pub async fn list_offsets(broker: &Arc<Broker>, req: ListOffsetsRequest) -> List
     resp
 }
 
-/// The first batch whose max timestamp reaches `ts` (or, for -3, the batch
-/// holding the largest timestamp). Batch granularity: the offset returned
-/// is the batch's base offset for a time lookup and its last offset for the
-/// max-timestamp lookup. The slices' max timestamps in the metadata pick the
-/// object, so only one object is read.
+/// The first record whose timestamp reaches `ts` (or, for -3, the record
+/// holding the largest timestamp). Records are read in uncompressed batches;
+/// in a compressed batch the answer is batch-granular (its base offset, or
+/// its last offset for -3) since we never decompress. The slices' max
+/// timestamps in the metadata pick the object, so only one object is read.
 async fn offset_for_timestamp(
     broker: &Broker,
     stream: StreamId,
@@ -359,12 +359,21 @@ async fn offset_for_timestamp(
         let Ok(h) = batch::parse_header(b) else {
             continue;
         };
+        let records = batch::record_timestamps(b);
         if ts == MAX_TIMESTAMP {
             if best.is_none_or(|(_, t)| h.max_timestamp > t) {
-                best = Some((h.last_offset(), h.max_timestamp));
+                // The first record carrying the max timestamp, if readable.
+                let exact = records
+                    .as_ref()
+                    .and_then(|r| r.iter().find(|(_, t)| *t == h.max_timestamp).copied());
+                best = Some(exact.unwrap_or((h.last_offset(), h.max_timestamp)));
             }
         } else if h.max_timestamp >= ts {
-            return Ok(Some((h.base_offset.max(start as i64), h.max_timestamp)));
+            let exact =
+                records.and_then(|r| r.into_iter().find(|(o, t)| *t >= ts && *o >= start as i64));
+            return Ok(Some(
+                exact.unwrap_or((h.base_offset.max(start as i64), h.max_timestamp)),
+            ));
         }
     }
     Ok(best)

@@ -442,6 +442,64 @@ impl Iterator for BatchIter<'_> {
 }
 
 impl std::iter::FusedIterator for BatchIter<'_> {}
+/// Reads a zigzag varint (Kafka's record encoding) at `*pos`, at most 10 bytes.
+fn read_varint(buf: &[u8], pos: &mut usize) -> Option<i64> {
+    let mut raw: u64 = 0;
+    for shift in (0..70).step_by(7) {
+        let b = *buf.get(*pos)?;
+        *pos += 1;
+        raw |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Some(((raw >> 1) as i64) ^ -((raw & 1) as i64));
+        }
+    }
+    None
+}
+
+/// Skips a varint-length-prefixed field (-1 = null).
+fn skip_field(buf: &[u8], pos: &mut usize) -> Option<()> {
+    let len = read_varint(buf, pos)?;
+    if len > 0 {
+        *pos = pos.checked_add(usize::try_from(len).ok()?)?;
+        if *pos > buf.len() {
+            return None;
+        }
+    }
+    Some(())
+}
+
+/// Offset and timestamp of each record of an uncompressed batch, in order.
+/// `None` for a compressed batch (reading it would mean decompressing) or
+/// one whose records do not parse; callers then use batch-level figures.
+pub fn record_timestamps(batch: &[u8]) -> Option<Vec<(i64, i64)>> {
+    let h = parse_header(batch).ok()?;
+    if h.compression() != 0 || h.has_log_append_time() {
+        return None;
+    }
+    let end = h.total_len().min(batch.len());
+    let count = usize::try_from(h.records_count).ok()?;
+    // Each record takes at least 7 bytes: the count is bounded by the input.
+    let mut out = Vec::with_capacity(count.min(end / 7));
+    let mut pos = BATCH_HEADER_LEN;
+    for _ in 0..count {
+        let len = usize::try_from(read_varint(batch, &mut pos)?).ok()?;
+        let record_end = pos.checked_add(len)?;
+        if record_end > end {
+            return None;
+        }
+        let rec = &batch[..record_end];
+        let mut p = pos + 1; // attributes
+        let ts_delta = read_varint(rec, &mut p)?;
+        let offset_delta = read_varint(rec, &mut p)?;
+        skip_field(rec, &mut p)?;
+        out.push((
+            h.base_offset.checked_add(offset_delta)?,
+            h.base_timestamp.checked_add(ts_delta)?,
+        ));
+        pos = record_end;
+    }
+    Some(out)
+}
 
 // Test support
 //
@@ -659,6 +717,28 @@ mod tests {
         let minimal = build_test_batch(0, -1, -1, -1, &[(None, None)]);
         assert_eq!(minimal.len(), BATCH_HEADER_LEN + MIN_RECORD_LEN);
         validate(&minimal).unwrap();
+    }
+
+    #[test]
+    fn record_timestamps_of_uncompressed_batch() {
+        let b = build_test_batch(
+            40,
+            -1,
+            -1,
+            -1,
+            &[(None, Some(b"a")), (Some(b"k"), None), (None, None)],
+        );
+        let ts = record_timestamps(&b).expect("uncompressed batch parses");
+        let h = parse_header(&b).unwrap();
+        assert_eq!(ts.len(), 3);
+        assert_eq!(ts.iter().map(|t| t.0).collect::<Vec<_>>(), vec![40, 41, 42]);
+        assert!(ts
+            .iter()
+            .all(|t| t.1 >= h.base_timestamp && t.1 <= h.max_timestamp));
+        // Garbage never panics.
+        for cut in 0..b.len() {
+            let _ = record_timestamps(&b[..cut]);
+        }
     }
 
     #[test]
