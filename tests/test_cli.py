@@ -6,6 +6,7 @@ and the producer/consumer performance tools, run as Java main classes.
 from __future__ import annotations
 
 import re
+import time
 
 from harness import env
 from harness import kafka_cli as cli
@@ -26,7 +27,7 @@ def partitions_in_describe(output: str, topic: str) -> list[int]:
 
 def assert_clean(result: cli.ToolResult) -> None:
     bad = [line for line in result.output.splitlines() if "ERROR" in line or "Exception" in line]
-    assert not bad, f"error lines in tool output:\n" + "\n".join(bad[:20]) + "\n" + result.describe()
+    assert not bad, "error lines in tool output:\n" + "\n".join(bad[:20]) + "\n" + result.describe()
 
 
 def test_topics_create_list_describe_alter_delete(server, topic_name):
@@ -47,7 +48,6 @@ def test_topics_create_list_describe_alter_delete(server, topic_name):
 
     topics(server, "--delete", "--topic", topic_name)
     # Deletion may take a moment to show in metadata; poll the listing briefly.
-    import time
     deadline = time.monotonic() + 30
     while True:
         r = topics(server, "--list")

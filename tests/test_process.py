@@ -54,7 +54,7 @@ def assert_one_line_error(p: subprocess.CompletedProcess, *mentions: str, only_l
         assert not before, f"expected exactly one line on stderr, got {len(lines)}:\n{p.stderr}"
     else:
         stray = [line for line in before if not LOG_LINE.match(line)]
-        assert not stray, f"the error is not one line; extra non-log lines before it:\n" + "\n".join(stray)
+        assert not stray, "the error is not one line; extra non-log lines before it:\n" + "\n".join(stray)
     assert not LOG_LINE.match(error), (f"exit code {p.returncode} but stderr ends with a log line, not an"
                                        f" error; last lines:\n" + "\n".join(lines[-4:]))
     for m in mentions:

@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::config::BrokerConfig;
+use crate::group::{GroupConfig, GroupCoordinator, SystemClock};
 use crate::metadata::{self, MetadataView};
 use crate::partition::{Close, Partition, PartitionArgs, StreamTail};
 use crate::storage::log_cache::LogCache;
@@ -51,12 +52,15 @@ const PRODUCER_ID_BLOCK: u32 = 1000;
 
 pub struct Broker {
     pub config: BrokerConfig,
+    pub clock: Arc<dyn crate::clock::Clock>,
     pub id: BrokerId,
     pub epoch: u64,
     pub controller: Arc<dyn ControllerApi>,
     pub metadata: Arc<MetadataView>,
     pub log_cache: Arc<LogCache>,
     pub reader: Arc<ObjectReader>,
+    /// The group coordinator for the `__consumer_offsets` partitions owned here.
+    pub groups: Arc<GroupCoordinator>,
     writer: StdMutex<Option<WriterHandle>>,
     writer_task: Mutex<Option<JoinHandle<()>>>,
     partitions: StdMutex<HashMap<StreamId, Arc<OpenPartition>>>,
@@ -112,11 +116,19 @@ impl Broker {
             log_cache.clone(),
         );
         let reader = Arc::new(ObjectReader::new(
-            store,
+            store.clone(),
             config.storage.index_cache_entries,
             config.storage.block_cache_bytes,
         ));
+        let groups = Arc::new(GroupCoordinator::new(
+            GroupConfig::default(),
+            Arc::new(SystemClock::default()),
+            view.clone(),
+            log_cache.clone(),
+            reader.clone(),
+        ));
         let broker = Arc::new(Broker {
+            clock: Arc::new(crate::clock::SystemClock),
             id: config.node_id,
             epoch,
             config,
@@ -124,6 +136,7 @@ impl Broker {
             metadata: view.clone(),
             log_cache,
             reader,
+            groups,
             writer: StdMutex::new(Some(writer)),
             writer_task: Mutex::new(Some(writer_task)),
             partitions: StdMutex::new(HashMap::new()),
@@ -161,6 +174,16 @@ impl Broker {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .extend([follower, reconciler]);
+        let lifecycle = tokio::spawn(crate::lifecycle::run(
+            broker.clone(),
+            store,
+            broker.stop.subscribe(),
+        ));
+        broker
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(lifecycle);
         Ok(broker)
     }
 
@@ -242,10 +265,14 @@ impl Broker {
                         stream_epoch: epoch,
                     }),
                 );
+                if let Some(p) = parts.get(&sid) {
+                    self.groups.partition_opened(p);
+                }
             }
             metrics::gauge!("oxbow_partitions_hosted").set(parts.len() as f64);
         }
         for p in to_close {
+            self.groups.partition_closed(&p);
             let _ = p.actor.ask(Close).await;
             self.log_cache.remove_stream(p.state.stream);
         }
@@ -313,6 +340,7 @@ impl Broker {
     /// the writer and the metadata follower.
     pub async fn shutdown(&self) {
         let _ = self.stop.send(true);
+        self.groups.shutdown();
         let open: Vec<_> = self.partitions_lock().drain().map(|(_, p)| p).collect();
         for p in open {
             if p.actor.ask(Close).await.is_err() {

@@ -3,6 +3,33 @@
 
 use std::time::Duration;
 
+/// Topic-level configs we accept, with the default Apache Kafka reports.
+pub const TOPIC_CONFIG_DEFAULTS: &[(&str, &str)] = &[
+    ("cleanup.policy", "delete"),
+    ("compression.type", "producer"),
+    ("delete.retention.ms", "86400000"),
+    ("file.delete.delay.ms", "60000"),
+    ("flush.messages", "9223372036854775807"),
+    ("flush.ms", "9223372036854775807"),
+    ("index.interval.bytes", "4096"),
+    ("max.compaction.lag.ms", "9223372036854775807"),
+    ("max.message.bytes", "1048588"),
+    ("message.timestamp.after.max.ms", "3600000"),
+    ("message.timestamp.before.max.ms", "9223372036854775807"),
+    ("message.timestamp.type", "CreateTime"),
+    ("min.cleanable.dirty.ratio", "0.5"),
+    ("min.compaction.lag.ms", "0"),
+    ("min.insync.replicas", "1"),
+    ("preallocate", "false"),
+    ("retention.bytes", "-1"),
+    ("retention.ms", "604800000"),
+    ("segment.bytes", "1073741824"),
+    ("segment.index.bytes", "10485760"),
+    ("segment.jitter.ms", "0"),
+    ("segment.ms", "604800000"),
+    ("unclean.leader.election.enable", "false"),
+];
+
 #[derive(Debug, Clone)]
 pub struct StorageConfig {
     /// How long the writer waits for more data before sealing an object.
@@ -24,6 +51,13 @@ pub struct StorageConfig {
     pub index_cache_entries: usize,
     /// Attempts at a PUT or a commit before its batches are failed.
     pub max_attempts: u32,
+    /// How often retention is applied and marked objects are collected
+    /// (Kafka's log.retention.check.interval.ms).
+    pub retention_check_interval: Duration,
+    /// How long an object marked for deletion stays in the store, so that a
+    /// reader that resolved it before still finds it (Kafka's
+    /// file.delete.delay.ms).
+    pub object_delete_grace: Duration,
 }
 
 impl Default for StorageConfig {
@@ -38,6 +72,8 @@ impl Default for StorageConfig {
             block_cache_bytes: 128 * 1024 * 1024,
             index_cache_entries: 4096,
             max_attempts: 8,
+            retention_check_interval: Duration::from_secs(30),
+            object_delete_grace: Duration::from_secs(60),
         }
     }
 }

@@ -7,9 +7,12 @@
 //! committed ones.
 
 pub mod broker;
+pub mod clock;
 pub mod config;
 pub mod errors;
+pub mod group;
 pub mod kafka;
+pub mod lifecycle;
 pub mod metadata;
 pub mod partition;
 pub mod storage;

@@ -85,6 +85,8 @@ struct FileStorage {
     block_bytes: Option<usize>,
     log_cache_bytes: Option<usize>,
     block_cache_bytes: Option<usize>,
+    retention_check_ms: Option<u64>,
+    object_delete_grace_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -211,6 +213,13 @@ impl Settings {
             }
             if let Some(v) = st.block_cache_bytes {
                 storage.block_cache_bytes = v;
+            }
+            if let Some(v) = st.retention_check_ms {
+                storage.retention_check_interval =
+                    Duration::from_millis(positive(v as usize, "retention_check_ms")? as u64);
+            }
+            if let Some(v) = st.object_delete_grace_ms {
+                storage.object_delete_grace = Duration::from_millis(v);
             }
         }
         let mut broker = BrokerConfig {

@@ -55,6 +55,9 @@ pub struct StreamSlice {
     pub object: ObjectId,
     /// Largest record timestamp in the slice, for ListOffsets by time.
     pub max_timestamp: i64,
+    /// Bytes of record batches in the slice, for size-based retention.
+    #[serde(default)]
+    pub bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,8 +92,12 @@ pub struct ObjectRecord {
     pub key: String,
     pub size: u64,
     pub state: ObjectState,
-    /// Streams with at least one accepted range in this object.
+    /// Streams with at least one slice in this object. When the last one
+    /// goes, the object is marked for deletion.
     pub streams: Vec<StreamId>,
+    /// When it was marked for deletion (the proposer's clock, milliseconds).
+    #[serde(default)]
+    pub marked_at_ms: Option<i64>,
 }
 
 /// A range a broker asks to commit: offsets `[start_offset, end_offset)` of
@@ -102,6 +109,8 @@ pub struct CommitRange {
     pub start_offset: u64,
     pub end_offset: u64,
     pub max_timestamp: i64,
+    #[serde(default)]
+    pub bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +153,9 @@ pub enum MetadataCommand {
     },
     DeleteTopic {
         name: String,
+        /// The proposer's clock, stamped on the objects this releases.
+        #[serde(default)]
+        now_ms: i64,
     },
     CreatePartitions {
         name: String,
@@ -182,6 +194,18 @@ pub enum MetadataCommand {
         stream: StreamId,
         to: BrokerId,
     },
+    /// Moves a stream's start offset forward (retention, DeleteRecords):
+    /// slices wholly below it leave the object map, and objects left with no
+    /// slice are marked for deletion at `now_ms`.
+    TrimStream {
+        stream: StreamId,
+        start_offset: u64,
+        now_ms: i64,
+    },
+    /// Forgets objects already deleted from the store (only marked ones).
+    DestroyObjects {
+        ids: Vec<ObjectId>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,6 +234,10 @@ pub enum CommandReply {
     AlreadyBootstrapped,
     /// One reply per object of a `CommitObjects`.
     ObjectsCommitted(Vec<CommandReply>),
+    /// The stream's start offset after a trim.
+    Trimmed {
+        start_offset: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -264,6 +292,8 @@ impl MetadataCommand {
             MetadataCommand::AllocateProducerIds { .. } => "AllocateProducerIds",
             MetadataCommand::FenceBroker { .. } => "FenceBroker",
             MetadataCommand::MoveStream { .. } => "MoveStream",
+            MetadataCommand::TrimStream { .. } => "TrimStream",
+            MetadataCommand::DestroyObjects { .. } => "DestroyObjects",
         }
     }
 }
@@ -362,14 +392,65 @@ impl MetadataImage {
                 );
                 CommandReply::TopicCreated { id: *id }
             }
-            MetadataCommand::DeleteTopic { name } => {
+            MetadataCommand::DeleteTopic { name, now_ms } => {
                 let Some(topic) = self.topics.remove(name) else {
                     return CommandReply::UnknownTopic;
                 };
                 for sid in &topic.partitions {
-                    self.streams.remove(sid);
+                    if let Some(stream) = self.streams.remove(sid) {
+                        let objects: Vec<ObjectId> =
+                            stream.slices.values().map(|sl| sl.object).collect();
+                        for o in objects {
+                            self.unreference(*sid, o, *now_ms);
+                        }
+                    }
                 }
-                self.release_unreferenced_objects();
+                CommandReply::Ok
+            }
+            MetadataCommand::TrimStream {
+                stream,
+                start_offset,
+                now_ms,
+            } => {
+                let Some(s) = self.streams.get_mut(stream) else {
+                    return CommandReply::UnknownTopic;
+                };
+                let new_start = (*start_offset).min(s.end_offset).max(s.start_offset);
+                s.start_offset = new_start;
+                let gone: Vec<u64> = s
+                    .slices
+                    .iter()
+                    .filter(|(_, sl)| sl.end_offset <= new_start)
+                    .map(|(&start, _)| start)
+                    .collect();
+                let mut released = Vec::new();
+                for start in gone {
+                    if let Some(sl) = s.slices.remove(&start) {
+                        released.push(sl.object);
+                    }
+                }
+                let still: Vec<ObjectId> = s.slices.values().map(|sl| sl.object).collect();
+                for o in released {
+                    if !still.contains(&o) {
+                        self.unreference(*stream, o, *now_ms);
+                    }
+                }
+                CommandReply::Trimmed {
+                    start_offset: new_start,
+                }
+            }
+            MetadataCommand::DestroyObjects { ids } => {
+                for id in ids {
+                    if self
+                        .objects
+                        .get(id)
+                        .is_some_and(|o| o.state == ObjectState::MarkDestroyed)
+                    {
+                        if let Some(o) = self.objects.remove(id) {
+                            self.object_keys.remove(&o.key);
+                        }
+                    }
+                }
                 CommandReply::Ok
             }
             MetadataCommand::CreatePartitions { name, total } => {
@@ -439,7 +520,7 @@ impl MetadataImage {
                 CommandReply::Ok
             }
             MetadataCommand::MoveStream { stream, to } => {
-                if !self.brokers.get(to).is_some_and(|b| !b.fenced) {
+                if self.brokers.get(to).is_none_or(|b| b.fenced) {
                     return CommandReply::NoLiveBrokers;
                 }
                 let Some(s) = self.streams.get_mut(stream) else {
@@ -545,6 +626,7 @@ impl MetadataImage {
                             end_offset: r.end_offset,
                             object: id,
                             max_timestamp: r.max_timestamp,
+                            bytes: r.bytes,
                         },
                     );
                     s.end_offset = r.end_offset;
@@ -572,6 +654,7 @@ impl MetadataImage {
                 size,
                 state: ObjectState::Committed,
                 streams: accepted,
+                marked_at_ms: None,
             },
         );
         CommandReply::ObjectCommitted {
@@ -580,14 +663,14 @@ impl MetadataImage {
         }
     }
 
-    /// Marks objects that no live stream references any more.
-    fn release_unreferenced_objects(&mut self) {
-        let streams = &self.streams;
-        for o in self.objects.values_mut() {
-            if o.state == ObjectState::Committed
-                && !o.streams.iter().any(|s| streams.contains_key(s))
-            {
+    /// `stream` no longer has a slice in `object`; the object is marked for
+    /// deletion once no stream has.
+    fn unreference(&mut self, stream: StreamId, object: ObjectId, now_ms: i64) {
+        if let Some(o) = self.objects.get_mut(&object) {
+            o.streams.retain(|s| *s != stream);
+            if o.streams.is_empty() && o.state == ObjectState::Committed {
                 o.state = ObjectState::MarkDestroyed;
+                o.marked_at_ms = Some(now_ms);
             }
         }
     }
@@ -644,6 +727,7 @@ mod tests {
                 start_offset: start,
                 end_offset: end,
                 max_timestamp: 0,
+                bytes: 100,
             }],
         })
     }
@@ -680,6 +764,7 @@ mod tests {
             start_offset: start,
             end_offset: end,
             max_timestamp: 0,
+            bytes: 0,
         };
         let reply = img.apply(&MetadataCommand::CommitObjects {
             broker: 1,
@@ -753,7 +838,10 @@ mod tests {
     fn delete_topic_releases_objects() {
         let mut img = image_with_topic(1);
         commit(&mut img, "a", 1, 0, 10);
-        img.apply(&MetadataCommand::DeleteTopic { name: "t".into() });
+        img.apply(&MetadataCommand::DeleteTopic {
+            name: "t".into(),
+            now_ms: 5,
+        });
         assert!(img.streams.is_empty());
         assert_eq!(
             img.objects.values().next().map(|o| o.state),
@@ -814,6 +902,56 @@ mod tests {
         });
         assert_eq!(img.streams[&StreamId(0)].epoch, e + 1);
         assert_eq!(img.streams[&StreamId(0)].owner, Some(2));
+    }
+
+    #[test]
+    fn trim_drops_whole_slices_and_marks_their_objects() {
+        let mut img = image_with_topic(1);
+        commit(&mut img, "a", 1, 0, 10);
+        commit(&mut img, "b", 1, 10, 20);
+        // Inside the first slice: nothing is released yet.
+        assert_eq!(
+            img.apply(&MetadataCommand::TrimStream {
+                stream: StreamId(0),
+                start_offset: 5,
+                now_ms: 1
+            }),
+            CommandReply::Trimmed { start_offset: 5 }
+        );
+        assert_eq!(img.streams[&StreamId(0)].slices.len(), 2);
+        assert!(img
+            .objects
+            .values()
+            .all(|o| o.state == ObjectState::Committed));
+        // Past it: the first object is marked, at the proposer's time.
+        img.apply(&MetadataCommand::TrimStream {
+            stream: StreamId(0),
+            start_offset: 12,
+            now_ms: 7,
+        });
+        let first = &img.objects[&ObjectId(0)];
+        assert_eq!(first.state, ObjectState::MarkDestroyed);
+        assert_eq!(first.marked_at_ms, Some(7));
+        assert_eq!(img.objects[&ObjectId(1)].state, ObjectState::Committed);
+        // Never beyond the end, never backwards.
+        img.apply(&MetadataCommand::TrimStream {
+            stream: StreamId(0),
+            start_offset: 99,
+            now_ms: 8,
+        });
+        assert_eq!(img.streams[&StreamId(0)].start_offset, 20);
+        img.apply(&MetadataCommand::TrimStream {
+            stream: StreamId(0),
+            start_offset: 3,
+            now_ms: 9,
+        });
+        assert_eq!(img.streams[&StreamId(0)].start_offset, 20);
+        // Destroy forgets only marked objects, and their keys.
+        img.apply(&MetadataCommand::DestroyObjects {
+            ids: vec![ObjectId(0), ObjectId(1)],
+        });
+        assert!(img.objects.is_empty());
+        assert!(img.object_keys.is_empty());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, BytesMut};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+use crate::ids::BrokerId;
 use crate::image::{CommandReply, MetadataCommand, MetadataImage};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -48,6 +49,18 @@ pub enum RpcError {
     Unavailable(String),
     #[error("controller is shutting down")]
     ShuttingDown,
+    /// The request itself is wrong (e.g. removing a voter that is not one);
+    /// asking again, here or elsewhere, gets the same answer.
+    #[error("request rejected: {0}")]
+    Rejected(String),
+}
+
+impl RpcError {
+    /// Whether the same request may succeed if asked again, later or at
+    /// another controller.
+    pub fn is_retriable(&self) -> bool {
+        !matches!(self, RpcError::Rejected(_))
+    }
 }
 
 /// What brokers ask of the metadata quorum.
@@ -67,13 +80,87 @@ pub trait ControllerApi: Send + Sync + 'static {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ControllerRequest {
     Write(MetadataCommand),
-    DeltasSince { version: u64, wait_ms: u64 },
+    DeltasSince {
+        version: u64,
+        wait_ms: u64,
+    },
+    /// A broker incarnation says it is alive (about once a second). Only the
+    /// leader keeps sessions; a follower forwards it there.
+    Heartbeat {
+        broker: BrokerId,
+        broker_epoch: u64,
+    },
+    /// Admin: adds or removes a controller of the quorum.
+    ChangeMembership(MembershipChange),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ControllerResponse {
     Written(Result<WriteOutcome, RpcError>),
     Deltas(Result<MetadataDeltas, RpcError>),
+    Heartbeat(Result<HeartbeatReply, RpcError>),
+    MembershipChanged(Result<Voters, RpcError>),
+}
+
+/// The leader's answer to a broker heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// This incarnation is fenced (its session expired, it shut down, or a
+    /// newer incarnation registered) or unknown: it must register again, and
+    /// gets a new epoch when it does.
+    pub fenced: bool,
+}
+
+/// A change to the controller quorum's voters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MembershipChange {
+    /// Adds controller `id`, reachable at `addr` (`host:port`), first as a
+    /// learner that catches up, then as a voter.
+    AddVoter { id: u64, addr: String },
+    /// Removes controller `id` from the quorum.
+    RemoveVoter { id: u64 },
+}
+
+/// Controller id → RPC address of every voter, after a membership change.
+pub type Voters = std::collections::BTreeMap<u64, String>;
+
+/// Version of the connection protocol below; both sides must agree.
+pub const RPC_PROTOCOL_VERSION: u32 = 1;
+
+/// The first frame on every connection to a controller's RPC port: who is
+/// calling, and so what the frames after it carry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Hello {
+    /// A broker or admin tool: [`RequestFrame`]s follow, answered by
+    /// [`ResponseFrame`]s with the same id, possibly out of order.
+    Client { protocol: u32 },
+    /// Another controller (Raft id `from`): the controller crate's own peer
+    /// messages follow.
+    Controller { protocol: u32, from: u64 },
+}
+
+/// The controller's answer to a [`Hello`]: which node answered. A peer that
+/// reached a different node than it meant to drops the connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HelloReply {
+    Accepted { protocol: u32, node_id: u64 },
+    /// Protocol mismatch or too many connections; the connection closes.
+    Refused { reason: String },
+}
+
+/// One request on a client connection; `id` is chosen by the client and
+/// unique among its requests in flight on that connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestFrame {
+    pub id: u64,
+    pub request: ControllerRequest,
+}
+
+/// The answer to the [`RequestFrame`] with the same `id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResponseFrame {
+    pub id: u64,
+    pub response: ControllerResponse,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +224,41 @@ mod tests {
             Some(req)
         );
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn request_frames_round_trip() {
+        let frames = [
+            RequestFrame {
+                id: 1,
+                request: ControllerRequest::Heartbeat {
+                    broker: 3,
+                    broker_epoch: 9,
+                },
+            },
+            RequestFrame {
+                id: u64::MAX,
+                request: ControllerRequest::ChangeMembership(MembershipChange::AddVoter {
+                    id: 4,
+                    addr: "10.0.0.4:9093".into(),
+                }),
+            },
+        ];
+        let mut buf = BytesMut::new();
+        for f in &frames {
+            encode_frame(f, &mut buf).unwrap();
+        }
+        for f in frames {
+            assert_eq!(decode_frame::<RequestFrame>(&mut buf).unwrap(), Some(f));
+        }
+        let reply = ResponseFrame {
+            id: 7,
+            response: ControllerResponse::Heartbeat(Ok(HeartbeatReply { fenced: true })),
+        };
+        encode_frame(&reply, &mut buf).unwrap();
+        assert_eq!(decode_frame::<ResponseFrame>(&mut buf).unwrap(), Some(reply));
+        assert!(RpcError::NotLeader(None).is_retriable());
+        assert!(!RpcError::Rejected("no".into()).is_retriable());
     }
 
     #[test]

@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 
 from . import env
-from .procs import ManagedProcess, free_port, port_accepts, wait_until
+from .procs import ManagedProcess, free_port, port_accepts
 
 START_TIMEOUT = env.env_float("OXBOW_TEST_START_TIMEOUT", 30.0)
 STOP_TIMEOUT = env.env_float("OXBOW_TEST_STOP_TIMEOUT", 10.0)
@@ -85,6 +85,7 @@ class _Server:
                 if clash and attempt < retries_on_port_clash:
                     self._reallocate_ports()
                     continue
+                self.stopped_on_purpose = True  # already reported by this exception
                 raise
         raise AssertionError("unreachable")
 
@@ -272,6 +273,3 @@ class S3sFs(_Server):
     def stored_objects(self) -> list[Path]:
         return [p for p in self.bucket_dir.rglob("*") if p.is_file()]
 
-
-def wait_port_closed(host: str, port: int, timeout: float = 10.0) -> None:
-    wait_until(lambda: not port_accepts(host, port, timeout=0.2), timeout, f"{host}:{port} to close")

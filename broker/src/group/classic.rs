@@ -433,7 +433,9 @@ impl ClassicGroup {
         }
         let candidates = self.candidate_protocols();
         self.protocol_type.as_deref() == Some(protocol_type)
-            && protocols.iter().any(|p| candidates.contains(p.name.as_str()))
+            && protocols
+                .iter()
+                .any(|p| candidates.contains(p.name.as_str()))
     }
 
     /// Each member votes for its most preferred protocol that all support;
@@ -476,7 +478,10 @@ impl ClassicGroup {
     fn remove_member(&mut self, id: &str, out: &mut Outcome) {
         if let Some(m) = self.members.remove(id) {
             if let Some(w) = m.awaiting_join {
-                out.join(w, JoinResponse::error(ErrorCode::UnknownMemberId, UNKNOWN_MEMBER_ID));
+                out.join(
+                    w,
+                    JoinResponse::error(ErrorCode::UnknownMemberId, UNKNOWN_MEMBER_ID),
+                );
             }
             if let Some(w) = m.awaiting_sync {
                 out.sync(w, SyncResponse::error(ErrorCode::RebalanceInProgress));
@@ -498,9 +503,7 @@ impl ClassicGroup {
         if let Some(instance) = instance_id {
             match self.static_members.get(instance) {
                 None => return Err(ErrorCode::UnknownMemberId),
-                Some(existing) if existing != member_id => {
-                    return Err(ErrorCode::FencedInstanceId)
-                }
+                Some(existing) if existing != member_id => return Err(ErrorCode::FencedInstanceId),
                 Some(_) => {}
             }
         }
@@ -665,15 +668,23 @@ impl GroupSet {
             if self.groups.len() >= self.config.max_groups_per_partition {
                 return Err(ErrorCode::CoordinatorNotAvailable);
             }
-            self.groups
-                .insert(id.to_string(), ClassicGroup::new(id, GroupState::Empty, now));
+            self.groups.insert(
+                id.to_string(),
+                ClassicGroup::new(id, GroupState::Empty, now),
+            );
         }
         Ok(self.groups.get_mut(id).expect("inserted above"))
     }
 
     // ------------------------------------------------------------ JoinGroup
 
-    pub fn join(&mut self, now: Now, req: JoinRequest, new_member_id: String, waiter: WaiterId) -> Outcome {
+    pub fn join(
+        &mut self,
+        now: Now,
+        req: JoinRequest,
+        new_member_id: String,
+        waiter: WaiterId,
+    ) -> Outcome {
         let mut out = Outcome::default();
         let fail = |out: &mut Outcome, code, member: &str| {
             out.join(waiter, JoinResponse::error(code, member));
@@ -759,7 +770,10 @@ impl GroupSet {
                         .map(|m| {
                             (
                                 m.clone(),
-                                given.get(m.as_str()).map(|a| (*a).clone()).unwrap_or_default(),
+                                given
+                                    .get(m.as_str())
+                                    .map(|a| (*a).clone())
+                                    .unwrap_or_default(),
                             )
                         })
                         .collect();
@@ -789,7 +803,10 @@ impl GroupSet {
                 );
             }
             GroupState::Empty | GroupState::Dead => {
-                out.sync(waiter, SyncResponse::error(ErrorCode::CoordinatorNotAvailable));
+                out.sync(
+                    waiter,
+                    SyncResponse::error(ErrorCode::CoordinatorNotAvailable),
+                );
             }
         }
         let _ = now;
@@ -984,7 +1001,10 @@ impl GroupSet {
                 let Some(group) = self.groups.get_mut(group_id) else {
                     return out;
                 };
-                let Some(waiter) = group.members.get_mut(&member_id).and_then(|m| m.awaiting_join.take())
+                let Some(waiter) = group
+                    .members
+                    .get_mut(&member_id)
+                    .and_then(|m| m.awaiting_join.take())
                 else {
                     return out;
                 };
@@ -1036,7 +1056,10 @@ impl GroupSet {
                 return Err(ErrorCode::IllegalGeneration);
             }
         }
-        let group = self.groups.get_mut(group_id).expect("present or created above");
+        let group = self
+            .groups
+            .get_mut(group_id)
+            .expect("present or created above");
         if group.is_in(GroupState::Dead) {
             return Err(ErrorCode::CoordinatorNotAvailable);
         }
@@ -1079,7 +1102,10 @@ impl GroupSet {
                     .or_insert_with(|| ClassicGroup::new(group_id, GroupState::Empty, now));
                 let offsets = self.offsets.entry(group_id.to_string()).or_default();
                 let key = (topic.to_string(), partition);
-                if offsets.get(&key).is_some_and(|old| old.log_offset > v.log_offset) {
+                if offsets
+                    .get(&key)
+                    .is_some_and(|old| old.log_offset > v.log_offset)
+                {
                     return;
                 }
                 offsets.insert(key, v);
@@ -1106,7 +1132,11 @@ impl GroupSet {
             .groups
             .get(group_id)
             .is_some_and(|g| !g.is_in(GroupState::Dead));
-        let offsets = if exists { self.offsets.get(group_id) } else { None };
+        let offsets = if exists {
+            self.offsets.get(group_id)
+        } else {
+            None
+        };
         match wanted {
             Some(topics) => topics
                 .iter()
@@ -1115,9 +1145,7 @@ impl GroupSet {
                         t.clone(),
                         parts
                             .iter()
-                            .map(|p| {
-                                (*p, offsets.and_then(|o| o.get(&(t.clone(), *p)).cloned()))
-                            })
+                            .map(|p| (*p, offsets.and_then(|o| o.get(&(t.clone(), *p)).cloned())))
                             .collect(),
                     )
                 })
@@ -1307,7 +1335,10 @@ impl GroupSet {
             g.add_member(member);
         }
         g.leader = v.leader.clone();
-        if g.leader.as_ref().is_some_and(|l| !g.members.contains_key(l)) {
+        if g.leader
+            .as_ref()
+            .is_some_and(|l| !g.members.contains_key(l))
+        {
             g.leader = g.members.keys().next().cloned();
         }
         self.groups.insert(group_id.to_string(), g);
@@ -1482,7 +1513,12 @@ fn join_existing_member(
     }
 }
 
-fn update_member(group: &mut ClassicGroup, req: &JoinRequest, waiter: Option<WaiterId>, out: &mut Outcome) {
+fn update_member(
+    group: &mut ClassicGroup,
+    req: &JoinRequest,
+    waiter: Option<WaiterId>,
+    out: &mut Outcome,
+) {
     let m = group
         .members
         .get_mut(&req.member_id)
@@ -1550,14 +1586,14 @@ fn update_static_member_then_rebalance_or_complete_join(
     let instance = req.instance_id.clone().expect("static member");
     // Fence the old member id: its parked requests are answered at once.
     let Some(mut member) = group.members.remove(&old_id) else {
-        out.join(waiter, JoinResponse::error(ErrorCode::UnknownMemberId, UNKNOWN_MEMBER_ID));
+        out.join(
+            waiter,
+            JoinResponse::error(ErrorCode::UnknownMemberId, UNKNOWN_MEMBER_ID),
+        );
         return;
     };
     if let Some(w) = member.awaiting_join.take() {
-        out.join(
-            w,
-            JoinResponse::error(ErrorCode::FencedInstanceId, &old_id),
-        );
+        out.join(w, JoinResponse::error(ErrorCode::FencedInstanceId, &old_id));
     }
     if let Some(w) = member.awaiting_sync.take() {
         out.sync(w, SyncResponse::error(ErrorCode::FencedInstanceId));
@@ -1704,7 +1740,8 @@ fn complete_join(group: &mut ClassicGroup, now: Now, out: &mut Outcome) {
     if group.members.is_empty() {
         group.protocol_name = None;
         group.transition(GroupState::Empty, now);
-        out.persist.push(group.persist(&|_| Bytes::new(), AfterPersist::Nothing));
+        out.persist
+            .push(group.persist(&|_| Bytes::new(), AfterPersist::Nothing));
         return;
     }
     group.protocol_name = group.select_protocol();
@@ -1745,8 +1782,16 @@ fn propagate_assignment(group: &mut ClassicGroup, error: ErrorCode, now: Now, ou
         if let Some(w) = m.awaiting_sync.take() {
             let resp = SyncResponse {
                 error,
-                protocol_type: if ok { group.protocol_type.clone() } else { None },
-                protocol_name: if ok { group.protocol_name.clone() } else { None },
+                protocol_type: if ok {
+                    group.protocol_type.clone()
+                } else {
+                    None
+                },
+                protocol_name: if ok {
+                    group.protocol_name.clone()
+                } else {
+                    None
+                },
                 assignment: m.assignment.clone(),
             };
             out.sync(w, resp);
@@ -1770,9 +1815,7 @@ fn validate_sync(group: &ClassicGroup, req: &SyncRequest) -> Result<(), ErrorCod
     if req.generation_id != group.generation {
         return Err(ErrorCode::IllegalGeneration);
     }
-    let inconsistent = |asked: &Option<String>, current: &Option<String>| {
-        matches!((asked, current), (Some(a), Some(c)) if a != c)
-    };
+    let inconsistent = |asked: &Option<String>, current: &Option<String>| matches!((asked, current), (Some(a), Some(c)) if a != c);
     if inconsistent(&req.protocol_type, &group.protocol_type)
         || inconsistent(&req.protocol_name, &group.protocol_name)
     {
@@ -1879,5 +1922,824 @@ impl Outcome {
 
     pub fn extend(&mut self, other: Outcome) {
         self.merge(other);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SESSION: i32 = 10_000;
+    const REBALANCE: i32 = 30_000;
+    const DELAY: i32 = 3_000;
+
+    /// Drives a `GroupSet` like the shell does: collects replies, keeps
+    /// persists until the test says how they ended.
+    struct Harness {
+        set: GroupSet,
+        now: Now,
+        next_waiter: WaiterId,
+        next_id: u32,
+        joins: HashMap<WaiterId, JoinResponse>,
+        syncs: HashMap<WaiterId, SyncResponse>,
+        persists: Vec<Persist>,
+    }
+
+    fn config() -> GroupConfig {
+        GroupConfig {
+            initial_rebalance_delay_ms: DELAY,
+            ..GroupConfig::default()
+        }
+    }
+
+    fn protocols(names: &[&str]) -> Vec<Protocol> {
+        names
+            .iter()
+            .map(|n| Protocol {
+                name: n.to_string(),
+                metadata: Bytes::from(format!("meta-{n}")),
+            })
+            .collect()
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            Self::with(config())
+        }
+
+        fn with(cfg: GroupConfig) -> Self {
+            Harness {
+                set: GroupSet::new(cfg),
+                now: Now {
+                    mono_ms: 1_000,
+                    wall_ms: 1_700_000_000_000,
+                },
+                next_waiter: 1,
+                next_id: 1,
+                joins: HashMap::new(),
+                syncs: HashMap::new(),
+                persists: Vec::new(),
+            }
+        }
+
+        fn absorb(&mut self, out: Outcome) {
+            for r in out.replies {
+                match r {
+                    Reply::Join(w, r) => assert!(self.joins.insert(w, r).is_none(), "two answers"),
+                    Reply::Sync(w, r) => assert!(self.syncs.insert(w, r).is_none(), "two answers"),
+                }
+            }
+            self.persists.extend(out.persist);
+        }
+
+        fn join_req(&self, member: &str, instance: Option<&str>, version: i16) -> JoinRequest {
+            JoinRequest {
+                group_id: "g".into(),
+                member_id: member.into(),
+                instance_id: instance.map(String::from),
+                client_id: "client".into(),
+                client_host: "/127.0.0.1".into(),
+                session_timeout_ms: SESSION,
+                rebalance_timeout_ms: REBALANCE,
+                protocol_type: "consumer".into(),
+                protocols: protocols(&["range"]),
+                version,
+            }
+        }
+
+        fn join_with(&mut self, req: JoinRequest) -> WaiterId {
+            let w = self.next_waiter;
+            self.next_waiter += 1;
+            let id = format!("m{}", self.next_id);
+            self.next_id += 1;
+            let out = self.set.join(self.now, req, id, w);
+            self.absorb(out);
+            w
+        }
+
+        fn join(&mut self, member: &str, instance: Option<&str>, version: i16) -> WaiterId {
+            let req = self.join_req(member, instance, version);
+            self.join_with(req)
+        }
+
+        /// A v4+ dynamic member's first two JoinGroups; returns its id and
+        /// the parked second join.
+        fn join_new(&mut self) -> (String, WaiterId) {
+            let w = self.join("", None, 9);
+            let r = self.joins.remove(&w).expect("answered at once");
+            assert_eq!(r.error, ErrorCode::MemberIdRequired);
+            let w2 = self.join(&r.member_id, None, 9);
+            (r.member_id, w2)
+        }
+
+        fn sync(
+            &mut self,
+            member: &str,
+            generation: i32,
+            assignments: Vec<(String, Bytes)>,
+        ) -> WaiterId {
+            let w = self.next_waiter;
+            self.next_waiter += 1;
+            let out = self.set.sync(
+                self.now,
+                SyncRequest {
+                    group_id: "g".into(),
+                    generation_id: generation,
+                    member_id: member.into(),
+                    instance_id: None,
+                    protocol_type: Some("consumer".into()),
+                    protocol_name: Some("range".into()),
+                    assignments,
+                },
+                w,
+            );
+            self.absorb(out);
+            w
+        }
+
+        fn heartbeat(&mut self, member: &str, generation: i32) -> ErrorCode {
+            self.set.heartbeat(self.now, "g", generation, member, None)
+        }
+
+        fn advance(&mut self, ms: u64) {
+            self.now.mono_ms += ms;
+            self.now.wall_ms += ms as i64;
+            let out = self.set.tick(self.now);
+            self.absorb(out);
+        }
+
+        fn persist_all(&mut self, result: Result<(), ErrorCode>) {
+            while !self.persists.is_empty() {
+                let p = self.persists.remove(0);
+                let out = self
+                    .set
+                    .after_persist(self.now, &p.group_id, p.then, result);
+                self.absorb(out);
+            }
+        }
+
+        fn state(&self) -> GroupState {
+            self.set.group("g").expect("group").state()
+        }
+
+        fn generation(&self) -> i32 {
+            self.set.group("g").expect("group").generation()
+        }
+
+        /// Two dynamic members through join and sync to Stable; returns
+        /// (leader, follower).
+        fn stable_pair(&mut self) -> (String, String) {
+            let (a, wa) = self.join_new();
+            let (b, wb) = self.join_new();
+            self.advance(DELAY as u64);
+            let ra = self.joins.remove(&wa).expect("join answered");
+            let rb = self.joins.remove(&wb).expect("join answered");
+            assert_eq!(ra.error, ErrorCode::None);
+            let (leader, follower) = if ra.leader == a { (a, b) } else { (b, a) };
+            let gen = ra.generation_id;
+            assert_eq!(rb.generation_id, gen);
+            let sf = self.sync(&follower, gen, vec![]);
+            let sl = self.sync(
+                &leader,
+                gen,
+                vec![
+                    (leader.clone(), Bytes::from_static(b"L")),
+                    (follower.clone(), Bytes::from_static(b"F")),
+                ],
+            );
+            self.persist_all(Ok(()));
+            assert_eq!(
+                self.syncs.remove(&sl).unwrap().assignment,
+                Bytes::from_static(b"L")
+            );
+            assert_eq!(
+                self.syncs.remove(&sf).unwrap().assignment,
+                Bytes::from_static(b"F")
+            );
+            assert_eq!(self.state(), GroupState::Stable);
+            (leader, follower)
+        }
+    }
+
+    #[test]
+    fn join_sync_heartbeat_to_stable() {
+        let mut h = Harness::new();
+        let (a, wa) = h.join_new();
+        assert_eq!(h.state(), GroupState::PreparingRebalance);
+        // The initial rebalance waits for more members.
+        h.advance(DELAY as u64 - 1);
+        assert!(h.joins.is_empty());
+        h.advance(1);
+        let r = h.joins.remove(&wa).expect("join completes after the delay");
+        assert_eq!(r.error, ErrorCode::None);
+        assert_eq!(r.generation_id, 1);
+        assert_eq!(r.leader, a);
+        assert_eq!(r.protocol_name.as_deref(), Some("range"));
+        assert_eq!(r.members.len(), 1, "the leader gets the member list");
+        assert_eq!(r.members[0].metadata, Bytes::from_static(b"meta-range"));
+        assert_eq!(h.state(), GroupState::CompletingRebalance);
+        assert_eq!(h.heartbeat(&a, 1), ErrorCode::None);
+        let s = h.sync(&a, 1, vec![(a.clone(), Bytes::from_static(b"x"))]);
+        assert!(h.syncs.is_empty(), "the leader's sync waits for the write");
+        assert_eq!(h.persists.len(), 1);
+        let v = h.persists[0].value.clone().unwrap();
+        assert_eq!(v.generation, 1);
+        assert_eq!(v.members[0].assignment, Bytes::from_static(b"x"));
+        h.persist_all(Ok(()));
+        let sr = h.syncs.remove(&s).unwrap();
+        assert_eq!(sr.error, ErrorCode::None);
+        assert_eq!(sr.assignment, Bytes::from_static(b"x"));
+        assert_eq!(h.state(), GroupState::Stable);
+        assert_eq!(h.heartbeat(&a, 1), ErrorCode::None);
+    }
+
+    #[test]
+    fn versions_before_4_join_without_member_id_round_trip() {
+        let mut h = Harness::new();
+        let w = h.join("", None, 3);
+        assert!(h.joins.is_empty(), "parked, not MEMBER_ID_REQUIRED");
+        h.advance(DELAY as u64);
+        let r = h.joins.remove(&w).unwrap();
+        assert_eq!(r.error, ErrorCode::None);
+        assert_eq!(r.member_id, "m1");
+    }
+
+    #[test]
+    fn initial_delay_extends_while_members_arrive() {
+        let mut h = Harness::new();
+        let (_, w1) = h.join_new();
+        h.advance(2_000);
+        let (_, w2) = h.join_new();
+        h.advance(1_000); // the first delay ends; a member arrived: extend
+        assert!(!h.joins.contains_key(&w1));
+        h.advance(DELAY as u64);
+        assert_eq!(h.joins.remove(&w1).unwrap().error, ErrorCode::None);
+        assert_eq!(h.joins.remove(&w2).unwrap().error, ErrorCode::None);
+        assert_eq!(h.set.group("g").unwrap().member_ids().count(), 2);
+    }
+
+    #[test]
+    fn follower_gets_assignment_and_errors_are_kafkas() {
+        let mut h = Harness::new();
+        let (leader, follower) = h.stable_pair();
+        let gen = h.generation();
+        assert_eq!(h.heartbeat(&follower, gen), ErrorCode::None);
+        assert_eq!(h.heartbeat("nobody", gen), ErrorCode::UnknownMemberId);
+        assert_eq!(
+            h.heartbeat(&follower, gen - 1),
+            ErrorCode::IllegalGeneration
+        );
+        let s = h.sync(&follower, gen + 1, vec![]);
+        assert_eq!(
+            h.syncs.remove(&s).unwrap().error,
+            ErrorCode::IllegalGeneration
+        );
+        // A stable follower re-syncing gets its assignment again.
+        let s = h.sync(&follower, gen, vec![]);
+        assert_eq!(
+            h.syncs.remove(&s).unwrap().assignment,
+            Bytes::from_static(b"F")
+        );
+        assert_eq!(
+            h.set.heartbeat(h.now, "other", gen, &leader, None),
+            ErrorCode::UnknownMemberId
+        );
+        assert_eq!(
+            h.set.heartbeat(h.now, "", gen, &leader, None),
+            ErrorCode::InvalidGroupId
+        );
+    }
+
+    #[test]
+    fn leave_rebalances_and_the_rest_rejoin() {
+        let mut h = Harness::new();
+        let (leader, follower) = h.stable_pair();
+        let gen = h.generation();
+        let (top, errs, out) = h.set.leave(
+            h.now,
+            "g",
+            &[(leader.clone(), None), ("ghost".into(), None)],
+        );
+        h.absorb(out);
+        assert_eq!(top, ErrorCode::None);
+        assert_eq!(errs, vec![ErrorCode::None, ErrorCode::UnknownMemberId]);
+        assert_eq!(h.state(), GroupState::PreparingRebalance);
+        assert_eq!(h.heartbeat(&follower, gen), ErrorCode::RebalanceInProgress);
+        let w = h.join(&follower, None, 9);
+        // Every remaining member rejoined: the join phase completes at once.
+        let r = h.joins.remove(&w).unwrap();
+        assert_eq!(r.generation_id, gen + 1);
+        assert_eq!(r.leader, follower);
+        assert_eq!(h.state(), GroupState::CompletingRebalance);
+    }
+
+    #[test]
+    fn last_member_leaving_empties_the_group_and_persists_it() {
+        let mut h = Harness::new();
+        let (a, wa) = h.join_new();
+        h.advance(DELAY as u64);
+        h.joins.remove(&wa).unwrap();
+        let (_, _, out) = h.set.leave(h.now, "g", &[(a, None)]);
+        h.absorb(out);
+        assert_eq!(h.state(), GroupState::Empty);
+        assert_eq!(h.generation(), 2);
+        assert_eq!(h.persists.len(), 1);
+        assert!(h.persists[0].value.as_ref().unwrap().members.is_empty());
+    }
+
+    #[test]
+    fn session_expiry_removes_member_and_rebalances() {
+        let mut h = Harness::new();
+        let (leader, follower) = h.stable_pair();
+        let gen = h.generation();
+        h.advance(SESSION as u64 / 2);
+        assert_eq!(h.heartbeat(&leader, gen), ErrorCode::None);
+        h.advance(SESSION as u64 / 2 + 1);
+        // The follower stopped heartbeating: gone, and the group rebalances.
+        assert_eq!(h.state(), GroupState::PreparingRebalance);
+        assert_eq!(h.heartbeat(&follower, gen), ErrorCode::UnknownMemberId);
+        assert_eq!(h.heartbeat(&leader, gen), ErrorCode::RebalanceInProgress);
+        let w = h.join(&leader, None, 9);
+        let r = h.joins.remove(&w).unwrap();
+        assert_eq!(r.generation_id, gen + 1);
+        assert_eq!(r.members.len(), 1);
+    }
+
+    #[test]
+    fn rebalance_timeout_kicks_a_member_that_did_not_rejoin() {
+        let mut h = Harness::new();
+        let (leader, follower) = h.stable_pair();
+        let gen = h.generation();
+        // The leader rejoins (e.g. new topic): a rebalance starts.
+        let w = h.join(&leader, None, 9);
+        assert_eq!(h.state(), GroupState::PreparingRebalance);
+        // The follower keeps heartbeating but never rejoins.
+        for _ in 0..(REBALANCE / 1_000 - 1) {
+            h.advance(1_000);
+            assert_eq!(h.heartbeat(&follower, gen), ErrorCode::RebalanceInProgress);
+        }
+        assert!(!h.joins.contains_key(&w));
+        h.advance(1_000);
+        let r = h
+            .joins
+            .remove(&w)
+            .expect("completed at the rebalance timeout");
+        assert_eq!(r.error, ErrorCode::None);
+        assert_eq!(r.generation_id, gen + 1);
+        assert_eq!(r.members.len(), 1);
+        assert_eq!(h.heartbeat(&follower, gen), ErrorCode::UnknownMemberId);
+    }
+
+    #[test]
+    fn sync_timeout_removes_members_that_never_synced() {
+        let mut h = Harness::new();
+        let (a, wa) = h.join_new();
+        let (b, wb) = h.join_new();
+        h.advance(DELAY as u64);
+        let ra = h.joins.remove(&wa).unwrap();
+        h.joins.remove(&wb).unwrap();
+        let leader = ra.leader.clone();
+        let other = if leader == a { b } else { a };
+        let s = h.sync(&other, ra.generation_id, vec![]);
+        h.advance(REBALANCE as u64);
+        // The leader never sent its assignment: it is removed, the waiting
+        // follower told to rejoin.
+        assert_eq!(
+            h.syncs.remove(&s).unwrap().error,
+            ErrorCode::RebalanceInProgress
+        );
+        assert_eq!(h.state(), GroupState::PreparingRebalance);
+        assert!(h.set.group("g").unwrap().member_ids().all(|m| m == other));
+    }
+
+    #[test]
+    fn a_new_join_during_completing_rebalance_restarts_it() {
+        let mut h = Harness::new();
+        let (a, wa) = h.join_new();
+        h.advance(DELAY as u64);
+        let r = h.joins.remove(&wa).unwrap();
+        let s = h.sync(&a, r.generation_id, vec![]);
+        assert!(h.persists.len() == 1, "leader sync persists");
+        let (_, wb) = h.join_new();
+        // The leader's pending sync is answered: rejoin.
+        assert_eq!(
+            h.syncs.remove(&s).unwrap().error,
+            ErrorCode::RebalanceInProgress
+        );
+        // The stale write completes without effect.
+        h.persist_all(Ok(()));
+        assert_eq!(h.state(), GroupState::PreparingRebalance);
+        let wa2 = h.join(&a, None, 9);
+        let ra = h.joins.remove(&wa2).unwrap();
+        let rb = h.joins.remove(&wb).unwrap();
+        assert_eq!(ra.generation_id, 2);
+        assert_eq!(rb.generation_id, 2);
+    }
+
+    #[test]
+    fn failed_assignment_write_tells_members_to_rejoin() {
+        let mut h = Harness::new();
+        let (a, wa) = h.join_new();
+        h.advance(DELAY as u64);
+        let r = h.joins.remove(&wa).unwrap();
+        let s = h.sync(&a, r.generation_id, vec![]);
+        h.persist_all(Err(ErrorCode::NotCoordinator));
+        assert_eq!(h.syncs.remove(&s).unwrap().error, ErrorCode::NotCoordinator);
+        assert_eq!(h.state(), GroupState::PreparingRebalance);
+    }
+
+    #[test]
+    fn static_member_replacement_fences_the_old_id_without_rebalance() {
+        let mut h = Harness::new();
+        let w = h.join("", Some("i1"), 9);
+        assert!(h.joins.is_empty(), "a static member joins directly");
+        h.advance(DELAY as u64);
+        let r = h.joins.remove(&w).unwrap();
+        let old = r.member_id.clone();
+        assert!(old.starts_with('m'));
+        let s = h.sync(
+            &old,
+            r.generation_id,
+            vec![(old.clone(), Bytes::from_static(b"A"))],
+        );
+        h.persist_all(Ok(()));
+        assert_eq!(
+            h.syncs.remove(&s).unwrap().assignment,
+            Bytes::from_static(b"A")
+        );
+        let gen = h.generation();
+
+        // The same instance restarts and joins with no member id.
+        let w2 = h.join("", Some("i1"), 9);
+        assert_eq!(h.state(), GroupState::Stable, "no rebalance");
+        assert_eq!(h.persists.len(), 1, "the new member id is persisted first");
+        assert!(h.joins.is_empty());
+        h.persist_all(Ok(()));
+        let r2 = h.joins.remove(&w2).unwrap();
+        assert_eq!(r2.error, ErrorCode::None);
+        assert_ne!(r2.member_id, old);
+        assert_eq!(r2.generation_id, gen);
+        assert!(r2.skip_assignment, "v9: the static leader skips assignment");
+        // The old id is fenced; the new one keeps the assignment.
+        assert_eq!(
+            h.set.heartbeat(h.now, "g", gen, &old, Some("i1")),
+            ErrorCode::FencedInstanceId
+        );
+        assert_eq!(
+            h.set.heartbeat(h.now, "g", gen, &r2.member_id, Some("i1")),
+            ErrorCode::None
+        );
+        let s2 = h.sync(&r2.member_id, gen, vec![]);
+        assert_eq!(
+            h.syncs.remove(&s2).unwrap().assignment,
+            Bytes::from_static(b"A")
+        );
+        // A static member that stops heartbeating is removed at session expiry.
+        h.advance(SESSION as u64 + 1);
+        assert_eq!(h.state(), GroupState::PreparingRebalance);
+    }
+
+    #[test]
+    fn static_member_parked_join_is_fenced_by_its_replacement() {
+        let mut h = Harness::new();
+        let w = h.join("", Some("i1"), 9);
+        // Still in the initial delay: a second incarnation arrives.
+        let w2 = h.join("", Some("i1"), 9);
+        let fenced = h.joins.remove(&w).unwrap();
+        assert_eq!(fenced.error, ErrorCode::FencedInstanceId);
+        h.advance(DELAY as u64);
+        assert_eq!(h.joins.remove(&w2).unwrap().error, ErrorCode::None);
+    }
+
+    #[test]
+    fn unknown_members_and_protocol_mismatches() {
+        let mut h = Harness::new();
+        // A member id for a group that does not exist.
+        let w = h.join("m-x", None, 9);
+        assert_eq!(
+            h.joins.remove(&w).unwrap().error,
+            ErrorCode::UnknownMemberId
+        );
+        let (_, _) = h.join_new();
+        // Unknown member id in an existing group.
+        let w = h.join("m-x", None, 9);
+        assert_eq!(
+            h.joins.remove(&w).unwrap().error,
+            ErrorCode::UnknownMemberId
+        );
+        // Another protocol type.
+        let mut req = h.join_req("", None, 9);
+        req.protocol_type = "connect".into();
+        let w = h.join_with(req);
+        assert_eq!(
+            h.joins.remove(&w).unwrap().error,
+            ErrorCode::InconsistentGroupProtocol
+        );
+        // No protocol in common.
+        let mut req = h.join_req("", None, 9);
+        req.protocols = protocols(&["roundrobin"]);
+        let w = h.join_with(req);
+        assert_eq!(
+            h.joins.remove(&w).unwrap().error,
+            ErrorCode::InconsistentGroupProtocol
+        );
+        // A first member without protocols.
+        let mut req = h.join_req("", None, 9);
+        req.group_id = "g2".into();
+        req.protocols = vec![];
+        let w = h.join_with(req);
+        assert_eq!(
+            h.joins.remove(&w).unwrap().error,
+            ErrorCode::InconsistentGroupProtocol
+        );
+    }
+
+    #[test]
+    fn session_timeout_bounds_and_group_id() {
+        let mut h = Harness::new();
+        let mut req = h.join_req("", None, 9);
+        req.session_timeout_ms = 5_999;
+        let w = h.join_with(req);
+        assert_eq!(
+            h.joins.remove(&w).unwrap().error,
+            ErrorCode::InvalidSessionTimeout
+        );
+        let mut req = h.join_req("", None, 9);
+        req.session_timeout_ms = 1_800_001;
+        let w = h.join_with(req);
+        assert_eq!(
+            h.joins.remove(&w).unwrap().error,
+            ErrorCode::InvalidSessionTimeout
+        );
+        let mut req = h.join_req("", None, 9);
+        req.group_id = String::new();
+        let w = h.join_with(req);
+        assert_eq!(h.joins.remove(&w).unwrap().error, ErrorCode::InvalidGroupId);
+    }
+
+    #[test]
+    fn protocol_chosen_by_vote_among_common_ones() {
+        let mut h = Harness::new();
+        let mut reqs = Vec::new();
+        for ps in [
+            &["cooperative-sticky", "range"][..],
+            &["range", "cooperative-sticky"][..],
+            &["cooperative-sticky", "range", "roundrobin"][..],
+        ] {
+            let mut req = h.join_req("", None, 3);
+            req.protocols = protocols(ps);
+            reqs.push(h.join_with(req));
+        }
+        h.advance(DELAY as u64);
+        let r = h.joins.remove(&reqs[0]).unwrap();
+        assert_eq!(r.protocol_name.as_deref(), Some("cooperative-sticky"));
+        let leader = h
+            .joins
+            .values()
+            .chain([&r])
+            .find(|r| !r.members.is_empty())
+            .unwrap();
+        assert!(leader
+            .members
+            .iter()
+            .all(|m| m.metadata == Bytes::from_static(b"meta-cooperative-sticky")));
+    }
+
+    #[test]
+    fn group_max_size_is_enforced() {
+        let mut h = Harness::with(GroupConfig {
+            max_size: 1,
+            ..config()
+        });
+        h.join("", None, 3);
+        let w = h.join("", None, 3);
+        let r = h.joins.remove(&w).unwrap();
+        assert_eq!(r.error, ErrorCode::GroupMaxSizeReached);
+        assert_eq!(r.member_id, "");
+    }
+
+    #[test]
+    fn pending_member_that_never_returns_is_forgotten() {
+        let mut h = Harness::new();
+        let w = h.join("", None, 9);
+        let id = h.joins.remove(&w).unwrap().member_id;
+        h.advance(SESSION as u64 + 1);
+        let w = h.join(&id, None, 9);
+        assert_eq!(
+            h.joins.remove(&w).unwrap().error,
+            ErrorCode::UnknownMemberId
+        );
+    }
+
+    #[test]
+    fn commits_are_validated_like_kafka() {
+        let mut h = Harness::new();
+        let now = h.now;
+        // Unknown group: -1 creates a simple group; a generation does not.
+        assert_eq!(
+            h.set.validate_commit(now, "x", "m", None, 3, 9),
+            Err(ErrorCode::GroupIdNotFound)
+        );
+        assert_eq!(
+            h.set.validate_commit(now, "x", "m", None, 3, 8),
+            Err(ErrorCode::IllegalGeneration)
+        );
+        assert_eq!(
+            h.set.validate_commit(now, "simple", "", None, -1, 9),
+            Ok(())
+        );
+        assert_eq!(h.set.group("simple").unwrap().state(), GroupState::Empty);
+
+        let (leader, _) = h.stable_pair();
+        let gen = h.generation();
+        let now = h.now;
+        assert_eq!(
+            h.set.validate_commit(now, "g", &leader, None, gen, 9),
+            Ok(())
+        );
+        assert_eq!(
+            h.set.validate_commit(now, "g", &leader, None, gen - 1, 9),
+            Err(ErrorCode::IllegalGeneration)
+        );
+        assert_eq!(
+            h.set.validate_commit(now, "g", "ghost", None, gen, 9),
+            Err(ErrorCode::UnknownMemberId)
+        );
+        // A simple (assign()) commit to an active group.
+        assert_eq!(
+            h.set.validate_commit(now, "g", "", None, -1, 9),
+            Err(ErrorCode::UnknownMemberId)
+        );
+        // During CompletingRebalance commits are refused with REBALANCE_IN_PROGRESS.
+        let w = h.join(&leader, None, 9);
+        let _ = w;
+        h.advance(REBALANCE as u64);
+        let gen2 = h.generation();
+        assert_eq!(h.state(), GroupState::CompletingRebalance);
+        assert_eq!(
+            h.set.validate_commit(h.now, "g", &leader, None, gen2, 9),
+            Err(ErrorCode::RebalanceInProgress)
+        );
+    }
+
+    fn committed(offset: i64, log_offset: u64) -> CommittedOffset {
+        CommittedOffset {
+            offset,
+            leader_epoch: -1,
+            metadata: String::new(),
+            commit_timestamp: 0,
+            expire_timestamp: -1,
+            log_offset,
+        }
+    }
+
+    #[test]
+    fn offsets_apply_in_log_order_and_fetch() {
+        let mut h = Harness::new();
+        let now = h.now;
+        h.set.apply_offset(now, "g", "t", 0, Some(committed(10, 5)));
+        h.set.apply_offset(now, "g", "t", 0, Some(committed(7, 4))); // older record
+        h.set.apply_offset(now, "g", "t", 1, Some(committed(3, 6)));
+        let all = h.set.fetch_offsets("g", None);
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].1[0].1.as_ref().unwrap().offset, 10);
+        let some = h.set.fetch_offsets("g", Some(&[("t".into(), vec![1, 2])]));
+        assert_eq!(some[0].1[0].1.as_ref().unwrap().offset, 3);
+        assert!(some[0].1[1].1.is_none());
+        assert!(h.set.fetch_offsets("nope", None).is_empty());
+        h.set.apply_offset(now, "g", "t", 1, None);
+        assert!(!h.set.has_offset("g", "t", 1));
+    }
+
+    #[test]
+    fn delete_group_only_when_empty() {
+        let mut h = Harness::new();
+        let now = h.now;
+        assert_eq!(
+            h.set.delete_group(now, "g").unwrap_err(),
+            ErrorCode::GroupIdNotFound
+        );
+        let (a, _) = h.join_new();
+        assert_eq!(
+            h.set.delete_group(h.now, "g").unwrap_err(),
+            ErrorCode::NonEmptyGroup
+        );
+        let (_, _, out) = h.set.leave(h.now, "g", &[(a, None)]);
+        h.absorb(out);
+        h.advance(DELAY as u64);
+        h.persists.clear();
+        h.set
+            .apply_offset(h.now, "g", "t", 0, Some(committed(1, 1)));
+        let p = h.set.delete_group(h.now, "g").unwrap();
+        assert_eq!(p.value, None);
+        assert_eq!(p.offset_tombstones, vec![("t".to_string(), 0)]);
+        assert_eq!(h.state(), GroupState::Dead);
+        h.persists.push(p);
+        h.persist_all(Ok(()));
+        assert!(h.set.group("g").is_none());
+        assert!(!h.set.has_offset("g", "t", 0));
+    }
+
+    #[test]
+    fn offset_delete_refused_for_subscribed_topics() {
+        let mut h = Harness::new();
+        let sub = |topics: &[&str]| {
+            let mut b = vec![0u8, 0];
+            b.extend_from_slice(&(topics.len() as i32).to_be_bytes());
+            for t in topics {
+                b.extend_from_slice(&(t.len() as i16).to_be_bytes());
+                b.extend_from_slice(t.as_bytes());
+            }
+            b.extend_from_slice(&(-1i32).to_be_bytes()); // user data
+            Bytes::from(b)
+        };
+        let mut req = h.join_req("", None, 3);
+        req.protocols = vec![Protocol {
+            name: "range".into(),
+            metadata: sub(&["t1"]),
+        }];
+        h.join_with(req);
+        h.advance(DELAY as u64);
+        let verdicts = h
+            .set
+            .check_offset_delete("g", &["t1".to_string(), "t2".to_string()])
+            .unwrap();
+        assert_eq!(
+            verdicts,
+            vec![Err(ErrorCode::GroupSubscribedToTopic), Ok(())]
+        );
+        assert_eq!(
+            h.set.check_offset_delete("nope", &[]).unwrap_err(),
+            ErrorCode::GroupIdNotFound
+        );
+    }
+
+    #[test]
+    fn a_loaded_group_resumes_and_expires_silent_members() {
+        let mut h = Harness::new();
+        let (leader, follower) = h.stable_pair();
+        let gen = h.generation();
+        // What the last SyncGroup wrote, replayed by a new coordinator.
+        let value = h
+            .set
+            .group("g")
+            .unwrap()
+            .metadata_value(&|m: &Member| m.assignment.clone());
+        let mut loaded = Harness::new();
+        loaded.set.replay_group(loaded.now, "g", Some(value));
+        loaded.set.start_sessions(loaded.now);
+        assert_eq!(loaded.state(), GroupState::Stable);
+        assert_eq!(loaded.generation(), gen);
+        assert_eq!(
+            loaded.set.group("g").unwrap().leader(),
+            Some(leader.as_str())
+        );
+        assert_eq!(loaded.heartbeat(&follower, gen), ErrorCode::None);
+        let s = loaded.sync(&follower, gen, vec![]);
+        assert_eq!(
+            loaded.syncs.remove(&s).unwrap().assignment,
+            Bytes::from_static(b"F")
+        );
+        // Only the follower heartbeats: the leader expires.
+        loaded.advance(SESSION as u64 / 2);
+        assert_eq!(loaded.heartbeat(&follower, gen), ErrorCode::None);
+        loaded.advance(SESSION as u64 / 2 + 1);
+        assert_eq!(loaded.state(), GroupState::PreparingRebalance);
+        // A tombstone removes the group.
+        loaded.set.replay_group(loaded.now, "g", None);
+        assert!(loaded.set.group("g").is_none());
+    }
+
+    #[test]
+    fn describe_and_list() {
+        let mut h = Harness::new();
+        h.stable_pair();
+        let d = h.set.describe("g").unwrap();
+        assert_eq!(d.state, GroupState::Stable);
+        assert_eq!(d.protocol_type, "consumer");
+        assert_eq!(d.protocol_data, "range");
+        assert_eq!(d.members.len(), 2);
+        assert!(d.members.iter().all(|m| !m.assignment.is_empty()));
+        assert!(h.set.describe("nope").is_none());
+        let l = h.set.list();
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].state.name(), "Stable");
+    }
+
+    #[test]
+    fn subscription_topics_parse_and_refuse_lies() {
+        let mut b = vec![0u8, 1];
+        b.extend_from_slice(&2i32.to_be_bytes());
+        for t in ["a", "bb"] {
+            b.extend_from_slice(&(t.len() as i16).to_be_bytes());
+            b.extend_from_slice(t.as_bytes());
+        }
+        assert_eq!(parse_subscription_topics(&b).unwrap(), vec!["a", "bb"]);
+        for n in 0..b.len() {
+            assert!(parse_subscription_topics(&b[..n]).is_none());
+        }
+        let mut lie = vec![0u8, 0];
+        lie.extend_from_slice(&i32::MAX.to_be_bytes());
+        assert!(parse_subscription_topics(&lie).is_none());
     }
 }

@@ -456,7 +456,8 @@ pub fn batch_records(bytes: &Bytes) -> Result<Vec<LogRecord>, DecodeError> {
     let count = usize::try_from(h.records_count).unwrap_or(0);
     let mut out = Vec::with_capacity(count.min(body.len()));
     for _ in 0..count {
-        let len = usize::try_from(varint(&mut r)?).map_err(|_| DecodeError("record length".into()))?;
+        let len =
+            usize::try_from(varint(&mut r)?).map_err(|_| DecodeError("record length".into()))?;
         let rec = r.take(len)?;
         let rec_start = body.len() - r.buf.len() - len;
         let whole = body.slice(rec_start..rec_start + len);
@@ -553,7 +554,10 @@ mod tests {
             members: vec![],
             ..g
         };
-        assert_eq!(decode_group_value(&encode_group_value(&empty)).unwrap(), empty);
+        assert_eq!(
+            decode_group_value(&encode_group_value(&empty)).unwrap(),
+            empty
+        );
     }
 
     #[test]

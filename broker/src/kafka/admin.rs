@@ -34,39 +34,13 @@ use proto::image::{
 use uuid::Uuid;
 
 use crate::broker::Broker;
+use crate::config::TOPIC_CONFIG_DEFAULTS;
 use crate::errors::ErrorCode;
 
 /// Kafka's "authorized operations not requested" marker.
 const OPERATIONS_NOT_REQUESTED: i32 = i32::MIN;
 /// How long an admin answer waits for the metadata view to catch up.
 const VIEW_WAIT: Duration = Duration::from_secs(10);
-
-/// Topic-level configs we accept, with the default Apache Kafka reports.
-pub const TOPIC_CONFIG_DEFAULTS: &[(&str, &str)] = &[
-    ("cleanup.policy", "delete"),
-    ("compression.type", "producer"),
-    ("delete.retention.ms", "86400000"),
-    ("file.delete.delay.ms", "60000"),
-    ("flush.messages", "9223372036854775807"),
-    ("flush.ms", "9223372036854775807"),
-    ("index.interval.bytes", "4096"),
-    ("max.compaction.lag.ms", "9223372036854775807"),
-    ("max.message.bytes", "1048588"),
-    ("message.timestamp.after.max.ms", "3600000"),
-    ("message.timestamp.before.max.ms", "9223372036854775807"),
-    ("message.timestamp.type", "CreateTime"),
-    ("min.cleanable.dirty.ratio", "0.5"),
-    ("min.compaction.lag.ms", "0"),
-    ("min.insync.replicas", "1"),
-    ("preallocate", "false"),
-    ("retention.bytes", "-1"),
-    ("retention.ms", "604800000"),
-    ("segment.bytes", "1073741824"),
-    ("segment.index.bytes", "10485760"),
-    ("segment.jitter.ms", "0"),
-    ("segment.ms", "604800000"),
-    ("unclean.leader.election.enable", "false"),
-];
 
 fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
@@ -386,7 +360,10 @@ pub async fn delete_topics(broker: &Arc<Broker>, req: DeleteTopicsRequest) -> De
                 r.topic_id = tid;
                 match broker
                     .controller
-                    .write(MetadataCommand::DeleteTopic { name: n })
+                    .write(MetadataCommand::DeleteTopic {
+                        name: n,
+                        now_ms: broker.clock.now_ms(),
+                    })
                     .await
                 {
                     Ok(out) => {

@@ -12,8 +12,10 @@
 
 mod admin;
 mod fetch;
+mod group;
 mod produce;
 mod reassign;
+mod records;
 pub mod versions;
 
 use std::future::Future;
@@ -277,6 +279,11 @@ async fn dispatch(
                 &broker, req,
             )))
         }),
+        RequestKind::DeleteRecords(req) => Box::pin(async move {
+            Some(ResponseKind::DeleteRecords(
+                records::delete_records(&broker, req).await,
+            ))
+        }),
         RequestKind::AlterPartitionReassignments(req) => Box::pin(async move {
             Some(ResponseKind::AlterPartitionReassignments(
                 reassign::alter(&broker, req, version).await,
@@ -288,6 +295,60 @@ async fn dispatch(
         RequestKind::DescribeCluster(req) => ready(ResponseKind::DescribeCluster(
             admin::describe_cluster(&broker, req),
         )),
+        // Group coordinator.
+        RequestKind::FindCoordinator(req) => Box::pin(async move {
+            Some(ResponseKind::FindCoordinator(
+                group::find_coordinator(&broker, req, version).await,
+            ))
+        }),
+        RequestKind::JoinGroup(req) => Box::pin(async move {
+            Some(ResponseKind::JoinGroup(
+                group::join_group(&broker, req, version, header.client_id).await,
+            ))
+        }),
+        RequestKind::SyncGroup(req) => Box::pin(async move {
+            Some(ResponseKind::SyncGroup(
+                group::sync_group(&broker, req, version).await,
+            ))
+        }),
+        RequestKind::Heartbeat(req) => Box::pin(async move {
+            Some(ResponseKind::Heartbeat(group::heartbeat(&broker, req).await))
+        }),
+        RequestKind::LeaveGroup(req) => Box::pin(async move {
+            Some(ResponseKind::LeaveGroup(
+                group::leave_group(&broker, req, version).await,
+            ))
+        }),
+        RequestKind::OffsetCommit(req) => Box::pin(async move {
+            Some(ResponseKind::OffsetCommit(
+                group::offset_commit(&broker, req, version).await,
+            ))
+        }),
+        RequestKind::OffsetFetch(req) => Box::pin(async move {
+            Some(ResponseKind::OffsetFetch(
+                group::offset_fetch(&broker, req, version).await,
+            ))
+        }),
+        RequestKind::ListGroups(req) => Box::pin(async move {
+            Some(ResponseKind::ListGroups(
+                group::list_groups(&broker, req, version).await,
+            ))
+        }),
+        RequestKind::DescribeGroups(req) => Box::pin(async move {
+            Some(ResponseKind::DescribeGroups(
+                group::describe_groups(&broker, req).await,
+            ))
+        }),
+        RequestKind::DeleteGroups(req) => Box::pin(async move {
+            Some(ResponseKind::DeleteGroups(
+                group::delete_groups(&broker, req).await,
+            ))
+        }),
+        RequestKind::OffsetDelete(req) => Box::pin(async move {
+            Some(ResponseKind::OffsetDelete(
+                group::offset_delete(&broker, req).await,
+            ))
+        }),
         other => {
             // `versions::supported` admits only the APIs above.
             warn!(client = ?header.client_id, "no handler for {:?}", std::mem::discriminant(&other));

@@ -17,7 +17,20 @@ const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::InitProducerId, 0, 5),
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::DescribeCluster, 0, 1),
+    // Group coordinator (kafka/group.rs).
+    (ApiKey::FindCoordinator, 0, 6),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::OffsetCommit, 2, 9),
+    (ApiKey::OffsetFetch, 1, 9),
+    (ApiKey::ListGroups, 0, 5),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::AlterPartitionReassignments, 0, 1),
+    (ApiKey::DeleteRecords, 0, 2),
     (ApiKey::ListPartitionReassignments, 0, 0),
 ];
 
@@ -42,7 +55,19 @@ pub fn name(key: ApiKey) -> &'static str {
         ApiKey::InitProducerId => "init_producer_id",
         ApiKey::DescribeConfigs => "describe_configs",
         ApiKey::DescribeCluster => "describe_cluster",
+        ApiKey::FindCoordinator => "find_coordinator",
+        ApiKey::JoinGroup => "join_group",
+        ApiKey::SyncGroup => "sync_group",
+        ApiKey::Heartbeat => "heartbeat",
+        ApiKey::LeaveGroup => "leave_group",
+        ApiKey::OffsetCommit => "offset_commit",
+        ApiKey::OffsetFetch => "offset_fetch",
+        ApiKey::ListGroups => "list_groups",
+        ApiKey::DescribeGroups => "describe_groups",
+        ApiKey::DeleteGroups => "delete_groups",
+        ApiKey::OffsetDelete => "offset_delete",
         ApiKey::AlterPartitionReassignments => "alter_partition_reassignments",
+        ApiKey::DeleteRecords => "delete_records",
         ApiKey::ListPartitionReassignments => "list_partition_reassignments",
         _ => "other",
     }
@@ -88,10 +113,22 @@ mod tests {
                 ApiKey::InitProducerId => range::<InitProducerIdRequest>(),
                 ApiKey::DescribeConfigs => range::<DescribeConfigsRequest>(),
                 ApiKey::DescribeCluster => range::<DescribeClusterRequest>(),
+                ApiKey::FindCoordinator => range::<FindCoordinatorRequest>(),
+                ApiKey::JoinGroup => range::<JoinGroupRequest>(),
+                ApiKey::SyncGroup => range::<SyncGroupRequest>(),
+                ApiKey::Heartbeat => range::<HeartbeatRequest>(),
+                ApiKey::LeaveGroup => range::<LeaveGroupRequest>(),
+                ApiKey::OffsetCommit => range::<OffsetCommitRequest>(),
+                ApiKey::OffsetFetch => range::<OffsetFetchRequest>(),
+                ApiKey::ListGroups => range::<ListGroupsRequest>(),
+                ApiKey::DescribeGroups => range::<DescribeGroupsRequest>(),
+                ApiKey::DeleteGroups => range::<DeleteGroupsRequest>(),
+                ApiKey::OffsetDelete => range::<OffsetDeleteRequest>(),
                 ApiKey::AlterPartitionReassignments => {
                     range::<AlterPartitionReassignmentsRequest>()
                 }
                 ApiKey::ListPartitionReassignments => range::<ListPartitionReassignmentsRequest>(),
+                ApiKey::DeleteRecords => range::<DeleteRecordsRequest>(),
                 other => panic!("no codec check for {other:?}"),
             };
             assert!(

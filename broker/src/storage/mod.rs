@@ -9,5 +9,6 @@ pub mod log_cache;
 pub mod object_format;
 pub mod producer_state;
 pub mod reader;
+pub mod retention;
 pub mod stream;
 pub mod writer;

@@ -246,6 +246,7 @@ fn seal(
             {
                 r.end_offset = b.end_offset;
                 r.max_timestamp = r.max_timestamp.max(b.max_timestamp);
+                r.bytes += b.bytes.len() as u64;
                 groups.last_mut().expect("a group per range").push(b);
             }
             _ => {
@@ -255,6 +256,7 @@ fn seal(
                     start_offset: b.base_offset,
                     end_offset: b.end_offset,
                     max_timestamp: b.max_timestamp,
+                    bytes: b.bytes.len() as u64,
                 });
                 groups.push(vec![b]);
             }

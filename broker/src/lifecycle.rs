@@ -1,0 +1,130 @@
+//! The data lifecycle task: applies time/size retention to the streams this
+//! broker owns (proposing `TrimStream`), and deletes objects the metadata has
+//! marked for deletion once their grace period is over (then proposes
+//! `DestroyObjects`). Store first, metadata second: a crash in between leaves
+//! a marked object whose store copy is gone, and the next pass finishes it.
+
+use std::sync::Arc;
+
+use object_store::{path::Path, ObjectStore, ObjectStoreExt};
+use proto::image::{CommandReply, MetadataCommand, ObjectState};
+use proto::{ObjectId, StreamId};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::broker::Broker;
+use crate::config::TOPIC_CONFIG_DEFAULTS;
+use crate::storage::retention::{retention_start, RetentionPolicy};
+
+/// Most objects deleted in one pass.
+const MAX_DELETES_PER_PASS: usize = 1000;
+
+pub async fn run(
+    broker: Arc<Broker>,
+    store: Arc<dyn ObjectStore>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(broker.config.storage.retention_check_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        apply_retention(&broker).await;
+        collect_garbage(&broker, &*store).await;
+    }
+}
+
+/// Trims every owned stream that retention allows to move.
+pub async fn apply_retention(broker: &Broker) {
+    let now = broker.clock.now_ms();
+    let trims: Vec<(StreamId, u64)> = broker.metadata.read(|img| {
+        img.streams
+            .values()
+            .filter(|s| s.owner == Some(broker.id))
+            .filter_map(|s| {
+                let topic = img.topic_by_id(s.topic)?;
+                let policy = RetentionPolicy::from_configs(&topic.configs, TOPIC_CONFIG_DEFAULTS);
+                retention_start(s, policy, now).map(|o| (s.id, o))
+            })
+            .collect()
+    });
+    for (stream, offset) in trims {
+        if let Err(e) = trim(broker, stream, offset).await {
+            warn!(stream_id = stream.0, error = %e, "retention trim failed");
+        }
+    }
+}
+
+/// Moves a stream's start offset forward and makes it visible at once.
+pub async fn trim(broker: &Broker, stream: StreamId, offset: u64) -> Result<u64, String> {
+    let out = broker
+        .controller
+        .write(MetadataCommand::TrimStream {
+            stream,
+            start_offset: offset,
+            now_ms: broker.clock.now_ms(),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    broker
+        .metadata
+        .wait_for(out.version, std::time::Duration::from_secs(10))
+        .await;
+    match out.reply {
+        CommandReply::Trimmed { start_offset } => {
+            if let Some(p) = broker.partition(stream) {
+                p.state.set_log_start(start_offset);
+            }
+            metrics::counter!("oxbow_stream_trims_total").increment(1);
+            Ok(start_offset)
+        }
+        other => Err(format!("unexpected reply {other:?}")),
+    }
+}
+
+/// Deletes marked objects past their grace period. One broker does it for
+/// the cluster: the live broker with the smallest id.
+pub async fn collect_garbage(broker: &Broker, store: &dyn ObjectStore) {
+    let now = broker.clock.now_ms();
+    let grace =
+        i64::try_from(broker.config.storage.object_delete_grace.as_millis()).unwrap_or(i64::MAX);
+    let due: Vec<(ObjectId, String)> = broker.metadata.read(|img| {
+        if img.live_brokers().next().map(|b| b.id) != Some(broker.id) {
+            return Vec::new();
+        }
+        img.objects
+            .values()
+            .filter(|o| {
+                o.state == ObjectState::MarkDestroyed
+                    && o.marked_at_ms
+                        .is_some_and(|t| t.saturating_add(grace) <= now)
+            })
+            .take(MAX_DELETES_PER_PASS)
+            .map(|o| (o.id, o.key.clone()))
+            .collect()
+    });
+    let mut deleted = Vec::new();
+    for (id, key) in due {
+        match store.delete(&Path::from(key.clone())).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted.push(id),
+            Err(e) => warn!(key, error = %e, "deleting object failed; retrying next pass"),
+        }
+    }
+    if deleted.is_empty() {
+        return;
+    }
+    let n = deleted.len();
+    match broker
+        .controller
+        .write(MetadataCommand::DestroyObjects { ids: deleted })
+        .await
+    {
+        Ok(_) => {
+            metrics::counter!("oxbow_objects_deleted_total").increment(n as u64);
+            info!(objects = n, "deleted objects past their grace period");
+        }
+        Err(e) => warn!(error = %e, "recording deleted objects failed; retrying next pass"),
+    }
+}

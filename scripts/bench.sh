@@ -1,0 +1,361 @@
+#!/usr/bin/env bash
+# Benchmark: the same produce and consume workloads against Oxbow and against
+# Apache Kafka 4.1.1 (single-node KRaft, default settings, started from the Maven
+# Central jars) on this machine, one system at a time. A benchmark, not a test:
+# it asserts nothing about timings. Prints a table of medians over RUNS runs with
+# Oxbow's ratio to Kafka and writes it to bench-out/results-<timestamp>.txt.
+#
+#   scripts/bench.sh                 # RUNS=3, full counts (~15-25 min on 2 cores)
+#   QUICK=1 scripts/bench.sh         # RUNS=1, small counts: checks the script (~3 min)
+#
+# Knobs (environment):
+#   RUNS=3                runs per system; every figure is the median over runs
+#   QUICK=1               RUNS=1 and counts / 10 unless set explicitly
+#   RECORDS_3P=600000     records produced to the 3-partition topic per run
+#   RECORDS_1000P=800000  records produced to the 1000-partition topic per run
+#   RECORD_SIZE=1024      bytes per record
+#   SYSTEMS="oxbow kafka" which systems to run (in this order within each run)
+#   BENCH_NO_BUILD=1      do not run `cargo build --release -p oxbow` first
+#   BENCH_KEEP=1          keep the temporary directory (data dirs) at the end
+#   OXBOW_TOOLS           tools cache (default ~/.cache/oxbow-tools), as for setup.sh
+# Counts are the same for both systems (the same workload); the defaults make a
+# produce run take roughly 20-40 s on a 2-core machine.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+bench_dir="$root/scripts/bench"
+tools="${OXBOW_TOOLS:-$HOME/.cache/oxbow-tools}"
+client_libs="$tools/kafka-libs"
+server_libs="$tools/bench-kafka-server-libs"
+oxbow_bin="$root/target/release/oxbow"
+lib="python3 $bench_dir/benchlib.py"
+
+QUICK=${QUICK:-0}
+if [ "$QUICK" = 1 ]; then
+  RUNS=${RUNS:-1}; RECORDS_3P=${RECORDS_3P:-60000}; RECORDS_1000P=${RECORDS_1000P:-80000}
+else
+  RUNS=${RUNS:-3}; RECORDS_3P=${RECORDS_3P:-600000}; RECORDS_1000P=${RECORDS_1000P:-800000}
+fi
+RECORD_SIZE=${RECORD_SIZE:-1024}
+SYSTEMS=${SYSTEMS:-"oxbow kafka"}
+PRODUCER_PROPS=(acks=all linger.ms=5)
+CLIENT_TIMEOUT=${CLIENT_TIMEOUT:-900}
+
+stamp=$(date +%Y%m%d-%H%M%S)
+out_dir="$root/bench-out"
+mkdir -p "$out_dir"
+results="$out_dir/results-$stamp.txt"
+raw="$out_dir/raw-$stamp.tsv"
+logs="$out_dir/logs-$stamp"
+mkdir -p "$logs"
+work=$(mktemp -d "${TMPDIR:-/tmp}/oxbow-bench.XXXXXX")
+notes="$work/notes"
+: > "$notes"
+: > "$raw"
+
+log() { echo "bench: $*" >&2; }
+note() { echo "$*" >> "$notes"; log "NOTE: $*"; }
+calc() { awk "BEGIN { printf \"%.6g\", $1 }"; }
+rec() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >> "$raw"; }
+
+# ---------------------------------------------------------------- processes
+PIDS=()
+stop_pid() {  # stop_pid PID [grace-seconds]: SIGTERM, wait, then SIGKILL
+  local pid=$1 grace=${2:-120} i
+  kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < grace * 5; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.2
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    log "process $pid did not stop within ${grace}s; killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || true
+  local keep=() p
+  for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
+  PIDS=("${keep[@]+"${keep[@]}"}")
+}
+cleanup() {
+  local rc=$? p
+  trap - EXIT INT TERM
+  for p in "${PIDS[@]+"${PIDS[@]}"}"; do stop_pid "$p" 30; done
+  if [ "${BENCH_KEEP:-0}" = 1 ]; then log "kept $work"; else rm -rf "$work"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'log interrupted; exit 130' INT
+trap 'log terminated; exit 143' TERM
+
+# wait_ready PID LOGFILE FROM_LINE PATTERN TIMEOUT: until PATTERN appears after FROM_LINE
+wait_ready() {
+  local pid=$1 file=$2 from=$3 pattern=$4 timeout=$5 i
+  for ((i = 0; i < timeout * 5; i++)); do
+    if tail -n +"$from" "$file" | grep -q "$pattern"; then return 0; fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      log "server $pid exited before it was ready; last log lines:"; tail -n 20 "$file" >&2; return 1
+    fi
+    sleep 0.2
+  done
+  log "server $pid not ready after ${timeout}s; last log lines:"; tail -n 20 "$file" >&2
+  return 1
+}
+
+peak_rss_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+# ---------------------------------------------------------------- preparation
+prepare() {
+  if [ ! -f "$client_libs/kafka-clients-4.1.1.jar" ] || [ ! -f "$client_libs/kafka-tools-4.1.1.jar" ]; then
+    log "Kafka client jars missing in $client_libs; running scripts/setup.sh"
+    "$root/scripts/setup.sh"
+  fi
+  if ! cmp -s "$bench_dir/pom.xml" "$server_libs/.pom" 2>/dev/null; then
+    log "fetching the Apache Kafka 4.1.1 broker jars from Maven Central into $server_libs"
+    rm -rf "$server_libs"
+    mvn -q -B -f "$bench_dir/pom.xml" dependency:copy-dependencies \
+      -DoutputDirectory="$server_libs" -DincludeScope=runtime
+    cp "$bench_dir/pom.xml" "$server_libs/.pom"
+  fi
+  mkdir -p "$work/classes"
+  javac -nowarn -d "$work/classes" -cp "$client_libs/*" "$bench_dir/BenchConsumer.java"
+  if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
+    log "cargo build --release -p oxbow"
+    (cd "$root" && cargo build --release -p oxbow)
+  fi
+  [ -x "$oxbow_bin" ] || { log "$oxbow_bin missing"; return 1; }
+}
+
+# ---------------------------------------------------------------- servers
+# Globals set by the start functions: SERVER_PID, BOOT (bootstrap address).
+oxbow_start() {  # oxbow_start DATA_DIR LOGFILE
+  local data=$1 logf=$2 kport mport from
+  kport=$($lib free-port); mport=$($lib free-port)
+  echo "=== start $(date -Is) kafka=127.0.0.1:$kport metrics=127.0.0.1:$mport" >> "$logf"
+  from=$(wc -l < "$logf")
+  # Oxbow reads OXBOW_* variables as configuration: start it without any.
+  local unset_args=() v
+  for v in $(compgen -e | grep '^OXBOW_' || true); do unset_args+=(-u "$v"); done
+  env "${unset_args[@]+"${unset_args[@]}"}" RUST_LOG="${BENCH_RUST_LOG:-info}" NO_COLOR=1 \
+    "$oxbow_bin" server --data-dir "$data" --kafka-listen "127.0.0.1:$kport" \
+    --metrics-listen "127.0.0.1:$mport" --object-store "file://$data/objects" \
+    >> "$logf" 2>&1 &
+  SERVER_PID=$!
+  PIDS+=("$SERVER_PID")
+  BOOT="127.0.0.1:$kport"
+  METRICS="http://127.0.0.1:$mport/metrics"
+  wait_ready "$SERVER_PID" "$logf" "$from" "oxbow ready" 120
+}
+
+kafka_java() {  # the JVM options of kafka-server-start.sh / kafka-run-class.sh
+  java -Xmx1G -Xms1G -server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+    -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent \
+    -XX:MaxInlineLevel=15 -Djava.awt.headless=true -cp "$server_libs/*" "$@"
+}
+
+kafka_format() {  # kafka_format DIR LOGFILE: writes DIR/server.properties, formats DIR/data
+  local dir=$1 logf=$2 port cport
+  port=$($lib free-port); cport=$($lib free-port)
+  cat > "$dir/server.properties" <<EOF
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$cport
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$dir/data
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+EOF
+  BOOT="127.0.0.1:$port"
+  kafka_java kafka.tools.StorageTool format -t "$($lib cluster-id)" -c "$dir/server.properties" >> "$logf" 2>&1
+}
+
+kafka_start() {  # kafka_start DIR LOGFILE (same ports as formatted)
+  local dir=$1 logf=$2 from
+  echo "=== start $(date -Is) kafka=$BOOT" >> "$logf"
+  from=$(wc -l < "$logf")
+  kafka_java kafka.Kafka "$dir/server.properties" >> "$logf" 2>&1 &
+  SERVER_PID=$!
+  PIDS+=("$SERVER_PID")
+  wait_ready "$SERVER_PID" "$logf" "$from" "Kafka Server started" 180
+}
+
+# ---------------------------------------------------------------- clients
+create_topic() {  # create_topic NAME PARTITIONS
+  timeout 300 java -cp "$client_libs/*" org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOT" \
+    --create --topic "$1" --partitions "$2" --replication-factor 1 > "$work/topic.out" 2>&1 \
+    || { log "creating topic $1 failed:"; grep -v ' INFO ' "$work/topic.out" | tail -n 20 >&2; return 1; }
+}
+
+# produce SYSTEM RUN TOPIC COUNT PREFIX: records PREFIX_{mibs,rps,p50,p99,p999}
+produce() {
+  local sys=$1 run=$2 topic=$3 count=$4 prefix=$5 outf="$logs/producer-$1-r$2-$3.txt" fig
+  log "run $run $sys: produce $count x $RECORD_SIZE B to $topic"
+  if ! timeout "$CLIENT_TIMEOUT" java -cp "$client_libs/*" org.apache.kafka.tools.ProducerPerformance \
+      --topic "$topic" --num-records "$count" --record-size "$RECORD_SIZE" --throughput -1 \
+      --producer-props bootstrap.servers="$BOOT" "${PRODUCER_PROPS[@]}" > "$outf" 2>&1; then
+    note "$sys run $run: ProducerPerformance on $topic failed (see $outf)"
+    grep -v ' INFO ' "$outf" | tail -n 10 >&2
+    return 1
+  fi
+  grep -Eq "^$count records sent" "$outf" || note "$sys run $run: $topic: producer summary does not report $count records sent"
+  if grep -q "Exception\|ERROR" "$outf"; then
+    note "$sys run $run: $topic: producer output has errors: $(grep -m1 'Exception\|ERROR' "$outf" | cut -c1-200)"
+  fi
+  fig=$($lib producer "$outf") || { note "$sys run $run: no summary in $outf"; return 1; }
+  read -r mibs rps _avg p50 p99 p999 <<< "$fig"
+  log "run $run $sys: $topic: $mibs MiB/s, $rps rec/s, p50 $p50 ms, p99 $p99 ms, p99.9 $p999 ms"
+  rec "$sys" "$run" "${prefix}_mibs" "$mibs"; rec "$sys" "$run" "${prefix}_rps" "$rps"
+  rec "$sys" "$run" "${prefix}_p50" "$p50"; rec "$sys" "$run" "${prefix}_p99" "$p99"
+  rec "$sys" "$run" "${prefix}_p999" "$p999"
+}
+
+# consume SYSTEM RUN TOPIC EXPECTED KEY: records KEY (MiB/s); sets CONSUMED_BYTES
+consume() {
+  local sys=$1 run=$2 topic=$3 expected=$4 key=$5 outf="$logs/consumer-$1-r$2-$3-$5.txt" line
+  log "run $run $sys: consume $topic ($key)"
+  CONSUMED_BYTES=0
+  if ! timeout "$CLIENT_TIMEOUT" java -cp "$client_libs/*:$work/classes" BenchConsumer "$BOOT" "$topic" \
+      "$((CLIENT_TIMEOUT - 30))" > "$outf" 2>&1; then
+    note "$sys run $run: consumer on $topic ($key) failed: $(grep -m1 'Exception' "$outf" | cut -c1-200)"
+    return 1
+  fi
+  line=$(grep '^records=' "$outf" | tail -n 1)
+  local records bytes mibs end
+  records=$(sed -E 's/.*records=([0-9]+) .*/\1/' <<< "$line")
+  bytes=$(sed -E 's/.* bytes=([0-9]+) .*/\1/' <<< "$line")
+  mibs=$(sed -E 's/.*mib_per_sec=([0-9.]+) .*/\1/' <<< "$line")
+  end=$(sed -E 's/.*expected=([0-9]+).*/\1/' <<< "$line")
+  if [ "$records" != "$expected" ] || [ "$end" != "$expected" ]; then
+    note "$sys run $run: $topic ($key): read $records records up to end offsets summing to $end, but $expected were produced"
+  fi
+  CONSUMED_BYTES=$bytes
+  log "run $run $sys: $topic ($key): $mibs MiB/s ($records records)"
+  rec "$sys" "$run" "$key" "$mibs"
+}
+
+# ---------------------------------------------------------------- oxbow metrics
+snap() { $lib metrics "$METRICS" > "$work/snap-$1" || { note "could not read $METRICS"; : > "$work/snap-$1"; }; }
+mval() { awk -v k="$2" '$1 == k { print $2; f = 1 } END { if (!f) print 0 }' "$work/snap-$1"; }
+mdelta() { calc "$(mval "$2" "$3") - $(mval "$1" "$3")"; }
+gib() { calc "$1 / 1073741824"; }
+
+# ---------------------------------------------------------------- one run per system
+run_oxbow() {
+  local run=$1 data="$work/oxbow-r$1" logf="$logs/oxbow-r$1.log" g3 g1000 t0 rss1 rss2
+  mkdir -p "$data"
+  oxbow_start "$data" "$logf" || { note "oxbow run $run: server did not start"; return 1; }
+  create_topic bench-p3 3 && create_topic bench-p1000 1000 || { note "oxbow run $run: topic creation failed"; return 1; }
+  g3=$(gib "$RECORDS_3P * $RECORD_SIZE"); g1000=$(gib "$RECORDS_1000P * $RECORD_SIZE")
+
+  snap p0
+  produce oxbow "$run" bench-p3 "$RECORDS_3P" p3 || return 1
+  snap p1
+  consume oxbow "$run" bench-p3 "$RECORDS_3P" c_hot_p3_mibs || return 1
+  snap p2
+  [ "$CONSUMED_BYTES" -gt 0 ] && rec oxbow "$run" gets_per_gib_hot_p3 "$(calc "$(mdelta p1 p2 oxbow_object_gets_total) / $(gib "$CONSUMED_BYTES")")"
+  produce oxbow "$run" bench-p1000 "$RECORDS_1000P" p1000 || return 1
+  snap p3
+  consume oxbow "$run" bench-p1000 "$RECORDS_1000P" c_hot_p1000_mibs || return 1
+  snap p4
+  [ "$CONSUMED_BYTES" -gt 0 ] && rec oxbow "$run" gets_per_gib_hot_p1000 "$(calc "$(mdelta p3 p4 oxbow_object_gets_total) / $(gib "$CONSUMED_BYTES")")"
+
+  local puts3 puts1000
+  puts3=$(mdelta p0 p1 oxbow_object_puts_total); puts1000=$(mdelta p2 p3 oxbow_object_puts_total)
+  rec oxbow "$run" puts_per_gib_p3 "$(calc "$puts3 / $g3")"
+  rec oxbow "$run" puts_per_gib_p1000 "$(calc "$puts1000 / $g1000")"
+  [ "$puts3" != 0 ] && rec oxbow "$run" obj_kib_p3 "$(calc "$(mdelta p0 p1 oxbow_object_put_bytes_total) / $puts3 / 1024")"
+  [ "$puts1000" != 0 ] && rec oxbow "$run" obj_kib_p1000 "$(calc "$(mdelta p2 p3 oxbow_object_put_bytes_total) / $puts1000 / 1024")"
+  local putb inb csum ccount
+  putb=$(mdelta p0 p3 oxbow_object_put_bytes_total); inb=$(mdelta p0 p3 oxbow_bytes_in_total)
+  [ "$inb" != 0 ] && rec oxbow "$run" put_amp "$(calc "$putb / $inb")"
+  csum=$(mdelta p0 p3 oxbow_controller_commit_seconds_sum); ccount=$(mdelta p0 p3 oxbow_controller_commit_seconds_count)
+  [ "$ccount" != 0 ] && rec oxbow "$run" commit_ms "$(calc "1000 * $csum / $ccount")"
+  log "run $run oxbow: PUTs $puts3 (3p) / $puts1000 (1000p); object bytes $putb for $inb produce bytes"
+
+  rss1=$(peak_rss_kib "$SERVER_PID")
+  log "run $run oxbow: restarting (cold reads come from objects only)"
+  stop_pid "$SERVER_PID"
+  t0=$(date +%s.%N)
+  oxbow_start "$data" "$logf" || { note "oxbow run $run: server did not restart"; return 1; }
+  rec oxbow "$run" restart_s "$(calc "$(date +%s.%N) - $t0")"
+  snap c0
+  consume oxbow "$run" bench-p3 "$RECORDS_3P" c_cold_p3_mibs || return 1
+  snap c1
+  [ "$CONSUMED_BYTES" -gt 0 ] && rec oxbow "$run" gets_per_gib_cold_p3 "$(calc "$(mdelta c0 c1 oxbow_object_gets_total) / $(gib "$CONSUMED_BYTES")")"
+  consume oxbow "$run" bench-p1000 "$RECORDS_1000P" c_cold_p1000_mibs || return 1
+  snap c2
+  [ "$CONSUMED_BYTES" -gt 0 ] && rec oxbow "$run" gets_per_gib_cold_p1000 "$(calc "$(mdelta c1 c2 oxbow_object_gets_total) / $(gib "$CONSUMED_BYTES")")"
+  rss2=$(peak_rss_kib "$SERVER_PID")
+  stop_pid "$SERVER_PID"
+  rec oxbow "$run" peak_rss_mib "$(calc "($rss1 > $rss2 ? $rss1 : $rss2) / 1024")"
+  rec oxbow "$run" meta_kib "$(calc "$(du -sb "$data/controller" | cut -f1) / 1024")"
+  log "run $run oxbow: peak RSS ${rss1} KiB before restart, ${rss2} KiB after; controller dir $(du -sh "$data/controller" | cut -f1)"
+  rm -rf "$data"
+}
+
+run_kafka() {
+  local run=$1 dir="$work/kafka-r$1" logf="$logs/kafka-r$1.log" t0 rss1 rss2
+  mkdir -p "$dir"
+  kafka_format "$dir" "$logf" || { note "kafka run $run: storage format failed"; return 1; }
+  kafka_start "$dir" "$logf" || { note "kafka run $run: server did not start"; return 1; }
+  create_topic bench-p3 3 && create_topic bench-p1000 1000 || { note "kafka run $run: topic creation failed"; return 1; }
+  produce kafka "$run" bench-p3 "$RECORDS_3P" p3 || return 1
+  consume kafka "$run" bench-p3 "$RECORDS_3P" c_hot_p3_mibs || return 1
+  produce kafka "$run" bench-p1000 "$RECORDS_1000P" p1000 || return 1
+  consume kafka "$run" bench-p1000 "$RECORDS_1000P" c_hot_p1000_mibs || return 1
+  rss1=$(peak_rss_kib "$SERVER_PID")
+  log "run $run kafka: restarting (page cache not dropped: reads may still be warm)"
+  stop_pid "$SERVER_PID"
+  t0=$(date +%s.%N)
+  kafka_start "$dir" "$logf" || { note "kafka run $run: server did not restart"; return 1; }
+  rec kafka "$run" restart_s "$(calc "$(date +%s.%N) - $t0")"
+  consume kafka "$run" bench-p3 "$RECORDS_3P" c_cold_p3_mibs || return 1
+  consume kafka "$run" bench-p1000 "$RECORDS_1000P" c_cold_p1000_mibs || return 1
+  rss2=$(peak_rss_kib "$SERVER_PID")
+  stop_pid "$SERVER_PID"
+  rec kafka "$run" peak_rss_mib "$(calc "($rss1 > $rss2 ? $rss1 : $rss2) / 1024")"
+  rec kafka "$run" meta_kib "$(calc "$(du -sb "$dir/data/__cluster_metadata-0" | cut -f1) / 1024")"
+  rm -rf "$dir"
+}
+
+# ---------------------------------------------------------------- main
+prepare
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+t_start=$(date +%s)
+for ((run = 1; run <= RUNS; run++)); do
+  for sys in $SYSTEMS; do
+    log "=== run $run/$RUNS: $sys"
+    if ! "run_$sys" "$run"; then
+      note "$sys run $run did not complete; its remaining figures are missing (logs in $logs)"
+      [ -n "${SERVER_PID:-}" ] && stop_pid "$SERVER_PID"
+      rm -rf "$work/$sys-r$run"
+    fi
+  done
+done
+elapsed=$(( $(date +%s) - t_start ))
+
+# Oxbow's warnings and errors, for the report.
+oxbow_problems=$(cat "$logs"/oxbow-r*.log 2>/dev/null | sed -E 's/\x1b\[[0-9;]*m//g' \
+  | grep -E ' (WARN|ERROR) |panicked' | sed -E 's/^[^ ]+ +//' \
+  | sed -E 's/[0-9]+/N/g' | sort | uniq -c | sort -rn | head -n 15 || true)
+
+header="$work/header"
+{
+  echo "Oxbow vs Apache Kafka 4.1.1 - scripts/bench.sh, $(date -Is)"
+  echo "commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$root" diff --quiet HEAD -- 2>/dev/null || echo ' (+ uncommitted changes)')," \
+       "$(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM," \
+       "$(java -version 2>&1 | head -n 1)"
+  echo "runs: $RUNS per system; per run: $RECORDS_3P records to 3 partitions, $RECORDS_1000P records to 1000" \
+       "partitions, $RECORD_SIZE B each, producer props: ${PRODUCER_PROPS[*]}; took ${elapsed}s"
+  echo "load average at start: $load_start, at end: $(cut -d' ' -f1-3 /proc/loadavg) (other work on this machine skews figures)"
+  if [ -s "$notes" ]; then echo; echo "Problems during the run:"; sed 's/^/  - /' "$notes"; fi
+  if [ -n "$oxbow_problems" ]; then echo; echo "Oxbow log WARN/ERROR lines (count, digits as N):"; echo "$oxbow_problems"; fi
+} > "$header"
+echo >&2
+$lib report "$raw" "$results" "$header"
+echo "written to ${results#"$root"/} (per-run values: ${raw#"$root"/}, logs: ${logs#"$root"/}/)"

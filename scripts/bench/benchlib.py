@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""Helpers for scripts/bench.sh (standard library only).
+
+  benchlib.py free-port                      print a free TCP port on 127.0.0.1
+  benchlib.py cluster-id                     print a random Kafka cluster id
+  benchlib.py producer FILE                  parse ProducerPerformance's summary line:
+                                             "mib_s rec_s avg_ms p50_ms p99_ms p999_ms"
+  benchlib.py metrics URL                    print "name value" for oxbow's counters (summed over labels)
+  benchlib.py report RAW OUT HEADER_FILE     medians over runs, table to stdout and OUT
+"""
+import re
+import socket
+import statistics
+import sys
+import urllib.request
+import uuid
+import base64
+
+
+def free_port() -> None:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    print(s.getsockname()[1])
+    s.close()
+
+
+def cluster_id() -> None:
+    cid = "-"
+    while cid.startswith("-"):  # would be read as an option by StorageTool
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    print(cid)
+
+
+SUMMARY = re.compile(
+    r"(\d+) records sent, ([\d.]+) records/sec \(([\d.]+) MB/sec\), ([\d.]+) ms avg latency, "
+    r"([\d.]+) ms max latency, (\d+) ms 50th, (\d+) ms 95th, (\d+) ms 99th, (\d+) ms 99\.9th")
+
+
+def producer(path: str) -> None:
+    m = None
+    with open(path, errors="replace") as f:
+        for line in f:
+            m = SUMMARY.search(line) or m
+    if not m:
+        sys.exit(f"no ProducerPerformance summary line in {path}")
+    _n, rps, mibs, avg, _mx, p50, _p95, p99, p999 = m.groups()
+    print(mibs, rps, avg, p50, p99, p999)
+
+
+WANTED = ("oxbow_object_puts_total", "oxbow_object_gets_total", "oxbow_object_put_bytes_total",
+          "oxbow_bytes_in_total", "oxbow_controller_commit_seconds_sum",
+          "oxbow_controller_commit_seconds_count", "oxbow_log_cache_bytes")
+
+
+def metrics(url: str) -> None:
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    sums = {k: 0.0 for k in WANTED}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name = re.split(r"[{ ]", line, 1)[0]
+        if name in sums:
+            sums[name] += float(line.rsplit(" ", 1)[1])
+    for k, v in sums.items():
+        print(k, repr(v))
+
+
+# (key, label, unit, higher_is_better or None, oxbow_only)
+ROWS = [
+    ("section", "Produce, 3 partitions (ProducerPerformance, 1 KiB, acks=all, linger.ms=5)"),
+    ("p3_mibs", "throughput", "MiB/s"),
+    ("p3_rps", "records/s", "rec/s"),
+    ("p3_p50", "latency p50", "ms"),
+    ("p3_p99", "latency p99", "ms"),
+    ("p3_p999", "latency p99.9", "ms"),
+    ("section", "Produce, 1000 partitions"),
+    ("p1000_mibs", "throughput", "MiB/s"),
+    ("p1000_rps", "records/s", "rec/s"),
+    ("p1000_p50", "latency p50", "ms"),
+    ("p1000_p99", "latency p99", "ms"),
+    ("p1000_p999", "latency p99.9", "ms"),
+    ("section", "Consume, assign() all partitions, offset 0 to end"),
+    ("c_hot_p3_mibs", "hot, 3 partitions", "MiB/s"),
+    ("c_hot_p1000_mibs", "hot, 1000 partitions", "MiB/s"),
+    ("c_cold_p3_mibs", "after restart, 3 partitions (*)", "MiB/s"),
+    ("c_cold_p1000_mibs", "after restart, 1000 partitions (*)", "MiB/s"),
+    ("section", "Resources"),
+    ("restart_s", "restart to ready (with data)", "s"),
+    ("peak_rss_mib", "peak RSS of the server", "MiB"),
+    ("meta_kib", "metadata on disk after run (**)", "KiB"),
+    ("section", "Oxbow only (object store requests, /metrics deltas)"),
+    ("puts_per_gib_p3", "PUTs per GiB written, 3 partitions", "PUT/GiB"),
+    ("puts_per_gib_p1000", "PUTs per GiB written, 1000 partitions", "PUT/GiB"),
+    ("obj_kib_p3", "mean object size, 3 partitions", "KiB"),
+    ("obj_kib_p1000", "mean object size, 1000 partitions", "KiB"),
+    ("put_amp", "object bytes PUT / produce bytes in", "x"),
+    ("commit_ms", "controller commit, mean during produce", "ms"),
+    ("gets_per_gib_hot_p3", "GETs per GiB read hot, 3 partitions", "GET/GiB"),
+    ("gets_per_gib_hot_p1000", "GETs per GiB read hot, 1000 partitions", "GET/GiB"),
+    ("gets_per_gib_cold_p3", "GETs per GiB read after restart, 3 p.", "GET/GiB"),
+    ("gets_per_gib_cold_p1000", "GETs per GiB read after restart, 1000 p.", "GET/GiB"),
+]
+
+
+def fmt(v):
+    if v is None:
+        return "-"
+    a = abs(v)
+    if a >= 1000:
+        return f"{v:,.0f}"
+    if a >= 100:
+        return f"{v:.0f}"
+    if a >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def report(raw: str, out: str, header: str) -> None:
+    vals: dict = {}
+    runs: dict = {}
+    with open(raw) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) != 4:
+                continue
+            system, run, key, value = parts
+            try:
+                vals.setdefault((system, key), []).append(float(value))
+            except ValueError:
+                continue
+            runs.setdefault(system, set()).add(run)
+
+    def med(system, key):
+        xs = vals.get((system, key))
+        return statistics.median(xs) if xs else None
+
+    lines = [open(header).read().rstrip("\n"), ""]
+    w = 44
+    lines.append(f"{'figure (median of runs)':<{w}} {'unit':<8} {'Oxbow':>10} {'Kafka':>10} {'Oxbow/Kafka':>11}  {'n':>3}")
+    lines.append("-" * (w + 49))
+    for row in ROWS:
+        if row[0] == "section":
+            lines.append(f"[{row[1]}]")
+            continue
+        key, label, unit = row
+        o, k = med("oxbow", key), med("kafka", key)
+        ratio = f"{o / k:.2f}x" if (o is not None and k not in (None, 0)) else "-"
+        n = f"{len(vals.get(('oxbow', key), []))}/{len(vals.get(('kafka', key), []))}"
+        lines.append(f"  {label:<{w - 2}} {unit:<8} {fmt(o):>10} {fmt(k):>10} {ratio:>11}  {n:>3}")
+    lines.append("")
+    lines.append("n = runs that produced the figure (oxbow/kafka). Ratio = Oxbow median / Kafka median;")
+    lines.append("for latencies, times and sizes lower is better, for throughputs higher is better.")
+    lines.append("(*) Oxbow restarted: every byte is read from objects. Kafka restarted too, but its log")
+    lines.append("    segments may still be in the OS page cache (caches were not dropped), so Kafka's")
+    lines.append("    'after restart' figure is likely a warm read.")
+    lines.append("(**) Oxbow: DATA_DIR/controller (redb raft log + snapshots). Kafka: __cluster_metadata-0.")
+    lines.append("Kafka runs with its default settings: no fsync before acks (page cache); Oxbow fsyncs")
+    lines.append("every object to the local object directory and commits it through Raft before acks.")
+    lines.append("Per-run values: see raw.tsv next to this file.")
+    text = "\n".join(lines) + "\n"
+    sys.stdout.write(text)
+    with open(out, "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    cmd = sys.argv[1]
+    if cmd == "free-port":
+        free_port()
+    elif cmd == "cluster-id":
+        cluster_id()
+    elif cmd == "producer":
+        producer(sys.argv[2])
+    elif cmd == "metrics":
+        metrics(sys.argv[2])
+    elif cmd == "report":
+        report(sys.argv[2], sys.argv[3], sys.argv[4])
+    else:
+        sys.exit(__doc__)

@@ -1,0 +1,99 @@
+"""The data lifecycle: DeleteRecords (the Kafka CLI's kafka-delete-records, i.e.
+the Java admin client), retention by time and by size, and the deletion of
+objects that no longer hold live data.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from harness import clients
+from harness import kafka_cli as cli
+from harness.procs import wait_until
+
+FAST_LIFECYCLE = """
+[storage]
+retention_check_ms = 300
+object_delete_grace_ms = 300
+"""
+
+
+def produce_batches(bootstrap: str, topic: str, batches: int, per_batch: int, size: int = 100) -> None:
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 0})
+    for b in range(batches):
+        for i in range(per_batch):
+            p.produce(topic, value=(b"%d-%d-" % (b, i)).ljust(size, b"x"), partition=0)
+        assert p.flush(30) == 0  # each batch its own flush, so its own object
+
+
+def earliest(bootstrap: str, topic: str) -> int:
+    return clients.watermarks_confluent(bootstrap, topic, 0)[0]
+
+
+def sso_objects(data_dir: Path) -> list[Path]:
+    root = data_dir / "objects" / "sso"
+    return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
+
+
+def test_delete_records_with_the_java_admin_client(server, topic_name, tmp_path):
+    clients.create_topic(server.bootstrap, topic_name, 1)
+    produce_batches(server.bootstrap, topic_name, 4, 25)
+    spec = tmp_path / "delete.json"
+    spec.write_text(json.dumps({"version": 1, "partitions": [
+        {"topic": topic_name, "partition": 0, "offset": 40}]}))
+    r = cli.run_ok("org.apache.kafka.tools.DeleteRecordsCommand", "--bootstrap-server", server.bootstrap,
+                   "--offset-json-file", str(spec))
+    assert "low_watermark: 40" in r.stdout, r.describe()
+    assert earliest(server.bootstrap, topic_name) == 40
+
+    # A consumer positioned below the start follows auto.offset.reset.
+    c = Consumer({"bootstrap.servers": server.bootstrap, "group.id": "lifecycle", "enable.auto.commit": False,
+                  "auto.offset.reset": "earliest"})
+    try:
+        c.assign([TopicPartition(topic_name, 0, 0)])
+        first = None
+        deadline = time.monotonic() + 30
+        while first is None and time.monotonic() < deadline:
+            m = c.poll(1)
+            if m is not None and not m.error():
+                first = m.offset()
+        assert first == 40
+    finally:
+        c.close()
+
+
+@pytest.mark.oxbow_only
+def test_time_retention_moves_the_start_and_deletes_objects(server_factory, tmp_path, topic_name):
+    cfg = tmp_path / "oxbow.toml"
+    cfg.write_text(FAST_LIFECYCLE)
+    srv = server_factory("oxbow", extra_args=["--config", str(cfg)])
+    clients.create_topic(srv.bootstrap, topic_name, 1, config={"retention.ms": "1500"})
+    produce_batches(srv.bootstrap, topic_name, 3, 10)
+    assert sso_objects(srv.data_dir), "produced data must be in objects"
+    wait_until(lambda: earliest(srv.bootstrap, topic_name) == 30, 20, "retention to drop every expired slice")
+    wait_until(lambda: not sso_objects(srv.data_dir), 20, "expired objects to be deleted from the store")
+    # The partition still takes writes at the next offset.
+    produce_batches(srv.bootstrap, topic_name, 1, 5)
+    assert clients.watermarks_confluent(srv.bootstrap, topic_name, 0) == (30, 35)
+
+
+@pytest.mark.oxbow_only
+def test_size_retention_keeps_at_least_retention_bytes(server_factory, tmp_path, topic_name):
+    cfg = tmp_path / "oxbow.toml"
+    cfg.write_text(FAST_LIFECYCLE)
+    srv = server_factory("oxbow", extra_args=["--config", str(cfg)])
+    # 100 records of ~1 KB; keep at least 25 KB. Slices are whatever the
+    # producer's requests made them, so only bounds can be asserted.
+    clients.create_topic(srv.bootstrap, topic_name, 1, config={"retention.bytes": "25000"})
+    produce_batches(srv.bootstrap, topic_name, 10, 10, size=1000)
+    wait_until(lambda: earliest(srv.bootstrap, topic_name) >= 50, 20, "size retention to trim")
+    time.sleep(1.0)
+    start = earliest(srv.bootstrap, topic_name)
+    # At least 25 records (25 KB) kept, and not more than a few slices extra.
+    assert 50 <= start <= 75, f"start offset is {start}"
+    got = clients.consume_confluent(srv.bootstrap, topic_name, [0])
+    assert [r.offset for r in got[0]] == list(range(start, 100))
