@@ -97,3 +97,22 @@ def test_size_retention_keeps_at_least_retention_bytes(server_factory, tmp_path,
     assert 50 <= start <= 75, f"start offset is {start}"
     got = clients.consume_confluent(srv.bootstrap, topic_name, [0])
     assert [r.offset for r in got[0]] == list(range(start, 100))
+
+
+@pytest.mark.oxbow_only
+def test_objects_no_metadata_references_are_collected(server_factory, tmp_path, topic_name):
+    cfg = tmp_path / "oxbow.toml"
+    cfg.write_text(FAST_LIFECYCLE + "orphan_min_age_ms = 1000\norphan_scan_interval_ms = 300\n")
+    srv = server_factory("oxbow", extra_args=["--config", str(cfg)])
+    clients.create_topic(srv.bootstrap, topic_name, 1)
+    produce_batches(srv.bootstrap, topic_name, 3, 10)
+    committed = set(sso_objects(srv.data_dir))
+    assert committed
+    # An upload whose commit never happened, e.g. from a broker that died.
+    orphan = srv.data_dir / "objects" / "sso" / "99" / "1" / "0000000000000007"
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(b"never committed")
+    wait_until(lambda: not orphan.exists(), 20, "the orphaned object to be deleted")
+    assert committed <= set(sso_objects(srv.data_dir)), "committed objects must stay"
+    got = clients.consume_confluent(srv.bootstrap, topic_name, [0])
+    assert [r.offset for r in got[0]] == list(range(30))

@@ -53,6 +53,8 @@ const PRODUCER_ID_BLOCK: u32 = 1000;
 pub struct Broker {
     pub config: BrokerConfig,
     pub clock: Arc<dyn crate::clock::Clock>,
+    /// Prefix of every object key this cluster writes in the store.
+    pub key_prefix: String,
     pub id: BrokerId,
     pub epoch: u64,
     pub controller: Arc<dyn ControllerApi>,
@@ -111,7 +113,7 @@ impl Broker {
             WriterIdentity {
                 broker: config.node_id,
                 broker_epoch: epoch,
-                key_prefix,
+                key_prefix: key_prefix.clone(),
             },
             log_cache.clone(),
         );
@@ -129,6 +131,7 @@ impl Broker {
         ));
         let broker = Arc::new(Broker {
             clock: Arc::new(crate::clock::SystemClock),
+            key_prefix: key_prefix.clone(),
             id: config.node_id,
             epoch,
             config,

@@ -58,6 +58,12 @@ pub struct StorageConfig {
     /// reader that resolved it before still finds it (Kafka's
     /// file.delete.delay.ms).
     pub object_delete_grace: Duration,
+    /// An object in the store that no metadata references (an upload whose
+    /// commit never happened, a fenced broker's write) is deleted once older
+    /// than this; it must exceed the longest a PUT plus its commit can take.
+    pub orphan_min_age: Duration,
+    /// How often the store is listed for such objects.
+    pub orphan_scan_interval: Duration,
 }
 
 impl Default for StorageConfig {
@@ -74,6 +80,8 @@ impl Default for StorageConfig {
             max_attempts: 8,
             retention_check_interval: Duration::from_secs(30),
             object_delete_grace: Duration::from_secs(60),
+            orphan_min_age: Duration::from_secs(15 * 60),
+            orphan_scan_interval: Duration::from_secs(10 * 60),
         }
     }
 }

@@ -9,6 +9,7 @@
 pub mod broker;
 pub mod clock;
 pub mod config;
+pub mod controller_client;
 pub mod errors;
 pub mod group;
 pub mod kafka;

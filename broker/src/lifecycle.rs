@@ -3,9 +3,13 @@
 //! marked for deletion once their grace period is over (then proposes
 //! `DestroyObjects`). Store first, metadata second: a crash in between leaves
 //! a marked object whose store copy is gone, and the next pass finishes it.
+//! Less often it lists the store for objects no metadata references at all
+//! (uploads whose commit never happened, writes of fenced brokers) and
+//! deletes those older than `orphan_min_age`.
 
 use std::sync::Arc;
 
+use futures::StreamExt;
 use object_store::{path::Path, ObjectStore, ObjectStoreExt};
 use proto::image::{CommandReply, MetadataCommand, ObjectState};
 use proto::{ObjectId, StreamId};
@@ -26,6 +30,7 @@ pub async fn run(
 ) {
     let mut tick = tokio::time::interval(broker.config.storage.retention_check_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_orphan_scan: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -33,7 +38,77 @@ pub async fn run(
         }
         apply_retention(&broker).await;
         collect_garbage(&broker, &*store).await;
+        let due = last_orphan_scan
+            .is_none_or(|t| t.elapsed() >= broker.config.storage.orphan_scan_interval);
+        if due {
+            last_orphan_scan = Some(tokio::time::Instant::now());
+            collect_orphans(&broker, &*store).await;
+        }
     }
+}
+
+/// Deletes stream-set objects in the store that the metadata does not know,
+/// once older than `orphan_min_age`. Only the garbage-collecting broker does
+/// it, and only under the `sso/` prefix this cluster writes.
+pub async fn collect_orphans(broker: &Broker, store: &dyn ObjectStore) {
+    if broker
+        .metadata
+        .read(|img| img.live_brokers().next().map(|b| b.id))
+        != Some(broker.id)
+    {
+        return;
+    }
+    let min_age = duration_ms(broker.config.storage.orphan_min_age);
+    let now = broker.clock.now_ms();
+    let prefix = Path::from(format!("{}sso", broker.key_prefix));
+    let mut listing = store.list(Some(&prefix));
+    let mut orphans = Vec::new();
+    while let Some(item) = listing.next().await {
+        let meta = match item {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "listing the object store failed");
+                return;
+            }
+        };
+        let age = now - meta.last_modified.timestamp_millis();
+        if age < min_age {
+            continue;
+        }
+        let key = meta.location.to_string();
+        if !broker
+            .metadata
+            .read(|img| img.object_keys.contains_key(&key))
+        {
+            orphans.push(meta.location);
+        }
+        if orphans.len() >= MAX_DELETES_PER_PASS {
+            break;
+        }
+    }
+    drop(listing);
+    let mut deleted = 0u64;
+    for path in orphans {
+        // Re-check: a commit may have landed since the listing.
+        if broker
+            .metadata
+            .read(|img| img.object_keys.contains_key(path.as_ref()))
+        {
+            continue;
+        }
+        match store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
+            Err(e) => warn!(key = %path, error = %e, "deleting an orphaned object failed"),
+        }
+    }
+    if deleted > 0 {
+        metrics::counter!("oxbow_orphan_objects_deleted_total").increment(deleted);
+        info!(objects = deleted, "deleted objects no metadata referenced");
+    }
+}
+
+fn duration_ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Trims every owned stream that retention allows to move.

@@ -1,12 +1,14 @@
-//! Oxbow's metadata quorum: an openraft node whose log lives in redb and whose
+//! Oxbow's metadata quorum: openraft nodes whose log lives in redb and whose
 //! state machine is `proto::MetadataImage`, served to brokers through
-//! `proto::rpc::ControllerApi`.
+//! `proto::rpc::ControllerApi` in process or over TCP.
 //!
-//! [`Controller`] is the entry point: [`Controller::start`] opens the data
-//! directory, starts Raft, forms the cluster on first start (and writes its
-//! `Bootstrap` command), and waits until this node leads with its state
-//! caught up. It owns the Raft handle; it must never change the image except
-//! by a Raft write.
+//! [`Controller`] is the entry point. [`Controller::start`] opens the data
+//! directory, starts Raft and the RPC server, and returns once the node is
+//! part of a working quorum: with a single voter (`voters` empty or only
+//! this node) it forms the cluster on first start, writes `Bootstrap`, and
+//! waits until it leads with its state caught up; with several voters it
+//! waits until it knows a leader and has applied `Bootstrap`. It must never
+//! change the image except by a Raft write.
 //!
 //! - [`types`] names the openraft types (entries carry
 //!   `proto::MetadataCommand`); it holds no state.
@@ -16,30 +18,79 @@
 //!   `MetadataImage::apply`, keeps a bounded ring of recent commands for
 //!   deltas and persists snapshots in the same redb file; it never consults
 //!   clocks, randomness or the network while applying.
-//! - [`network`] is the Raft transport between controllers. With a single
-//!   voter it is never used, and for now it is a documented placeholder that
-//!   answers `Unreachable`; it must never pretend a peer answered.
+//! - `wire` is what travels on a connection (frames, peer messages) and the
+//!   multiplexed peer connection; [`network`] is the Raft transport over it,
+//!   one reused connection per peer; `server` is the one TCP listener for
+//!   peers and brokers; `service` routes a request (answer here, or forward
+//!   to the leader).
+//! - [`liveness`] decides which broker sessions expired (pure); `duties` is
+//!   the leader's own work: bootstrap, and fencing expired brokers.
+//!
+//! # Forming a cluster
+//!
+//! Every controller gets the same static voter list (`ControllerConfig::
+//! voters`, id → `host:port`). On a fresh store the node with the smallest
+//! id initializes Raft with all voters; the others wait to be contacted.
+//! The first leader writes `Bootstrap`. A restart rejoins with its stored
+//! state; the voter list is then only used by a fresh store.
+//!
+//! # Adding and removing a controller (admin operation)
+//!
+//! Membership changes go through the leader (a follower forwards them), one
+//! at a time, as [`Controller::add_voter`] / [`Controller::remove_voter`] in
+//! process or `ControllerRequest::ChangeMembership` over TCP:
+//!
+//! 1. Start the new controller with a fresh data directory, its own
+//!    `node_id` and `rpc_addr`, and `voters` set to the *current* voters
+//!    (without itself). It never initializes a cluster; it waits (up to
+//!    `join_wait`) to be contacted.
+//! 2. Ask any controller for `AddVoter { id, addr }`. The leader adds it as
+//!    a learner, waits until it has caught up (by log or by snapshot), then
+//!    promotes it to voter through joint consensus. The answer lists the
+//!    voters after the change.
+//! 3. To remove one, ask for `RemoveVoter { id }`; once the answer comes,
+//!    stop that controller and delete its data directory. Removing the
+//!    leader is allowed: it steps down after the change commits.
+//!
+//! Change one voter at a time and keep an odd number of voters; a change
+//! that times out may still complete (ask again: the answer is the same).
+//! Update every controller's `voters` list for the next fresh start.
 
+pub mod liveness;
 pub mod log_store;
 pub mod network;
 pub mod state_machine;
 pub mod types;
 
+mod duties;
+mod server;
+mod service;
+mod wire;
+
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, Fatal, RaftError};
+use openraft::error::{Fatal, InitializeError, RaftError};
 use openraft::{ReadPolicy, SnapshotPolicy};
-use proto::rpc::{BoxFuture, ControllerApi, MetadataDeltas, RpcError, WriteOutcome};
-use proto::{MetadataCommand, MetadataImage};
+use proto::rpc::{
+    BoxFuture, ControllerApi, ControllerRequest, ControllerResponse, HeartbeatReply,
+    MembershipChange, MetadataDeltas, RpcError, Voters, WriteOutcome, MAX_RPC_FRAME,
+};
+use proto::{BrokerId, MetadataCommand, MetadataImage};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
+use crate::liveness::{BrokerSessions, Clock, TokioClock};
 use crate::log_store::RedbLogStore;
-use crate::network::UnbuiltNetwork;
+use crate::network::{Peers, TcpNetwork};
+use crate::service::Service;
 use crate::state_machine::{AppliedState, MetadataStateMachine};
-use crate::types::{ControllerNode, Proposal, Raft, TypeConfig};
+use crate::types::{ControllerNode, Raft, TypeConfig};
+use crate::wire::ConnectLimits;
 
 /// Name of the redb file (Raft log, vote, snapshot) inside the data directory.
 pub const DATABASE_FILE: &str = "controller.redb";
@@ -55,9 +106,18 @@ pub struct ControllerConfig {
     pub node_id: u64,
     /// Holds [`DATABASE_FILE`]; created if missing.
     pub data_dir: PathBuf,
-    /// `host:port` where peers and redirected brokers reach this node;
-    /// recorded in the Raft membership when the cluster is formed.
+    /// `host:port` where peers and brokers reach this node; recorded in the
+    /// Raft membership. When set, the node serves RPC there (or on
+    /// `listen_addr`); empty means in-process only, which only a single
+    /// voter may be (as in `oxbow server`).
     pub rpc_addr: String,
+    /// Where the RPC server binds when that differs from `rpc_addr` (e.g.
+    /// `0.0.0.0:9093` behind an advertised address). `None`: `rpc_addr`.
+    pub listen_addr: Option<String>,
+    /// The quorum's voters, id → `rpc_addr`, the same on every controller.
+    /// Empty, or only this node, runs a single-voter cluster. Used only to
+    /// form the cluster on a fresh store (see the crate docs).
+    pub voters: BTreeMap<u64, String>,
     /// Cluster id written by `Bootstrap` on first start; `None` draws a
     /// random one. Fixed ids are for tests and simulation.
     pub cluster_id: Option<String>,
@@ -67,8 +127,11 @@ pub struct ControllerConfig {
     /// `[election_timeout_min, election_timeout_max)` starts an election.
     pub election_timeout_min: Duration,
     pub election_timeout_max: Duration,
-    /// How long `start` waits for this node to become leader.
+    /// How long a single-voter `start` waits for this node to become leader.
     pub leader_wait: Duration,
+    /// How long a multi-voter `start` waits to know a leader and to have
+    /// applied `Bootstrap` (the other voters may still be starting).
+    pub join_wait: Duration,
     /// A snapshot is built every this many log entries.
     pub snapshot_every_entries: u64,
     /// Entries already in a snapshot kept in the log (for slow followers)
@@ -77,6 +140,29 @@ pub struct ControllerConfig {
     /// Recent commands kept in memory for `deltas_since`; a broker further
     /// behind gets the whole image.
     pub deltas_ring_capacity: usize,
+    /// A registered, unfenced broker not heard from for this long is fenced
+    /// by the leader. Enforced only by a controller that serves RPC (brokers
+    /// heartbeat over it); an in-process controller never fences for silence.
+    pub broker_session_timeout: Duration,
+    /// How often the leader checks broker sessions (and its own leadership).
+    pub liveness_tick: Duration,
+    /// Bound on answering one request: a forward to the leader, a membership
+    /// change, a request served for a broker.
+    pub request_timeout: Duration,
+    /// Bound on opening a connection to a peer, handshake included.
+    pub connect_timeout: Duration,
+    /// Bound on sending and installing a whole snapshot on a follower.
+    pub install_snapshot_timeout: Duration,
+    /// RPC connections served at once; more are refused.
+    pub max_connections: usize,
+    /// Requests in flight on one connection (either direction); the server
+    /// stops reading a connection that has this many.
+    pub max_in_flight_per_connection: usize,
+    /// Largest frame accepted from a broker or admin client. Peer frames
+    /// (snapshots) are bounded by `proto::rpc::MAX_RPC_FRAME`.
+    pub max_client_frame_bytes: usize,
+    /// Longest long-poll a `DeltasSince` over RPC may ask for.
+    pub max_deltas_wait: Duration,
 }
 
 impl ControllerConfig {
@@ -85,15 +171,68 @@ impl ControllerConfig {
             node_id,
             data_dir: data_dir.into(),
             rpc_addr: String::new(),
+            listen_addr: None,
+            voters: BTreeMap::new(),
             cluster_id: None,
             heartbeat_interval: Duration::from_millis(100),
             election_timeout_min: Duration::from_millis(400),
             election_timeout_max: Duration::from_millis(800),
             leader_wait: Duration::from_secs(10),
+            join_wait: Duration::from_secs(60),
             snapshot_every_entries: 20_000,
             entries_kept_after_snapshot: 1_000,
             deltas_ring_capacity: 50_000,
+            broker_session_timeout: Duration::from_secs(6),
+            liveness_tick: Duration::from_millis(250),
+            request_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(1),
+            install_snapshot_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            max_in_flight_per_connection: 64,
+            max_client_frame_bytes: 16 * 1024 * 1024,
+            max_deltas_wait: Duration::from_secs(30),
         }
+    }
+
+    /// Whether other voters exist besides this node.
+    fn multi_voter(&self) -> bool {
+        self.voters.keys().any(|id| *id != self.node_id)
+    }
+
+    fn validate(&self) -> Result<(), ControllerError> {
+        let invalid = |m: String| Err(ControllerError::InvalidConfig(m));
+        if self.deltas_ring_capacity == 0 {
+            return invalid("deltas_ring_capacity must be at least 1".into());
+        }
+        if self.multi_voter() && self.rpc_addr.is_empty() {
+            return invalid(format!(
+                "controller {} has no rpc_addr, but a cluster of several voters ({:?}) needs one",
+                self.node_id, self.voters
+            ));
+        }
+        if let Some(addr) = self.voters.get(&self.node_id) {
+            if *addr != self.rpc_addr {
+                return invalid(format!(
+                    "voters lists controller {} at {addr} but its rpc_addr is {:?}",
+                    self.node_id, self.rpc_addr
+                ));
+            }
+        }
+        if let Some((id, _)) = self.voters.iter().find(|(_, addr)| addr.is_empty()) {
+            return invalid(format!("voter {id} has no address"));
+        }
+        if self.max_connections == 0 || self.max_in_flight_per_connection == 0 {
+            return invalid(
+                "max_connections and max_in_flight_per_connection must be at least 1".into(),
+            );
+        }
+        if self.max_client_frame_bytes > MAX_RPC_FRAME {
+            return invalid(format!(
+                "max_client_frame_bytes {} exceeds MAX_RPC_FRAME {MAX_RPC_FRAME}",
+                self.max_client_frame_bytes
+            ));
+        }
+        Ok(())
     }
 
     fn raft_config(&self) -> Result<openraft::Config, ControllerError> {
@@ -103,8 +242,12 @@ impl ControllerConfig {
             heartbeat_interval: millis(self.heartbeat_interval),
             election_timeout_min: millis(self.election_timeout_min),
             election_timeout_max: millis(self.election_timeout_max),
+            install_snapshot_timeout: millis(self.install_snapshot_timeout),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),
             max_in_snapshot_log_to_keep: self.entries_kept_after_snapshot,
+            // A node that cannot win (cut off, restarted behind) asks first
+            // instead of bumping the term and unseating a healthy leader.
+            enable_pre_vote: Some(true),
             // openraft's default purge batch (1) is right for us: the purge
             // end only moves when a snapshot is built, so the log is purged
             // once per snapshot, in one redb transaction.
@@ -138,13 +281,19 @@ pub enum ControllerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("binding the controller RPC listener on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("starting raft node {node_id}: {source}")]
     RaftStart {
         node_id: u64,
         #[source]
         source: Fatal<TypeConfig>,
     },
-    #[error("forming the single-voter cluster with node {node_id}: {message}")]
+    #[error("forming the cluster with node {node_id}: {message}")]
     Initialize { node_id: u64, message: String },
     #[error(
         "node {node_id} did not become leader within {waited:?} (data dir {data_dir}): {message}"
@@ -152,6 +301,16 @@ pub enum ControllerError {
     LeaderTimeout {
         node_id: u64,
         waited: Duration,
+        data_dir: PathBuf,
+        message: String,
+    },
+    #[error(
+        "node {node_id} did not join the quorum within {waited:?} (voters {voters:?}, data dir {data_dir}): {message}"
+    )]
+    JoinTimeout {
+        node_id: u64,
+        waited: Duration,
+        voters: BTreeMap<u64, String>,
         data_dir: PathBuf,
         message: String,
     },
@@ -163,25 +322,48 @@ pub enum ControllerError {
     Task(String),
 }
 
+/// A node's view of the quorum, for status pages, admin tools and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControllerStatus {
+    pub node_id: u64,
+    /// The leader this node knows of, if any.
+    pub leader: Option<u64>,
+    pub term: u64,
+    /// Voters and learners of the membership this node knows, id → address.
+    pub voters: BTreeMap<u64, String>,
+    pub learners: BTreeMap<u64, String>,
+    /// Log index of the last entry applied to the image.
+    pub last_applied: Option<u64>,
+    /// Log index the latest snapshot covers.
+    pub snapshot: Option<u64>,
+    /// Log entries up to this index are purged.
+    pub purged: Option<u64>,
+}
+
 /// One controller node of the metadata quorum.
 pub struct Controller {
-    node_id: u64,
-    raft: Raft,
-    state: AppliedState,
+    service: Arc<Service>,
     db: Arc<redb::Database>,
+    /// Where the RPC server is listening, if it is.
+    local_rpc_addr: Option<SocketAddr>,
+    /// The RPC server and the leader duties; aborted on shutdown.
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Controller {
-    /// Opens (or creates) the node's data directory, starts Raft and returns
-    /// once this node leads with everything committed applied. A fresh store
-    /// forms a one-voter cluster and writes `Bootstrap`; an existing one comes
-    /// back with its state and without bootstrapping again.
+    /// Opens (or creates) the node's data directory, starts Raft and the RPC
+    /// server and returns once the node is part of a working quorum (see the
+    /// crate docs). Uses tokio's clock for broker sessions.
     pub async fn start(config: ControllerConfig) -> Result<Controller, ControllerError> {
-        if config.deltas_ring_capacity == 0 {
-            return Err(ControllerError::InvalidConfig(
-                "deltas_ring_capacity must be at least 1".into(),
-            ));
-        }
+        Self::start_with_clock(config, Arc::new(TokioClock::new())).await
+    }
+
+    /// [`Controller::start`] with the clock broker sessions are judged by.
+    pub async fn start_with_clock(
+        config: ControllerConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Controller, ControllerError> {
+        config.validate()?;
         let raft_config = Arc::new(config.raft_config()?);
         let node_id = config.node_id;
 
@@ -194,22 +376,78 @@ impl Controller {
         };
         let state = state_machine.state();
 
+        // Bound before Raft starts, so a port in use fails the start at once.
+        let listener = if config.rpc_addr.is_empty() {
+            None
+        } else {
+            let addr = config
+                .listen_addr
+                .clone()
+                .unwrap_or_else(|| config.rpc_addr.clone());
+            let listener = TcpListener::bind(&addr)
+                .await
+                .map_err(|source| ControllerError::Bind { addr, source })?;
+            Some(listener)
+        };
+        let local_rpc_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
+
+        let peers = Arc::new(Peers::new(
+            node_id,
+            ConnectLimits {
+                connect_timeout: config.connect_timeout,
+                max_in_flight: config.max_in_flight_per_connection,
+            },
+        ));
         let raft = Raft::new(
             node_id,
             raft_config,
-            UnbuiltNetwork,
+            TcpNetwork::new(peers.clone()),
             RedbLogStore::new(db.clone()),
             state_machine,
         )
         .await
         .map_err(|source| ControllerError::RaftStart { node_id, source })?;
-        let controller = Controller {
+        let service = Arc::new(Service {
             node_id,
             raft,
             state,
+            peers,
+            sessions: Mutex::new(BrokerSessions::default()),
+            clock,
+            request_timeout: config.request_timeout,
+            max_deltas_wait: config.max_deltas_wait,
+        });
+        let mut controller = Controller {
+            service,
             db,
+            local_rpc_addr,
+            tasks: Vec::new(),
         };
-        match controller.come_up(&config).await {
+        if let Some(listener) = listener {
+            let limits = server::ServerLimits {
+                max_connections: config.max_connections,
+                max_in_flight_per_connection: config.max_in_flight_per_connection,
+                max_client_frame_bytes: config.max_client_frame_bytes,
+                hello_timeout: config.connect_timeout.max(Duration::from_secs(1)),
+                request_timeout: config.request_timeout,
+                max_deltas_wait: config.max_deltas_wait,
+            };
+            let service = controller.service.clone();
+            controller
+                .tasks
+                .push(tokio::spawn(server::serve(listener, service, limits)));
+            tracing::info!(node_id, addr = ?local_rpc_addr, "controller RPC server listening");
+        }
+        let came_up = if config.multi_voter() {
+            controller.join(&config).await
+        } else {
+            let came_up = controller.come_up(&config).await;
+            if came_up.is_ok() {
+                controller.start_duties(&config);
+            }
+            came_up
+        };
+        match came_up {
             Ok(()) => Ok(controller),
             Err(e) => {
                 controller.shutdown().await;
@@ -218,10 +456,29 @@ impl Controller {
         }
     }
 
+    fn start_duties(&mut self, config: &ControllerConfig) {
+        let duties = duties::DutyConfig {
+            tick: config.liveness_tick,
+            session_timeout: (!config.rpc_addr.is_empty()).then_some(config.broker_session_timeout),
+            bootstrap: Some(config.cluster_id.clone()),
+        };
+        self.tasks
+            .push(tokio::spawn(duties::run(self.service.clone(), duties)));
+    }
+
+    fn raft(&self) -> &Raft {
+        &self.service.raft
+    }
+
+    fn state(&self) -> &AppliedState {
+        &self.service.state
+    }
+
+    /// Single voter: form the cluster if new, lead, catch up, bootstrap.
     async fn come_up(&self, config: &ControllerConfig) -> Result<(), ControllerError> {
-        let node_id = self.node_id;
+        let node_id = self.service.node_id;
         let initialized =
-            self.raft
+            self.raft()
                 .is_initialized()
                 .await
                 .map_err(|e| ControllerError::Initialize {
@@ -235,7 +492,7 @@ impl Controller {
                     rpc_addr: config.rpc_addr.clone(),
                 },
             )]);
-            self.raft
+            self.raft()
                 .initialize(members)
                 .await
                 .map_err(|e| ControllerError::Initialize {
@@ -245,7 +502,7 @@ impl Controller {
             tracing::info!(node_id, "formed a new single-voter metadata cluster");
         }
 
-        self.raft
+        self.raft()
             .wait(Some(config.leader_wait))
             .current_leader(node_id, "controller start: waiting to lead")
             .await
@@ -257,7 +514,7 @@ impl Controller {
             })?;
         // Leading is not enough: everything committed before a restart must
         // be applied before the image is served.
-        self.raft
+        self.raft()
             .ensure_linearizable(ReadPolicy::ReadIndex)
             .await
             .map_err(|e| ControllerError::CatchUp {
@@ -267,44 +524,225 @@ impl Controller {
 
         // Decided from the image rather than from "the store was fresh", so a
         // crash between forming the cluster and bootstrapping is repaired.
-        if self.state.image().1.cluster_id.is_none() {
+        if self.state().image().1.cluster_id.is_none() {
             let cluster_id = match &config.cluster_id {
                 Some(id) => id.clone(),
                 None => random_cluster_id(),
             };
             let outcome = self
-                .write_command(MetadataCommand::Bootstrap {
+                .service
+                .write_local(MetadataCommand::Bootstrap {
                     cluster_id: cluster_id.clone(),
                 })
                 .await
                 .map_err(ControllerError::Bootstrap)?;
             tracing::info!(node_id, %cluster_id, version = outcome.version, reply = ?outcome.reply, "bootstrapped metadata");
         }
-        let (version, image) = self.state.image();
+        let (version, image) = self.state().image();
         tracing::info!(node_id, version, cluster_id = ?image.cluster_id, "controller leading");
         Ok(())
     }
 
+    /// Several voters: the smallest id forms the cluster on a fresh store;
+    /// everyone waits until it knows a leader and has applied `Bootstrap`.
+    async fn join(&mut self, config: &ControllerConfig) -> Result<(), ControllerError> {
+        let node_id = self.service.node_id;
+        let initialized =
+            self.raft()
+                .is_initialized()
+                .await
+                .map_err(|e| ControllerError::Initialize {
+                    node_id,
+                    message: e.to_string(),
+                })?;
+        let first = config.voters.keys().next() == Some(&node_id);
+        if !initialized && first {
+            let members: BTreeMap<u64, ControllerNode> = config
+                .voters
+                .iter()
+                .map(|(id, addr)| {
+                    (
+                        *id,
+                        ControllerNode {
+                            rpc_addr: addr.clone(),
+                        },
+                    )
+                })
+                .collect();
+            match self.raft().initialize(members).await {
+                Ok(()) => {
+                    tracing::info!(node_id, voters = ?config.voters, "formed a new metadata cluster")
+                }
+                // Contacted by a leader first (only if the store was wiped
+                // and others remember us): already part of a cluster.
+                Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
+                    tracing::info!(node_id, reason = %e, "cluster already formed; joining it");
+                }
+                Err(e) => {
+                    return Err(ControllerError::Initialize {
+                        node_id,
+                        message: e.to_string(),
+                    })
+                }
+            }
+        } else if !initialized {
+            tracing::info!(node_id, voters = ?config.voters, "fresh store: waiting to be contacted by the cluster");
+        }
+        self.start_duties(config);
+
+        let timeout_error = |message: String| ControllerError::JoinTimeout {
+            node_id,
+            waited: config.join_wait,
+            voters: config.voters.clone(),
+            data_dir: config.data_dir.clone(),
+            message,
+        };
+        let deadline = tokio::time::Instant::now() + config.join_wait;
+        self.raft()
+            .wait(Some(config.join_wait))
+            .metrics(
+                |m| m.current_leader.is_some(),
+                "controller start: waiting for a leader",
+            )
+            .await
+            .map_err(|e| timeout_error(e.to_string()))?;
+        let mut applied = self.state().subscribe();
+        loop {
+            applied.borrow_and_update();
+            if self
+                .state()
+                .read_image(|_, image| image.cluster_id.is_some())
+            {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, applied.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(timeout_error("the state machine stopped".into())),
+                Err(_) => {
+                    return Err(timeout_error(
+                        "a leader is known but Bootstrap was not applied in time".into(),
+                    ))
+                }
+            }
+        }
+        let status = self.status();
+        tracing::info!(node_id, leader = ?status.leader, term = status.term, applied = ?status.last_applied, "controller joined the quorum");
+        Ok(())
+    }
+
+    /// This node's Raft id.
+    pub fn node_id(&self) -> u64 {
+        self.service.node_id
+    }
+
+    /// The address the RPC server is bound to (useful with port 0), if it
+    /// serves RPC.
+    pub fn local_rpc_addr(&self) -> Option<SocketAddr> {
+        self.local_rpc_addr
+    }
+
     /// The log index of the last applied entry; changes on every apply.
     pub fn applied_version(&self) -> watch::Receiver<u64> {
-        self.state.subscribe()
+        self.state().subscribe()
     }
 
     /// A copy of the current image and the version it reflects.
     pub async fn image(&self) -> (u64, MetadataImage) {
-        self.state.image()
+        self.state().image()
     }
 
-    /// Stops Raft and closes the database, so the data directory can be
-    /// opened again (also by this process).
+    /// What this node knows of the quorum right now.
+    pub fn status(&self) -> ControllerStatus {
+        use openraft::async_runtime::watch::WatchReceiver;
+        let metrics = self.raft().metrics();
+        let m = metrics.borrow_watched();
+        let membership = m.membership_config.membership();
+        let addr = |id: &u64| {
+            membership
+                .get_node(id)
+                .map(|n| n.rpc_addr.clone())
+                .unwrap_or_default()
+        };
+        ControllerStatus {
+            node_id: self.service.node_id,
+            leader: m.current_leader,
+            term: m.current_term,
+            voters: membership.voter_ids().map(|id| (id, addr(&id))).collect(),
+            learners: membership.learner_ids().map(|id| (id, addr(&id))).collect(),
+            last_applied: m.last_applied.map(|id| id.index),
+            snapshot: m.snapshot.map(|id| id.index),
+            purged: m.purged.map(|id| id.index),
+        }
+    }
+
+    /// Answers `request` as the RPC server would (a follower forwards
+    /// leader-only requests), for in-process admin tools.
+    pub async fn handle(&self, request: ControllerRequest) -> ControllerResponse {
+        self.service.handle_client(request, true).await
+    }
+
+    /// A broker heartbeat (see `ControllerRequest::Heartbeat`).
+    pub async fn heartbeat(
+        &self,
+        broker: BrokerId,
+        broker_epoch: u64,
+    ) -> Result<HeartbeatReply, RpcError> {
+        match self
+            .handle(ControllerRequest::Heartbeat {
+                broker,
+                broker_epoch,
+            })
+            .await
+        {
+            ControllerResponse::Heartbeat(reply) => reply,
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Adds controller `id` at `addr` to the voters (as a learner that
+    /// catches up, then promoted); answers the voters after the change.
+    /// See the crate docs for the whole procedure.
+    pub async fn add_voter(&self, id: u64, addr: impl Into<String>) -> Result<Voters, RpcError> {
+        self.change_membership(MembershipChange::AddVoter {
+            id,
+            addr: addr.into(),
+        })
+        .await
+    }
+
+    /// Removes controller `id` from the voters; answers the voters after.
+    pub async fn remove_voter(&self, id: u64) -> Result<Voters, RpcError> {
+        self.change_membership(MembershipChange::RemoveVoter { id })
+            .await
+    }
+
+    async fn change_membership(&self, change: MembershipChange) -> Result<Voters, RpcError> {
+        match self
+            .handle(ControllerRequest::ChangeMembership(change))
+            .await
+        {
+            ControllerResponse::MembershipChanged(voters) => voters,
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Stops the RPC server and Raft and closes the database, so the data
+    /// directory can be opened again (also by this process).
     pub async fn shutdown(self) {
         let Controller {
-            node_id, raft, db, ..
+            service, db, tasks, ..
         } = self;
-        if let Err(e) = raft.shutdown().await {
+        let node_id = service.node_id;
+        for task in &tasks {
+            task.abort();
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+        if let Err(e) = service.raft.shutdown().await {
             tracing::warn!(node_id, error = %e, "raft did not shut down cleanly");
         }
-        drop(raft);
+        drop(service);
         // openraft's state-machine worker and any snapshot build may still
         // hold the database for a moment after the core stops.
         let mut db = db;
@@ -324,45 +762,20 @@ impl Controller {
             "controller database still in use 5 s after shutdown"
         );
     }
+}
 
-    async fn write_command(&self, cmd: MetadataCommand) -> Result<WriteOutcome, RpcError> {
-        match self.raft.client_write(Proposal(cmd)).await {
-            Ok(response) => Ok(WriteOutcome {
-                version: response.log_id.index,
-                reply: response.data,
-            }),
-            Err(e) => Err(write_error(e)),
-        }
-    }
-
-    async fn wait_for_deltas(
-        &self,
-        version: u64,
-        wait: Duration,
-    ) -> Result<MetadataDeltas, RpcError> {
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut applied = self.state.subscribe();
-        loop {
-            // Mark the current version seen before reading, so an apply that
-            // lands after the read wakes the wait below.
-            applied.borrow_and_update();
-            let answer = self.state.deltas_after(version, MAX_DELTAS_PER_ANSWER);
-            match &answer {
-                MetadataDeltas::Deltas(commands) if commands.is_empty() => {}
-                _ => return Ok(answer),
-            }
-            match tokio::time::timeout_at(deadline, applied.changed()).await {
-                Ok(Ok(())) => continue,
-                // Timed out, or the state machine is gone: nothing new.
-                Ok(Err(_)) | Err(_) => return Ok(answer),
-            }
-        }
-    }
+fn unexpected(response: ControllerResponse) -> RpcError {
+    RpcError::Unavailable(format!("unexpected response {response:?}"))
 }
 
 impl ControllerApi for Controller {
     fn write(&self, cmd: MetadataCommand) -> BoxFuture<'_, Result<WriteOutcome, RpcError>> {
-        Box::pin(self.write_command(cmd))
+        Box::pin(async move {
+            match self.handle(ControllerRequest::Write(cmd)).await {
+                ControllerResponse::Written(outcome) => outcome,
+                other => Err(unexpected(other)),
+            }
+        })
     }
 
     fn deltas_since(
@@ -370,7 +783,7 @@ impl ControllerApi for Controller {
         version: u64,
         wait: Duration,
     ) -> BoxFuture<'_, Result<MetadataDeltas, RpcError>> {
-        Box::pin(self.wait_for_deltas(version, wait))
+        Box::pin(async move { Ok(self.service.deltas(version, wait).await) })
     }
 }
 
@@ -406,28 +819,6 @@ pub(crate) fn open_database(data_dir: &Path) -> Result<redb::Database, Controlle
     log_store::create_tables(&db).map_err(open_error)?;
     state_machine::create_tables(&db).map_err(open_error)?;
     Ok(db)
-}
-
-fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> RpcError {
-    match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => RpcError::NotLeader(
-            forward
-                .leader_node
-                .map(|node| node.rpc_addr)
-                .filter(|addr| !addr.is_empty()),
-        ),
-        // The entry may or may not commit under the new leader; the caller
-        // retries and apply recognises the duplicate.
-        RaftError::APIError(ClientWriteError::LogEntryDiscarded(forward)) => {
-            RpcError::Unavailable(format!(
-                "write lost its leader before committing; it may still commit (leader hint {:?})",
-                forward.leader_node.map(|node| node.rpc_addr)
-            ))
-        }
-        RaftError::APIError(other) => RpcError::Unavailable(other.to_string()),
-        RaftError::Fatal(Fatal::Stopped) => RpcError::ShuttingDown,
-        RaftError::Fatal(fatal) => RpcError::Unavailable(format!("raft failed: {fatal}")),
-    }
 }
 
 /// A new cluster id as Kafka makes one: a random (v4) UUID in URL-safe
@@ -488,7 +879,7 @@ mod tests {
             last = controller.write(cmd).await.expect("write").version;
         }
         let metrics = controller
-            .raft
+            .raft()
             .wait(Some(Duration::from_secs(10)))
             .metrics(
                 |m| m.purged.as_ref().is_some_and(|p| p.index + 2 + 10 > last),
@@ -524,7 +915,9 @@ mod tests {
 
     #[test]
     fn write_errors_map_to_rpc_errors() {
-        use openraft::error::ForwardToLeader;
+        use openraft::error::{ClientWriteError, ForwardToLeader};
+
+        use crate::service::write_error;
 
         let to = |rpc_addr: &str| {
             RaftError::APIError(ClientWriteError::ForwardToLeader(ForwardToLeader::new(

@@ -135,6 +135,13 @@ impl AppliedState {
         (applied.applied_index(), applied.image.clone())
     }
 
+    /// Runs `f` on the image and the log index it reflects, without copying
+    /// the image. Keep `f` short: applies wait for it.
+    pub fn read_image<R>(&self, f: impl FnOnce(u64, &MetadataImage) -> R) -> R {
+        let applied = self.read();
+        f(applied.applied_index(), &applied.image)
+    }
+
     /// Normal commands applied after `version`, at most `max` of them, or the
     /// whole image when the ring no longer reaches back to `version`.
     pub fn deltas_after(&self, version: u64, max: usize) -> MetadataDeltas {

@@ -13,7 +13,9 @@ use proto::{CommandReply, MetadataCommand};
 
 fn config(dir: &Path) -> ControllerConfig {
     let mut config = ControllerConfig::new(1, dir);
-    config.rpc_addr = "127.0.0.1:9093".into();
+    // In process only (as `oxbow server` runs it): no RPC listener, so
+    // these tests run in parallel without ports.
+    config.rpc_addr = String::new();
     config.heartbeat_interval = Duration::from_millis(50);
     config.election_timeout_min = Duration::from_millis(150);
     config.election_timeout_max = Duration::from_millis(300);

@@ -87,6 +87,8 @@ struct FileStorage {
     block_cache_bytes: Option<usize>,
     retention_check_ms: Option<u64>,
     object_delete_grace_ms: Option<u64>,
+    orphan_min_age_ms: Option<u64>,
+    orphan_scan_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -220,6 +222,12 @@ impl Settings {
             }
             if let Some(v) = st.object_delete_grace_ms {
                 storage.object_delete_grace = Duration::from_millis(v);
+            }
+            if let Some(v) = st.orphan_min_age_ms {
+                storage.orphan_min_age = Duration::from_millis(v);
+            }
+            if let Some(v) = st.orphan_scan_interval_ms {
+                storage.orphan_scan_interval = Duration::from_millis(v);
             }
         }
         let mut broker = BrokerConfig {

@@ -143,9 +143,14 @@ pub enum Hello {
 /// reached a different node than it meant to drops the connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HelloReply {
-    Accepted { protocol: u32, node_id: u64 },
+    Accepted {
+        protocol: u32,
+        node_id: u64,
+    },
     /// Protocol mismatch or too many connections; the connection closes.
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
 }
 
 /// One request on a client connection; `id` is chosen by the client and
@@ -256,7 +261,10 @@ mod tests {
             response: ControllerResponse::Heartbeat(Ok(HeartbeatReply { fenced: true })),
         };
         encode_frame(&reply, &mut buf).unwrap();
-        assert_eq!(decode_frame::<ResponseFrame>(&mut buf).unwrap(), Some(reply));
+        assert_eq!(
+            decode_frame::<ResponseFrame>(&mut buf).unwrap(),
+            Some(reply)
+        );
         assert!(RpcError::NotLeader(None).is_retriable());
         assert!(!RpcError::Rejected("no".into()).is_retriable());
     }

@@ -302,6 +302,9 @@ impl CommittedOffset {
     }
 }
 
+/// Committed offsets by topic: (partition, offset if any).
+pub type FetchedOffsets = Vec<(String, Vec<(i32, Option<CommittedOffset>)>)>;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DescribedMember {
     pub member_id: String,
@@ -1127,7 +1130,7 @@ impl GroupSet {
         &self,
         group_id: &str,
         wanted: Option<&[(String, Vec<i32>)]>,
-    ) -> Vec<(String, Vec<(i32, Option<CommittedOffset>)>)> {
+    ) -> FetchedOffsets {
         let exists = self
             .groups
             .get(group_id)
@@ -2091,6 +2094,8 @@ mod tests {
         fn stable_pair(&mut self) -> (String, String) {
             let (a, wa) = self.join_new();
             let (b, wb) = self.join_new();
+            // The second arrival extends the initial delay once.
+            self.advance(DELAY as u64);
             self.advance(DELAY as u64);
             let ra = self.joins.remove(&wa).expect("join answered");
             let rb = self.joins.remove(&wb).expect("join answered");
@@ -2296,14 +2301,21 @@ mod tests {
         let (a, wa) = h.join_new();
         let (b, wb) = h.join_new();
         h.advance(DELAY as u64);
+        h.advance(DELAY as u64);
         let ra = h.joins.remove(&wa).unwrap();
         h.joins.remove(&wb).unwrap();
         let leader = ra.leader.clone();
         let other = if leader == a { b } else { a };
-        let s = h.sync(&other, ra.generation_id, vec![]);
-        h.advance(REBALANCE as u64);
-        // The leader never sent its assignment: it is removed, the waiting
-        // follower told to rejoin.
+        let gen = ra.generation_id;
+        let s = h.sync(&other, gen, vec![]);
+        // The leader heartbeats but never sends its assignment.
+        for _ in 0..REBALANCE / 1_000 {
+            assert!(h.syncs.is_empty());
+            assert_eq!(h.heartbeat(&leader, gen), ErrorCode::None);
+            h.advance(1_000);
+        }
+        // At the rebalance timeout it is removed and the waiting follower
+        // told to rejoin.
         assert_eq!(
             h.syncs.remove(&s).unwrap().error,
             ErrorCode::RebalanceInProgress
@@ -2394,9 +2406,10 @@ mod tests {
             h.syncs.remove(&s2).unwrap().assignment,
             Bytes::from_static(b"A")
         );
-        // A static member that stops heartbeating is removed at session expiry.
+        // A static member that stops heartbeating is removed at session
+        // expiry; it was the only one.
         h.advance(SESSION as u64 + 1);
-        assert_eq!(h.state(), GroupState::PreparingRebalance);
+        assert_eq!(h.state(), GroupState::Empty);
     }
 
     #[test]
@@ -2490,6 +2503,7 @@ mod tests {
             req.protocols = protocols(ps);
             reqs.push(h.join_with(req));
         }
+        h.advance(DELAY as u64);
         h.advance(DELAY as u64);
         let r = h.joins.remove(&reqs[0]).unwrap();
         assert_eq!(r.protocol_name.as_deref(), Some("cooperative-sticky"));

@@ -21,8 +21,8 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::classic::{
-    CommittedOffset, DescribedGroup, GroupSet, JoinRequest, JoinResponse, ListedGroup, Now,
-    Outcome, Persist, Reply, SyncRequest, SyncResponse, WaiterId,
+    CommittedOffset, DescribedGroup, FetchedOffsets, GroupSet, JoinRequest, JoinResponse,
+    ListedGroup, Now, Outcome, Persist, Reply, SyncRequest, SyncResponse, WaiterId,
 };
 use super::config::{GroupConfig, OFFSETS_TOPIC};
 use super::records::{self, OffsetValue, RecordKey};
@@ -41,9 +41,6 @@ const STABLE_WAIT: Duration = Duration::from_secs(5);
 
 /// One offset to commit: (topic, partition, value).
 pub type OffsetCommit = (String, i32, OffsetValue);
-
-/// Committed offsets by topic: (partition, offset if any).
-pub type FetchedOffsets = Vec<(String, Vec<(i32, Option<CommittedOffset>)>)>;
 
 struct ShardInner {
     loaded: bool,
@@ -890,7 +887,7 @@ async fn load(shared: Arc<Shared>, shard: Arc<Shard>) {
         };
         if batches.is_empty() {
             idle_retries += 1;
-            if idle_retries % 50 == 0 {
+            if idle_retries.is_multiple_of(50) {
                 warn!(
                     partition = shard.partition,
                     offset, end, "loading __consumer_offsets makes no progress"

@@ -185,7 +185,9 @@ pub fn encode_batch(timestamp_ms: i64, records: &[(Bytes, Option<Bytes>)]) -> By
             producer_epoch: -1,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
-            sequence: -1,
+            // The encoder batches records whose (offset - sequence) agree and
+            // writes the first record's sequence as the base: -1, no producer.
+            sequence: i as i32 - 1,
             timestamp: timestamp_ms,
             key: Some(k.clone()),
             value: v.clone(),

@@ -329,8 +329,9 @@ pub async fn offset_commit(
         -1
     };
     let max_metadata = broker.groups.config().offset_metadata_max_bytes;
-    // (topic, partition, error or None when it goes to the coordinator)
-    let mut verdicts: Vec<(TopicName, Vec<(i32, Option<ErrorCode>)>)> = Vec::new();
+    // Per topic: (partition, its error, or None when it goes to the coordinator).
+    type Verdicts = Vec<(TopicName, Vec<(i32, Option<ErrorCode>)>)>;
+    let mut verdicts: Verdicts = Vec::new();
     let mut valid = Vec::new();
     for t in &req.topics {
         let topic = t.name.0.as_str();

@@ -312,7 +312,9 @@ async fn dispatch(
             ))
         }),
         RequestKind::Heartbeat(req) => Box::pin(async move {
-            Some(ResponseKind::Heartbeat(group::heartbeat(&broker, req).await))
+            Some(ResponseKind::Heartbeat(
+                group::heartbeat(&broker, req).await,
+            ))
         }),
         RequestKind::LeaveGroup(req) => Box::pin(async move {
             Some(ResponseKind::LeaveGroup(
