@@ -680,19 +680,23 @@ impl MetadataImage {
 mod tests {
     use super::*;
 
-    fn image_with_topic(partitions: u32) -> MetadataImage {
-        let mut img = MetadataImage::default();
-        img.apply(&MetadataCommand::Bootstrap {
-            cluster_id: "c".into(),
-        });
+    fn register(img: &mut MetadataImage, id: BrokerId) -> CommandReply {
         img.apply(&MetadataCommand::RegisterBroker {
-            id: 1,
+            id,
             endpoint: BrokerEndpoint {
                 host: "h".into(),
                 port: 9092,
             },
             rack: None,
+        })
+    }
+
+    fn image_with_topic(partitions: u32) -> MetadataImage {
+        let mut img = MetadataImage::default();
+        img.apply(&MetadataCommand::Bootstrap {
+            cluster_id: "c".into(),
         });
+        register(&mut img, 1);
         let reply = img.apply(&MetadataCommand::CreateTopic {
             id: Uuid::from_u128(7),
             name: "t".into(),
@@ -818,14 +822,7 @@ mod tests {
     #[test]
     fn reregistration_fences_the_previous_incarnation() {
         let mut img = image_with_topic(1);
-        img.apply(&MetadataCommand::RegisterBroker {
-            id: 1,
-            endpoint: BrokerEndpoint {
-                host: "h".into(),
-                port: 9092,
-            },
-            rack: None,
-        });
+        register(&mut img, 1);
         assert_eq!(img.streams[&StreamId(0)].epoch, 2);
         // The old incarnation's broker epoch is stale.
         assert_eq!(
@@ -852,14 +849,7 @@ mod tests {
     #[test]
     fn fencing_moves_streams_to_live_brokers() {
         let mut img = image_with_topic(4);
-        img.apply(&MetadataCommand::RegisterBroker {
-            id: 2,
-            endpoint: BrokerEndpoint {
-                host: "h".into(),
-                port: 9093,
-            },
-            rack: None,
-        });
+        register(&mut img, 2);
         let before: Vec<u64> = img.streams.values().map(|s| s.epoch).collect();
         // A stale epoch is ignored.
         assert_eq!(
@@ -883,14 +873,7 @@ mod tests {
     #[test]
     fn move_stream_bumps_the_epoch_once() {
         let mut img = image_with_topic(1);
-        img.apply(&MetadataCommand::RegisterBroker {
-            id: 2,
-            endpoint: BrokerEndpoint {
-                host: "h".into(),
-                port: 9093,
-            },
-            rack: None,
-        });
+        register(&mut img, 2);
         let e = img.streams[&StreamId(0)].epoch;
         img.apply(&MetadataCommand::MoveStream {
             stream: StreamId(0),

@@ -54,53 +54,47 @@ fn success(index: i32, base_offset: u64, log_start: u64) -> PartitionProduceResp
     p
 }
 
+/// The same refusal for every partition of the request.
+fn refuse_all(
+    req: &ProduceRequest,
+    code: ErrorCode,
+    message: Option<&'static str>,
+) -> ResponseFuture {
+    let mut resp = ProduceResponse::default();
+    resp.responses = req
+        .topic_data
+        .iter()
+        .map(|t| {
+            let mut r = TopicProduceResponse::default();
+            r.name = t.name.clone();
+            r.partition_responses = t
+                .partition_data
+                .iter()
+                .map(|p| {
+                    let mut pr = partition_response(p.index, code);
+                    pr.error_message = message.map(StrBytes::from_static_str);
+                    pr
+                })
+                .collect();
+            r
+        })
+        .collect();
+    Box::pin(async move { Some(ResponseKind::Produce(resp)) })
+}
+
 pub async fn handle(broker: Arc<Broker>, req: ProduceRequest, _version: i16) -> ResponseFuture {
     let acks = req.acks;
     let timeout = Duration::from_millis(u64::try_from(req.timeout_ms).unwrap_or(0).max(1));
     if !(-1..=1).contains(&acks) {
-        let topics = req
-            .topic_data
-            .iter()
-            .map(|t| {
-                let mut r = TopicProduceResponse::default();
-                r.name = t.name.clone();
-                r.partition_responses = t
-                    .partition_data
-                    .iter()
-                    .map(|p| partition_response(p.index, ErrorCode::InvalidRequiredAcks))
-                    .collect();
-                r
-            })
-            .collect();
-        let mut resp = ProduceResponse::default();
-        resp.responses = topics;
-        return Box::pin(async move { Some(ResponseKind::Produce(resp)) });
+        return refuse_all(&req, ErrorCode::InvalidRequiredAcks, None);
     }
     if req.transactional_id.is_some() {
         // Transactions are not built yet: refuse rather than pretend.
-        let topics = req
-            .topic_data
-            .iter()
-            .map(|t| {
-                let mut r = TopicProduceResponse::default();
-                r.name = t.name.clone();
-                r.partition_responses = t
-                    .partition_data
-                    .iter()
-                    .map(|p| {
-                        let mut r = partition_response(p.index, ErrorCode::InvalidRequest);
-                        r.error_message = Some(StrBytes::from_static_str(
-                            "transactions are not supported yet",
-                        ));
-                        r
-                    })
-                    .collect();
-                r
-            })
-            .collect();
-        let mut resp = ProduceResponse::default();
-        resp.responses = topics;
-        return Box::pin(async move { Some(ResponseKind::Produce(resp)) });
+        return refuse_all(
+            &req,
+            ErrorCode::InvalidRequest,
+            Some("transactions are not supported yet"),
+        );
     }
 
     let mut topics: Vec<(TopicName, Vec<Pending>)> = Vec::with_capacity(req.topic_data.len());
