@@ -30,6 +30,22 @@ pub const TOPIC_CONFIG_DEFAULTS: &[(&str, &str)] = &[
     ("unclean.leader.election.enable", "false"),
 ];
 
+/// A topic config's value, or the broker default for it.
+pub fn topic_config<'a>(
+    configs: Option<&'a std::collections::BTreeMap<String, String>>,
+    key: &str,
+) -> Option<&'a str> {
+    configs
+        .and_then(|c| c.get(key))
+        .map(String::as_str)
+        .or_else(|| {
+            TOPIC_CONFIG_DEFAULTS
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| *v)
+        })
+}
+
 #[derive(Debug, Clone)]
 pub struct StorageConfig {
     /// How long the writer waits for more data before sealing an object.

@@ -136,10 +136,16 @@ async fn append_partition(
     records: Option<bytes::Bytes>,
 ) -> Pending {
     let refuse = |code| Pending::Done(partition_response(index, code));
-    let Some((stream, committed_end)) = broker
-        .metadata
-        .read(|img| img.stream_of(topic, index).map(|s| (s.id, s.end_offset)))
-    else {
+    let Some((stream, committed_end, max_batch)) = broker.metadata.read(|img| {
+        let s = img.stream_of(topic, index)?;
+        let max = topic_config(
+            img.topics.get(topic).map(|t| &t.configs),
+            "max.message.bytes",
+        )
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(usize::MAX);
+        Some((s.id, s.end_offset, max))
+    }) else {
         return refuse(ErrorCode::UnknownTopicOrPartition);
     };
     let Some(open) = broker.partition(stream) else {
@@ -168,6 +174,10 @@ async fn append_partition(
         if header.producer_id >= 0 && header.base_sequence < 0 {
             // An idempotent batch without a sequence.
             return refuse(ErrorCode::InvalidRecord);
+        }
+        if bytes.len() > max_batch {
+            // Kafka's max.message.bytes bounds a whole batch.
+            return refuse(ErrorCode::MessageTooLarge);
         }
         metrics::counter!("oxbow_bytes_in_total").increment(bytes.len() as u64);
         incoming.push(IncomingBatch { header, bytes });
