@@ -138,7 +138,7 @@ async fn append_partition(
     let refuse = |code| Pending::Done(partition_response(index, code));
     let Some((stream, committed_end, max_batch)) = broker.metadata.read(|img| {
         let s = img.stream_of(topic, index)?;
-        let max = topic_config(
+        let max = crate::config::topic_config(
             img.topics.get(topic).map(|t| &t.configs),
             "max.message.bytes",
         )
