@@ -17,6 +17,7 @@ import time
 from confluent_kafka import Producer
 
 from . import clients, env
+from .procs import wait_until
 
 CRASH_ROUNDS = env.env_int("OXBOW_TEST_CRASH_ROUNDS", 2)
 RUN_BEFORE_KILL = env.env_float("OXBOW_TEST_CRASH_AFTER_S", 2.0)
@@ -114,6 +115,8 @@ def run_crash_check(server, topic: str, partitions: int = 1, rounds: int = CRASH
     clients.create_topic(server.bootstrap, topic, partitions)
     prod = ContinuousProducer(server.bootstrap, topic, partitions)
     prod.start()
+    # Start the clock once the producer is really writing (a slow start is not the point here).
+    wait_until(lambda: prod.acked or prod.error, 60, "the first acknowledgement")
     acked_before_kill, in_flight_at_kill = [], []
     for _ in range(rounds):
         time.sleep(RUN_BEFORE_KILL * rnd.uniform(0.5, 1.5))

@@ -1,0 +1,302 @@
+"""Consumer groups (the classic protocol) and committed offsets, end to end.
+
+confluent-kafka consumers in one group share a topic's partitions, commit by
+hand, survive a member leaving mid-way and a restart, and resume from their
+committed offsets; the Java tools (ConsumerPerformance, kafka-consumer-groups)
+list, describe (with lag), reset and delete groups; committed offsets survive
+kill -9 of the broker. Every wait is bounded; servers are stopped by PID.
+"""
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import Counter
+
+import pytest
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from harness import env
+from harness import kafka_cli as cli
+from harness.clients import Msg, create_topic, produce_confluent
+
+CONSUMER_GROUPS = "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand"
+SHARE_RECORDS = env.env_int("OXBOW_TEST_GROUP_RECORDS", 30_000)
+PERF_RECORDS = env.env_int("OXBOW_TEST_GROUP_PERF_RECORDS", 20_000)
+
+
+def messages(n: int, partitions: int, tag: str) -> list[Msg]:
+    return [Msg(i % partitions, f"k{i}".encode(), f"{tag}-{i}".encode()) for i in range(n)]
+
+
+def group_consumer(bootstrap: str, group: str, **extra) -> Consumer:
+    conf = {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
+            "auto.offset.reset": "earliest", "session.timeout.ms": 10000,
+            "heartbeat.interval.ms": 1000}
+    conf.update(extra)
+    return Consumer(conf)
+
+
+def consume_n(c: Consumer, n: int, timeout: float) -> list[tuple[int, int, bytes]]:
+    """Consumes n records (committing after each batch); returns (partition, offset, value)."""
+    got: list[tuple[int, int, bytes]] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < n:
+        assert time.monotonic() < deadline, f"consumed {len(got)} of {n} within {timeout}s"
+        batch = c.consume(num_messages=min(500, n - len(got)), timeout=0.5)
+        for m in batch:
+            if m.error():
+                raise KafkaException(m.error())
+            got.append((m.partition(), m.offset(), m.value()))
+        if batch:
+            c.commit(asynchronous=False)
+    return got
+
+
+def consumer_groups(server, *args, **kw) -> cli.ToolResult:
+    return cli.run_ok(CONSUMER_GROUPS, "--bootstrap-server", server.bootstrap, *args, **kw)
+
+
+def describe_rows(output: str, group: str, topic: str) -> dict[int, tuple[str, str, str]]:
+    """partition -> (current offset, log end offset, lag) from `--describe` output."""
+    rows = {}
+    for line in output.splitlines():
+        cols = line.split()
+        if len(cols) >= 6 and cols[0] == group and cols[1] == topic and cols[2].isdigit():
+            rows[int(cols[2])] = (cols[3], cols[4], cols[5])
+    return rows
+
+
+# ------------------------------------------------------------------ Java tools
+def test_consumer_performance_in_a_group_then_describe(server, topic_name):
+    create_topic(server.bootstrap, topic_name, 3)
+    produce_confluent(server.bootstrap, topic_name, messages(PERF_RECORDS, 3, "perf"))
+    group = f"perf-{topic_name}"
+    r = cli.run_ok(cli.CONSUMER_PERF, "--bootstrap-server", server.bootstrap, "--topic", topic_name,
+                   "--group", group, "--messages", str(PERF_RECORDS), "--timeout", "60000",
+                   timeout=240)
+    rows = [[c.strip() for c in line.split(",")] for line in r.stdout.splitlines()
+            if re.match(r"^\d{4}-\d\d-\d\d", line)]
+    assert len(rows) == 1 and int(rows[0][4]) == PERF_RECORDS, r.describe()
+
+    r = consumer_groups(server, "--list", timeout=120)
+    assert group in r.stdout.split(), r.describe()
+
+
+def test_consumer_groups_cli_describe_lag_reset_and_delete(server, topic_name):
+    create_topic(server.bootstrap, topic_name, 2)
+    produce_confluent(server.bootstrap, topic_name, messages(100, 2, "cli"))
+    group = f"cli-{topic_name}"
+    c = group_consumer(server.bootstrap, group)
+    try:
+        c.subscribe([topic_name])
+        got = consume_n(c, 60, timeout=60)
+        assert len(got) == 60
+    finally:
+        c.close()
+    committed = Counter(p for p, _, _ in got)
+
+    r = consumer_groups(server, "--list", timeout=120)
+    assert group in r.stdout.split(), r.describe()
+
+    r = consumer_groups(server, "--describe", "--group", group, timeout=120)
+    rows = describe_rows(r.stdout, group, topic_name)
+    assert sorted(rows) == [0, 1], r.describe()
+    for p in (0, 1):
+        current, end, lag = rows[p]
+        assert int(end) == 50, r.describe()
+        assert int(current) == committed[p], r.describe()
+        assert int(lag) == 50 - committed[p], r.describe()
+
+    r = consumer_groups(server, "--reset-offsets", "--to-earliest", "--execute", "--group", group,
+                        "--topic", topic_name, timeout=120)
+    assert re.search(rf"{re.escape(topic_name)}\s+0\s+0\b", r.stdout), r.describe()
+
+    r = consumer_groups(server, "--describe", "--group", group, timeout=120)
+    rows = describe_rows(r.stdout, group, topic_name)
+    assert {p: (cur, lag) for p, (cur, _, lag) in rows.items()} == {0: ("0", "50"), 1: ("0", "50")}, \
+        r.describe()
+
+    # A consumer of the group now reads everything again from offset 0.
+    c = group_consumer(server.bootstrap, group)
+    try:
+        c.subscribe([topic_name])
+        again = consume_n(c, 100, timeout=60)
+    finally:
+        c.close()
+    assert sorted((p, o) for p, o, _ in again) == sorted((p, o) for p in (0, 1) for o in range(50))
+
+    r = consumer_groups(server, "--delete", "--group", group, timeout=120)
+    assert "successful" in r.stdout.lower(), r.describe()
+    r = consumer_groups(server, "--list", timeout=120)
+    assert group not in r.stdout.split(), r.describe()
+
+
+# -------------------------------------------------------------- confluent-kafka
+class Member(threading.Thread):
+    """One consumer of the group in its own thread, committing after each batch."""
+
+    def __init__(self, bootstrap: str, group: str, topic: str, name: str, strategy: str,
+                 seen: Counter, lock: threading.Lock):
+        super().__init__(name=name, daemon=True)
+        self.consumer = group_consumer(bootstrap, group, **{"client.id": name,
+                                                           "partition.assignment.strategy": strategy})
+        self.topic = topic
+        self.seen = seen
+        self.lock = lock
+        self.assigned: set[int] = set()
+        self.stop = threading.Event()
+        self.stopped = threading.Event()
+        self.error: BaseException | None = None
+        self.failed_commits = 0
+
+    def run(self):
+        def on_assign(c, parts):
+            with self.lock:
+                self.assigned |= {p.partition for p in parts}
+
+        def on_revoke(c, parts):
+            with self.lock:
+                self.assigned -= {p.partition for p in parts}
+
+        try:
+            self.consumer.subscribe([self.topic], on_assign=on_assign, on_revoke=on_revoke,
+                                    on_lost=on_revoke)
+            while not self.stop.is_set():
+                batch = self.consumer.consume(num_messages=500, timeout=0.2)
+                recs = []
+                for m in batch:
+                    if m.error():
+                        raise KafkaException(m.error())
+                    recs.append((m.partition(), m.offset()))
+                if recs:
+                    with self.lock:
+                        self.seen.update(recs)
+                    try:
+                        self.consumer.commit(asynchronous=False)
+                    except KafkaException:
+                        self.failed_commits += len(recs)
+        except BaseException as e:  # reported by the test
+            self.error = e
+        finally:
+            self.consumer.close()
+            self.stopped.set()
+
+
+def wait_until(what: str, cond, timeout: float):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("strategy", ["range", "cooperative-sticky"])
+def test_three_consumers_share_partitions_exactly_once_through_a_leave(server, topic_name, strategy):
+    partitions = 12
+    create_topic(server.bootstrap, topic_name, partitions)
+    produce_confluent(server.bootstrap, topic_name, messages(SHARE_RECORDS, partitions, "share"))
+    group = f"share-{topic_name}"
+    seen: Counter = Counter()
+    lock = threading.Lock()
+    members = [Member(server.bootstrap, group, topic_name, f"m{i}", strategy, seen, lock)
+               for i in range(3)]
+    try:
+        for m in members:
+            m.start()
+
+        def shared():
+            with lock:
+                sets = [m.assigned for m in members]
+                return all(sets) and set().union(*sets) == set(range(partitions)) \
+                    and sum(len(s) for s in sets) == partitions
+        wait_until("three members to share the 12 partitions", shared, 60)
+
+        wait_until("half of the records", lambda: sum(seen.values()) >= SHARE_RECORDS // 2, 120)
+        leaving = members[2]
+        leaving.stop.set()
+        assert leaving.stopped.wait(30), "consumer did not close"
+
+        def rebalanced():
+            with lock:
+                sets = [members[0].assigned, members[1].assigned]
+                return all(sets) and set().union(*sets) == set(range(partitions))
+        wait_until("the two remaining members to take all partitions", rebalanced, 60)
+        wait_until("every record", lambda: len(seen) >= SHARE_RECORDS, 180)
+        time.sleep(1)  # let late duplicates, if any, arrive
+    finally:
+        for m in members:
+            m.stop.set()
+        for m in members:
+            m.stopped.wait(30)
+    for m in members:
+        assert m.error is None, f"{m.name}: {m.error!r}"
+    expected = {(p, o) for p in range(partitions) for o in range(SHARE_RECORDS // partitions)}
+    assert set(seen) == expected, f"missing {len(expected - set(seen))}, unexpected {len(set(seen) - expected)}"
+    duplicates = sum(n - 1 for n in seen.values())
+    failed = sum(m.failed_commits for m in members)
+    print(f"{strategy}: {SHARE_RECORDS} records, {duplicates} duplicates, {failed} records with a failed commit")
+    assert duplicates <= failed, f"{duplicates} duplicates but only {failed} records lacked a commit"
+
+
+def test_restarted_consumer_resumes_from_committed_offsets(server, topic_name):
+    create_topic(server.bootstrap, topic_name, 3)
+    produce_confluent(server.bootstrap, topic_name, messages(900, 3, "resume"))
+    group = f"resume-{topic_name}"
+    c = group_consumer(server.bootstrap, group)
+    try:
+        c.subscribe([topic_name])
+        first = consume_n(c, 400, timeout=60)
+        positions = {p: max(o for q, o, _ in first if q == p) + 1 for p in {p for p, _, _ in first}}
+        committed = c.committed([TopicPartition(topic_name, p) for p in range(3)], timeout=30)
+        assert {tp.partition: tp.offset for tp in committed if tp.offset >= 0} == positions
+    finally:
+        c.close()
+    c = group_consumer(server.bootstrap, group)
+    try:
+        c.subscribe([topic_name])
+        rest = consume_n(c, 500, timeout=60)
+        extra = c.consume(num_messages=10, timeout=2)
+        assert not extra, f"{len(extra)} records beyond the 900 produced"
+    finally:
+        c.close()
+    keys = [(p, o) for p, o, _ in first + rest]
+    assert len(keys) == len(set(keys)) == 900
+    for p in range(3):
+        resumed = [o for q, o, _ in rest if q == p]
+        if resumed:
+            assert min(resumed) == positions.get(p, 0), f"partition {p} resumed at {min(resumed)}"
+
+
+@pytest.mark.oxbow_only
+def test_committed_offsets_survive_kill9(server, topic_name):
+    create_topic(server.bootstrap, topic_name, 4)
+    produce_confluent(server.bootstrap, topic_name, messages(400, 4, "kill"))
+    group = f"kill-{topic_name}"
+    c = group_consumer(server.bootstrap, group)
+    try:
+        c.subscribe([topic_name])
+        first = consume_n(c, 200, timeout=60)
+    finally:
+        c.close()
+    positions = {p: max(o for q, o, _ in first if q == p) + 1 for p in {p for p, _, _ in first}}
+
+    server.kill9()
+    server.restart()
+
+    c = group_consumer(server.bootstrap, group)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                committed = c.committed([TopicPartition(topic_name, p) for p in range(4)], timeout=10)
+                break
+            except KafkaException:
+                assert time.monotonic() < deadline, "no committed offsets within 60s of the restart"
+                time.sleep(0.5)
+        assert {tp.partition: tp.offset for tp in committed if tp.offset >= 0} == positions
+        c.subscribe([topic_name])
+        rest = consume_n(c, 200, timeout=90)
+    finally:
+        c.close()
+    keys = [(p, o) for p, o, _ in first + rest]
+    assert len(keys) == len(set(keys)) == 400
