@@ -28,7 +28,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use proto::rpc::{
     decode_frame, encode_frame, BoxFuture, ControllerApi, ControllerRequest, ControllerResponse,
-    Hello, HelloReply, HeartbeatReply, MembershipChange, MetadataDeltas, RequestFrame,
+    HeartbeatReply, Hello, HelloReply, MembershipChange, MetadataDeltas, RequestFrame,
     ResponseFrame, RpcError, Voters, WriteOutcome, MAX_RPC_FRAME, RPC_PROTOCOL_VERSION,
 };
 use proto::{BrokerId, MetadataCommand};
@@ -71,7 +71,7 @@ impl Default for RemoteControllerConfig {
             retry_for: Duration::from_secs(15),
             heartbeat_retry_for: Duration::from_secs(3),
             min_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_millis(250),
             max_in_flight: 256,
             max_frame_bytes: MAX_RPC_FRAME,
         }
@@ -117,7 +117,12 @@ impl RemoteController {
         };
         let attempt = self.config.heartbeat_retry_for;
         match self
-            .call(&self.requests, request, attempt, self.config.heartbeat_retry_for)
+            .call(
+                &self.requests,
+                request,
+                attempt,
+                self.config.heartbeat_retry_for,
+            )
             .await?
         {
             ControllerResponse::Heartbeat(reply) => reply,
@@ -381,9 +386,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ConnectionError> {
         loop {
             if self.buf.len() >= 4 {
-                let len =
-                    u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])
-                        as usize;
+                let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])
+                    as usize;
                 if len > self.max {
                     return Err(ConnectionError::TooLarge { len, max: self.max });
                 }

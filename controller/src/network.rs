@@ -23,7 +23,8 @@ use openraft::error::{
 };
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::RPCTypes;
 
@@ -226,6 +227,22 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.vote_call(PeerRequest::PreVote(rpc), option).await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let request = PeerRequest::TransferLeader(req);
+        match self
+            .call(RPCTypes::TransferLeader, request, option.soft_ttl())
+            .await?
+        {
+            PeerResponse::TransferLeader(Ok(resp)) => Ok(resp),
+            PeerResponse::TransferLeader(Err(remote)) => Err(self.unreachable(remote)),
+            other => Err(self.unexpected(&other)),
+        }
     }
 
     async fn full_snapshot(

@@ -331,6 +331,12 @@ impl Service {
                         .map_err(|e| e.to_string()),
                 )
             }
+            PeerRequest::TransferLeader(rpc) => PeerResponse::TransferLeader(
+                self.raft
+                    .handle_transfer_leader(rpc)
+                    .await
+                    .map_err(|e| e.to_string()),
+            ),
             PeerRequest::Forward(request) => {
                 PeerResponse::Forwarded(self.handle_client(request, false).await)
             }

@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use proto::rpc::{
     decode_frame, encode_frame, ControllerRequest, ControllerResponse, FrameError, Hello,
@@ -57,6 +58,8 @@ pub(crate) enum PeerRequest {
         meta: SnapshotMeta,
         data: Bytes,
     },
+    /// The leader, stepping down, asks the target to take over at once.
+    TransferLeader(TransferLeaderRequest<TypeConfig>),
     /// A broker request that reached a follower, for the leader to handle
     /// itself. The leader never forwards it again.
     Forward(ControllerRequest),
@@ -69,6 +72,7 @@ pub(crate) enum PeerResponse {
     AppendEntries(Result<AppendEntriesResponse<TypeConfig>, String>),
     Vote(Result<VoteResponse<TypeConfig>, String>),
     FullSnapshot(Result<SnapshotResponse<TypeConfig>, String>),
+    TransferLeader(Result<TransferLeaderResponse<TypeConfig>, String>),
     Forwarded(ControllerResponse),
 }
 
