@@ -56,7 +56,9 @@ pub struct Broker {
     /// Prefix of every object key this cluster writes in the store.
     pub key_prefix: String,
     pub id: BrokerId,
-    pub epoch: u64,
+    /// This broker's registration epoch (changes when it re-registers after
+    /// being fenced).
+    pub epoch: Arc<std::sync::atomic::AtomicU64>,
     pub controller: Arc<dyn ControllerApi>,
     pub metadata: Arc<MetadataView>,
     pub log_cache: Arc<LogCache>,
@@ -96,6 +98,7 @@ impl Broker {
             CommandReply::BrokerRegistered { epoch } => epoch,
             other => return Err(StartError::Register(format!("unexpected reply {other:?}"))),
         };
+        let epoch_cell = Arc::new(std::sync::atomic::AtomicU64::new(epoch));
         let view = Arc::new(MetadataView::default());
         let catch_up = Duration::from_secs(30);
         let deadline = tokio::time::Instant::now() + catch_up;
@@ -112,7 +115,7 @@ impl Broker {
             controller.clone(),
             WriterIdentity {
                 broker: config.node_id,
-                broker_epoch: epoch,
+                broker_epoch: epoch_cell.clone(),
                 key_prefix: key_prefix.clone(),
             },
             log_cache.clone(),
@@ -133,7 +136,7 @@ impl Broker {
             clock: Arc::new(crate::clock::SystemClock),
             key_prefix: key_prefix.clone(),
             id: config.node_id,
-            epoch,
+            epoch: epoch_cell,
             config,
             controller: controller.clone(),
             metadata: view.clone(),
@@ -188,6 +191,44 @@ impl Broker {
             .unwrap_or_else(|e| e.into_inner())
             .push(lifecycle);
         Ok(broker)
+    }
+
+    pub fn current_epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Registers again after the controller fenced this broker (it missed its
+    /// session): a new epoch, so anything the old one still has in flight is
+    /// refused. Its streams were moved away when it was fenced; reconcile
+    /// closes their actors.
+    pub async fn reregister(&self) -> Result<u64, String> {
+        let out = self
+            .controller
+            .write(MetadataCommand::RegisterBroker {
+                id: self.id,
+                endpoint: BrokerEndpoint {
+                    host: self.config.advertised_host.clone(),
+                    port: self.config.advertised_port,
+                },
+                rack: self.config.rack.clone(),
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let CommandReply::BrokerRegistered { epoch } = out.reply else {
+            return Err(format!("unexpected reply {:?}", out.reply));
+        };
+        self.epoch
+            .store(epoch, std::sync::atomic::Ordering::Release);
+        self.metadata
+            .wait_for(out.version, Duration::from_secs(10))
+            .await;
+        self.reconcile().await;
+        warn!(
+            broker_id = self.id,
+            broker_epoch = epoch,
+            "re-registered after being fenced"
+        );
+        Ok(epoch)
     }
 
     fn partitions_lock(&self) -> std::sync::MutexGuard<'_, HashMap<StreamId, Arc<OpenPartition>>> {
@@ -362,7 +403,7 @@ impl Broker {
         // after a session timeout.
         let handoff = self.controller.write(MetadataCommand::FenceBroker {
             id: self.id,
-            epoch: self.epoch,
+            epoch: self.current_epoch(),
         });
         match tokio::time::timeout(Duration::from_secs(5), handoff).await {
             Ok(Ok(_)) => info!(broker_id = self.id, "partitions handed off"),

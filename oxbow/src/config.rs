@@ -29,10 +29,73 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-enum Command {
+pub enum Command {
     /// Run a whole single-node cluster: controller, broker and (by default)
     /// an object store in a local directory.
     Server(ServerArgs),
+    /// Run a broker of a multi-node cluster (its controllers given by
+    /// --controllers).
+    Broker(BrokerArgs),
+    /// Run a controller: one voter of the metadata quorum.
+    Controller(ControllerArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BrokerArgs {
+    #[command(flatten)]
+    pub common: ServerArgs,
+    /// This broker's id (Kafka's node.id); unique in the cluster.
+    #[arg(long, env = "OXBOW_NODE_ID")]
+    pub node_id: i32,
+    /// Controller RPC addresses, HOST:PORT,HOST:PORT,...
+    #[arg(
+        long,
+        env = "OXBOW_CONTROLLERS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub controllers: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ControllerArgs {
+    /// This controller's id in the quorum.
+    #[arg(long, env = "OXBOW_NODE_ID")]
+    pub node_id: u64,
+    /// Address the controller's RPC listener binds, HOST:PORT.
+    #[arg(long, env = "OXBOW_CONTROLLER_LISTEN")]
+    pub listen: String,
+    /// Every voter of a new quorum: ID=HOST:PORT,ID=HOST:PORT,... (its own
+    /// entry included). Used only when the data directory is new.
+    #[arg(long, env = "OXBOW_VOTERS", value_delimiter = ',', required = true)]
+    pub voters: Vec<String>,
+    /// Directory for the Raft log and snapshots.
+    #[arg(long, env = "OXBOW_DATA_DIR", default_value = "./oxbow-controller")]
+    pub data_dir: PathBuf,
+}
+
+impl ControllerArgs {
+    /// The voter list as id → address; a malformed entry is an error.
+    pub fn voters(&self) -> Result<std::collections::BTreeMap<u64, String>> {
+        let mut out = std::collections::BTreeMap::new();
+        for v in &self.voters {
+            let (id, addr) = v
+                .split_once('=')
+                .ok_or_else(|| anyhow!("--voters entry '{v}' is not ID=HOST:PORT"))?;
+            let id: u64 = id
+                .parse()
+                .map_err(|_| anyhow!("--voters entry '{v}' has an invalid id"))?;
+            split_host_port(addr, "--voters address")?;
+            out.insert(id, addr.to_string());
+        }
+        if !out.contains_key(&self.node_id) {
+            bail!(
+                "--voters does not include this controller's id {}",
+                self.node_id
+            );
+        }
+        Ok(out)
+    }
 }
 
 #[derive(clap::Args, Debug, Default)]
@@ -102,11 +165,9 @@ pub struct Settings {
 
 /// Parses the command line; on `--help`/`--version` or a bad flag, prints
 /// (bad flags: one line) and returns the exit code to use.
-pub fn parse_cli() -> Result<ServerArgs, ExitCode> {
+pub fn parse_cli() -> Result<Command, ExitCode> {
     match Cli::try_parse() {
-        Ok(cli) => match cli.command {
-            Command::Server(args) => Ok(args),
-        },
+        Ok(cli) => Ok(cli.command),
         Err(e) => {
             use clap::error::ErrorKind;
             match e.kind() {
@@ -127,7 +188,7 @@ pub fn parse_cli() -> Result<ServerArgs, ExitCode> {
     }
 }
 
-fn split_host_port(s: &str, what: &str) -> Result<(String, u16)> {
+pub fn split_host_port(s: &str, what: &str) -> Result<(String, u16)> {
     let (host, port) = s
         .rsplit_once(':')
         .ok_or_else(|| anyhow!("{what} '{s}' is not HOST:PORT"))?;

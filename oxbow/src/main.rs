@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use broker::controller_client::{RemoteController, RemoteControllerConfig};
 use broker::Broker;
 use controller::{Controller, ControllerConfig};
 use proto::rpc::ControllerApi;
@@ -24,12 +25,13 @@ use tracing::{info, warn};
 static ALLOCATOR: alloc::OxbowAllocator = alloc::OxbowAllocator;
 
 fn main() -> ExitCode {
-    let cli = match config::parse_cli() {
+    let command = match config::parse_cli() {
         Ok(c) => c,
         Err(exit) => return exit,
     };
-    let settings = match config::Settings::resolve(cli) {
-        Ok(s) => s,
+    // Flags and config are checked before anything starts.
+    let mode = match Mode::resolve(command) {
+        Ok(m) => m,
         Err(e) => {
             eprintln!("oxbow: error: {e:#}");
             return ExitCode::from(2);
@@ -46,12 +48,48 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run_server(settings)) {
+    let result = runtime.block_on(async move {
+        match mode {
+            Mode::Server(s) => run_server(s).await,
+            Mode::Broker(s, controllers) => run_broker(s, controllers).await,
+            Mode::Controller(c) => run_controller(c).await,
+        }
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("oxbow: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+enum Mode {
+    Server(config::Settings),
+    Broker(config::Settings, Vec<String>),
+    Controller(ControllerConfig),
+}
+
+impl Mode {
+    fn resolve(command: config::Command) -> Result<Mode> {
+        Ok(match command {
+            config::Command::Server(args) => Mode::Server(config::Settings::resolve(args)?),
+            config::Command::Broker(args) => {
+                let mut s = config::Settings::resolve(args.common)?;
+                s.broker.node_id = args.node_id;
+                for c in &args.controllers {
+                    config::split_host_port(c, "--controllers entry")?;
+                }
+                Mode::Broker(s, args.controllers)
+            }
+            config::Command::Controller(args) => {
+                let mut c = ControllerConfig::new(args.node_id, args.data_dir.clone());
+                c.voters = args.voters()?;
+                config::split_host_port(&args.listen, "--listen")?;
+                c.rpc_addr = args.listen.clone();
+                Mode::Controller(c)
+            }
+        })
     }
 }
 
@@ -70,17 +108,6 @@ async fn run_server(s: config::Settings) -> Result<()> {
     std::fs::create_dir_all(&s.data_dir)
         .with_context(|| format!("creating data directory {}", s.data_dir.display()))?;
     let _lock = config::lock_data_dir(&s.data_dir)?;
-
-    let metrics_listener = TcpListener::bind(&s.metrics_listen)
-        .await
-        .with_context(|| format!("binding the metrics listener on {}", s.metrics_listen))?;
-    let metrics_handle = metrics_http::install()?;
-
-    let (store, key_prefix) = config::object_store(&s)?;
-    config::probe_object_store(&*store, &key_prefix)
-        .await
-        .with_context(|| format!("object store {} is not usable", s.object_store))?;
-
     let mut ccfg = ControllerConfig::new(1, s.data_dir.join("controller"));
     ccfg.rpc_addr = String::new();
     let controller = Arc::new(
@@ -89,6 +116,84 @@ async fn run_server(s: config::Settings) -> Result<()> {
             .context("starting the embedded controller")?,
     );
     let api: Arc<dyn ControllerApi> = controller.clone();
+    let result = serve_broker(&s, api, None).await;
+    match Arc::try_unwrap(controller) {
+        Ok(c) => c.shutdown().await,
+        Err(_) => warn!("controller still referenced at exit; its store is crash-safe"),
+    }
+    result
+}
+
+async fn run_broker(s: config::Settings, controllers: Vec<String>) -> Result<()> {
+    std::fs::create_dir_all(&s.data_dir)
+        .with_context(|| format!("creating data directory {}", s.data_dir.display()))?;
+    let _lock = config::lock_data_dir(&s.data_dir)?;
+    let remote = Arc::new(
+        RemoteController::new(controllers.clone(), RemoteControllerConfig::default())
+            .map_err(|e| anyhow::anyhow!("controllers {controllers:?}: {e}"))?,
+    );
+    let api: Arc<dyn ControllerApi> = remote.clone();
+    serve_broker(&s, api, Some(remote)).await
+}
+
+async fn run_controller(cfg: ControllerConfig) -> Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
+    let _lock = config::lock_data_dir(&cfg.data_dir)?;
+    let node_id = cfg.node_id;
+    let listen = cfg.rpc_addr.clone();
+    let controller = Controller::start(cfg)
+        .await
+        .with_context(|| format!("starting controller {node_id}"))?;
+    info!(node_id, listen = %listen, "oxbow controller ready");
+    wait_for_signal().await;
+    info!(node_id, "shutting down: handing leadership off");
+    controller.shutdown().await;
+    info!("stopped");
+    Ok(())
+}
+
+/// Heartbeats to the controllers; registers again when fenced.
+async fn heartbeat_loop(
+    broker: Arc<Broker>,
+    remote: Arc<RemoteController>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(1000));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        match remote.heartbeat(broker.id, broker.current_epoch()).await {
+            Ok(reply) if reply.fenced => {
+                if let Err(e) = broker.reregister().await {
+                    warn!(error = %e, "re-registering failed; retrying");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "heartbeat failed"),
+        }
+    }
+}
+
+/// Runs a broker against `api` until SIGTERM/SIGINT, then flushes, hands its
+/// partitions off and returns.
+async fn serve_broker(
+    s: &config::Settings,
+    api: Arc<dyn ControllerApi>,
+    remote: Option<Arc<RemoteController>>,
+) -> Result<()> {
+    let metrics_listener = TcpListener::bind(&s.metrics_listen)
+        .await
+        .with_context(|| format!("binding the metrics listener on {}", s.metrics_listen))?;
+    let metrics_handle = metrics_http::install()?;
+
+    let (store, key_prefix) = config::object_store(s)?;
+    config::probe_object_store(&*store, &key_prefix)
+        .await
+        .with_context(|| format!("object store {} is not usable", s.object_store))?;
+
     let broker = Broker::start(s.broker.clone(), api, store, key_prefix)
         .await
         .context("starting the broker")?;
@@ -116,7 +221,10 @@ async fn run_server(s: config::Settings) -> Result<()> {
         broker.clone(),
         stop_rx.clone(),
     ));
+    let heartbeat_task =
+        remote.map(|r| tokio::spawn(heartbeat_loop(broker.clone(), r, stop_rx.clone())));
     info!(
+        broker_id = broker.id,
         kafka = %s.kafka_listen,
         advertised = %format!("{}:{}", s.broker.advertised_host, s.broker.advertised_port),
         metrics = %s.metrics_listen,
@@ -135,10 +243,8 @@ async fn run_server(s: config::Settings) -> Result<()> {
     }
     let _ = kafka_task.await;
     let _ = metrics_task.await;
-    drop(broker);
-    match Arc::try_unwrap(controller) {
-        Ok(c) => c.shutdown().await,
-        Err(_) => warn!("controller still referenced at exit; its store is crash-safe"),
+    if let Some(t) = heartbeat_task {
+        let _ = t.await;
     }
     info!("stopped");
     Ok(())

@@ -84,7 +84,9 @@ struct SealedObject {
 
 pub struct WriterIdentity {
     pub broker: BrokerId,
-    pub broker_epoch: u64,
+    /// The broker's current registration epoch; a re-registered broker's
+    /// writer carries on with the new one.
+    pub broker_epoch: Arc<std::sync::atomic::AtomicU64>,
     /// Prefix of every object key this broker writes, e.g. "" or "oxbow/".
     pub key_prefix: String,
 }
@@ -110,7 +112,7 @@ pub fn spawn_writer(
         pipeline.clone(),
         controller,
         identity.broker,
-        identity.broker_epoch,
+        identity.broker_epoch.clone(),
         cache,
         cfg.max_attempts,
     ));
@@ -265,7 +267,12 @@ fn seal(
     let (bytes, _index) = writer.finish();
     let key = format!(
         "{}sso/{}/{}/{:016}",
-        identity.key_prefix, identity.broker, identity.broker_epoch, seq
+        identity.key_prefix,
+        identity.broker,
+        identity
+            .broker_epoch
+            .load(std::sync::atomic::Ordering::Acquire),
+        seq
     );
     let size = bytes.len() as u64;
     let upload = tokio::spawn(put_with_retries(
@@ -324,7 +331,7 @@ async fn commit_loop(
     pipeline: Arc<Pipeline>,
     controller: Arc<dyn ControllerApi>,
     broker: BrokerId,
-    broker_epoch: u64,
+    broker_epoch: Arc<std::sync::atomic::AtomicU64>,
     cache: Arc<LogCache>,
     max_attempts: u32,
 ) {
@@ -367,7 +374,7 @@ async fn commit_loop(
             group,
             &*controller,
             broker,
-            broker_epoch,
+            broker_epoch.load(std::sync::atomic::Ordering::Acquire),
             &cache,
             max_attempts,
         )
