@@ -153,3 +153,32 @@ def test_auto_create_can_be_disabled(server_factory, tmp_path, topic_name):
     t = md.topics[topic_name]
     assert t.error is not None and t.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
     assert topic_name not in AdminClient({"bootstrap.servers": off.bootstrap}).list_topics(timeout=10).topics
+
+
+def test_incremental_alter_configs_takes_effect(server, topic_name):
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry
+    a = admin(server)
+    clients.create_topic(server.bootstrap, topic_name, 1)
+    res = ConfigResource(ResourceType.TOPIC, topic_name, incremental_configs=[
+        ConfigEntry("retention.ms", "5000", incremental_operation=AlterConfigOpType.SET),
+        ConfigEntry("max.message.bytes", "2000", incremental_operation=AlterConfigOpType.SET)])
+    a.incremental_alter_configs([res])[res].result(timeout=30)
+    plain = ConfigResource(ResourceType.TOPIC, topic_name)
+    configs = a.describe_configs([plain])[plain].result(timeout=30)
+    assert configs["retention.ms"].value == "5000" and not configs["retention.ms"].is_default
+    # The new max.message.bytes applies at once.
+    p = Producer({"bootstrap.servers": server.bootstrap, "acks": "all"})
+    errors = []
+    p.produce(topic_name, b"x" * 5000, callback=lambda e, m: errors.append(e))
+    p.flush(30)
+    assert errors and errors[0] is not None and errors[0].code() == KafkaError.MSG_SIZE_TOO_LARGE
+    res = ConfigResource(ResourceType.TOPIC, topic_name, incremental_configs=[
+        ConfigEntry("retention.ms", None, incremental_operation=AlterConfigOpType.DELETE)])
+    a.incremental_alter_configs([res])[res].result(timeout=30)
+    configs = a.describe_configs([plain])[plain].result(timeout=30)
+    assert configs["retention.ms"].is_default
+    bad = ConfigResource(ResourceType.TOPIC, topic_name, incremental_configs=[
+        ConfigEntry("no.such.config", "1", incremental_operation=AlterConfigOpType.SET)])
+    with pytest.raises(KafkaException) as e:
+        a.incremental_alter_configs([bad])[bad].result(timeout=30)
+    assert e.value.args[0].code() == KafkaError.INVALID_CONFIG

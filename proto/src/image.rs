@@ -206,6 +206,12 @@ pub enum MetadataCommand {
     DestroyObjects {
         ids: Vec<ObjectId>,
     },
+    /// Sets and removes topic configs (IncrementalAlterConfigs, AlterConfigs).
+    AlterTopicConfigs {
+        name: String,
+        set: BTreeMap<String, String>,
+        delete: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -294,6 +300,7 @@ impl MetadataCommand {
             MetadataCommand::MoveStream { .. } => "MoveStream",
             MetadataCommand::TrimStream { .. } => "TrimStream",
             MetadataCommand::DestroyObjects { .. } => "DestroyObjects",
+            MetadataCommand::AlterTopicConfigs { .. } => "AlterTopicConfigs",
         }
     }
 }
@@ -438,6 +445,18 @@ impl MetadataImage {
                 CommandReply::Trimmed {
                     start_offset: new_start,
                 }
+            }
+            MetadataCommand::AlterTopicConfigs { name, set, delete } => {
+                let Some(t) = self.topics.get_mut(name) else {
+                    return CommandReply::UnknownTopic;
+                };
+                for k in delete {
+                    t.configs.remove(k);
+                }
+                for (k, v) in set {
+                    t.configs.insert(k.clone(), v.clone());
+                }
+                CommandReply::Ok
             }
             MetadataCommand::DestroyObjects { ids } => {
                 for id in ids {

@@ -11,6 +11,7 @@
 //! A handler never panics on client input.
 
 mod admin;
+mod configs;
 mod fetch;
 mod group;
 mod produce;
@@ -278,6 +279,11 @@ async fn dispatch(
             Some(ResponseKind::DescribeConfigs(admin::describe_configs(
                 &broker, req,
             )))
+        }),
+        RequestKind::IncrementalAlterConfigs(req) => Box::pin(async move {
+            Some(ResponseKind::IncrementalAlterConfigs(
+                configs::incremental_alter(&broker, req).await,
+            ))
         }),
         RequestKind::DeleteRecords(req) => Box::pin(async move {
             Some(ResponseKind::DeleteRecords(

@@ -31,6 +31,7 @@ const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::AlterPartitionReassignments, 0, 1),
     (ApiKey::DeleteRecords, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::ListPartitionReassignments, 0, 0),
 ];
 
@@ -68,6 +69,7 @@ pub fn name(key: ApiKey) -> &'static str {
         ApiKey::OffsetDelete => "offset_delete",
         ApiKey::AlterPartitionReassignments => "alter_partition_reassignments",
         ApiKey::DeleteRecords => "delete_records",
+        ApiKey::IncrementalAlterConfigs => "incremental_alter_configs",
         ApiKey::ListPartitionReassignments => "list_partition_reassignments",
         _ => "other",
     }
@@ -129,6 +131,7 @@ mod tests {
                 }
                 ApiKey::ListPartitionReassignments => range::<ListPartitionReassignmentsRequest>(),
                 ApiKey::DeleteRecords => range::<DeleteRecordsRequest>(),
+                ApiKey::IncrementalAlterConfigs => range::<IncrementalAlterConfigsRequest>(),
                 other => panic!("no codec check for {other:?}"),
             };
             assert!(
