@@ -5,21 +5,22 @@
 # it asserts nothing about timings. Prints a table of medians over RUNS runs with
 # Oxbow's ratio to Kafka and writes it to bench-out/results-<timestamp>.txt.
 #
-#   scripts/bench.sh                 # RUNS=3, full counts (~15-25 min on 2 cores)
-#   QUICK=1 scripts/bench.sh         # RUNS=1, small counts: checks the script (~3 min)
+#   scripts/bench.sh                 # RUNS=3, full counts (~15 min on a busy 2-core machine)
+#   QUICK=1 scripts/bench.sh         # RUNS=1, small counts: checks the script (~4 min)
 #
 # Knobs (environment):
 #   RUNS=3                runs per system; every figure is the median over runs
 #   QUICK=1               RUNS=1 and counts / 10 unless set explicitly
-#   RECORDS_3P=600000     records produced to the 3-partition topic per run
-#   RECORDS_1000P=800000  records produced to the 1000-partition topic per run
+#   RECORDS_3P=250000     records produced to the 3-partition topic per run
+#   RECORDS_1000P=150000  records produced to the 1000-partition topic per run
 #   RECORD_SIZE=1024      bytes per record
 #   SYSTEMS="oxbow kafka" which systems to run (in this order within each run)
 #   BENCH_NO_BUILD=1      do not run `cargo build --release -p oxbow` first
 #   BENCH_KEEP=1          keep the temporary directory (data dirs) at the end
 #   OXBOW_TOOLS           tools cache (default ~/.cache/oxbow-tools), as for setup.sh
-# Counts are the same for both systems (the same workload); the defaults make a
-# produce run take roughly 20-40 s on a 2-core machine.
+# Counts are the same for both systems (the same workload). The defaults make a
+# produce run take roughly 15-40 s on an idle 2-core machine; on a busy one (load
+# average well above the core count) both systems slow down several-fold.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,14 +33,15 @@ lib="python3 $bench_dir/benchlib.py"
 
 QUICK=${QUICK:-0}
 if [ "$QUICK" = 1 ]; then
-  RUNS=${RUNS:-1}; RECORDS_3P=${RECORDS_3P:-60000}; RECORDS_1000P=${RECORDS_1000P:-80000}
+  RUNS=${RUNS:-1}; RECORDS_3P=${RECORDS_3P:-25000}; RECORDS_1000P=${RECORDS_1000P:-15000}
 else
-  RUNS=${RUNS:-3}; RECORDS_3P=${RECORDS_3P:-600000}; RECORDS_1000P=${RECORDS_1000P:-800000}
+  RUNS=${RUNS:-3}; RECORDS_3P=${RECORDS_3P:-250000}; RECORDS_1000P=${RECORDS_1000P:-150000}
 fi
 RECORD_SIZE=${RECORD_SIZE:-1024}
 SYSTEMS=${SYSTEMS:-"oxbow kafka"}
 PRODUCER_PROPS=(acks=all linger.ms=5)
 CLIENT_TIMEOUT=${CLIENT_TIMEOUT:-900}
+CLIENT_JAVA=(java -Dorg.slf4j.simpleLogger.defaultLogLevel=warn)
 
 stamp=$(date +%Y%m%d-%H%M%S)
 out_dir="$root/bench-out"
@@ -147,14 +149,13 @@ oxbow_start() {  # oxbow_start DATA_DIR LOGFILE
   wait_ready "$SERVER_PID" "$logf" "$from" "oxbow ready" 120
 }
 
-kafka_java() {  # the JVM options of kafka-server-start.sh / kafka-run-class.sh
-  java -Xmx1G -Xms1G -server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
-    -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent \
-    -XX:MaxInlineLevel=15 -Djava.awt.headless=true -cp "$server_libs/*" "$@"
-}
+# The JVM options of kafka-server-start.sh / kafka-run-class.sh.
+KAFKA_JVM=(java -Xmx1G -Xms1G -server -XX:+UseG1GC -XX:MaxGCPauseMillis=20
+  -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent
+  -XX:MaxInlineLevel=15 -Djava.awt.headless=true)
 
-kafka_format() {  # kafka_format DIR LOGFILE: writes DIR/server.properties, formats DIR/data
-  local dir=$1 logf=$2 port cport
+kafka_config() {  # kafka_config DIR: (re)writes DIR/server.properties with fresh ports
+  local dir=$1 port cport
   port=$($lib free-port); cport=$($lib free-port)
   cat > "$dir/server.properties" <<EOF
 process.roles=broker,controller
@@ -171,31 +172,54 @@ transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
 EOF
   BOOT="127.0.0.1:$port"
-  kafka_java kafka.tools.StorageTool format -t "$($lib cluster-id)" -c "$dir/server.properties" >> "$logf" 2>&1
 }
 
-kafka_start() {  # kafka_start DIR LOGFILE (same ports as formatted)
+kafka_format() {  # kafka_format DIR LOGFILE: formats DIR/data (KRaft, single node)
+  local dir=$1 logf=$2
+  kafka_config "$dir"
+  "${KAFKA_JVM[@]}" -cp "$server_libs/*" kafka.tools.StorageTool format -t "$($lib cluster-id)" \
+    -c "$dir/server.properties" >> "$logf" 2>&1
+}
+
+# Fresh free ports at every start: on a shared machine another process may take a
+# port between a stop and the restart.
+kafka_start() {  # kafka_start DIR LOGFILE
   local dir=$1 logf=$2 from
+  kafka_config "$dir"
   echo "=== start $(date -Is) kafka=$BOOT" >> "$logf"
   from=$(wc -l < "$logf")
-  kafka_java kafka.Kafka "$dir/server.properties" >> "$logf" 2>&1 &
+  # Run java itself in the background (not a function or subshell) so that $! is the JVM.
+  "${KAFKA_JVM[@]}" -cp "$server_libs/*" kafka.Kafka "$dir/server.properties" >> "$logf" 2>&1 &
   SERVER_PID=$!
   PIDS+=("$SERVER_PID")
   wait_ready "$SERVER_PID" "$logf" "$from" "Kafka Server started" 180
 }
 
+# start_twice START_FUNCTION ARGS...: one retry (new ports) if a start fails.
+start_twice() {
+  "$@" && return 0
+  [ -n "${SERVER_PID:-}" ] && stop_pid "$SERVER_PID" 30
+  log "start failed; retrying once with new ports"
+  "$@"
+}
+
 # ---------------------------------------------------------------- clients
-create_topic() {  # create_topic NAME PARTITIONS
-  timeout 300 java -cp "$client_libs/*" org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOT" \
+create_topic() {  # create_topic NAME PARTITIONS; sets TOPIC_READY_S
+  timeout 300 "${CLIENT_JAVA[@]}" -cp "$client_libs/*" org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOT" \
     --create --topic "$1" --partitions "$2" --replication-factor 1 > "$work/topic.out" 2>&1 \
     || { log "creating topic $1 failed:"; grep -v ' INFO ' "$work/topic.out" | tail -n 20 >&2; return 1; }
+  # Produce only once every partition is open on its leader, so topic creation is not timed.
+  timeout 300 "${CLIENT_JAVA[@]}" -cp "$client_libs/*:$work/classes" BenchConsumer --wait-ready "$BOOT" "$1" "$2" 240 \
+    > "$work/ready.out" 2>&1 || { log "topic $1 not ready:"; tail -n 20 "$work/ready.out" >&2; return 1; }
+  TOPIC_READY_S=$(grep -o 'seconds=[0-9.]*' "$work/ready.out" | cut -d= -f2)
+  log "topic $1 ($2 partitions) ready ${TOPIC_READY_S}s after creation"
 }
 
 # produce SYSTEM RUN TOPIC COUNT PREFIX: records PREFIX_{mibs,rps,p50,p99,p999}
 produce() {
   local sys=$1 run=$2 topic=$3 count=$4 prefix=$5 outf="$logs/producer-$1-r$2-$3.txt" fig
   log "run $run $sys: produce $count x $RECORD_SIZE B to $topic"
-  if ! timeout "$CLIENT_TIMEOUT" java -cp "$client_libs/*" org.apache.kafka.tools.ProducerPerformance \
+  if ! timeout "$CLIENT_TIMEOUT" "${CLIENT_JAVA[@]}" -cp "$client_libs/*" org.apache.kafka.tools.ProducerPerformance \
       --topic "$topic" --num-records "$count" --record-size "$RECORD_SIZE" --throughput -1 \
       --producer-props bootstrap.servers="$BOOT" "${PRODUCER_PROPS[@]}" > "$outf" 2>&1; then
     note "$sys run $run: ProducerPerformance on $topic failed (see $outf)"
@@ -219,7 +243,7 @@ consume() {
   local sys=$1 run=$2 topic=$3 expected=$4 key=$5 outf="$logs/consumer-$1-r$2-$3-$5.txt" line
   log "run $run $sys: consume $topic ($key)"
   CONSUMED_BYTES=0
-  if ! timeout "$CLIENT_TIMEOUT" java -cp "$client_libs/*:$work/classes" BenchConsumer "$BOOT" "$topic" \
+  if ! timeout "$CLIENT_TIMEOUT" "${CLIENT_JAVA[@]}" -cp "$client_libs/*:$work/classes" BenchConsumer "$BOOT" "$topic" \
       "$((CLIENT_TIMEOUT - 30))" > "$outf" 2>&1; then
     note "$sys run $run: consumer on $topic ($key) failed: $(grep -m1 'Exception' "$outf" | cut -c1-200)"
     return 1
@@ -248,8 +272,10 @@ gib() { calc "$1 / 1073741824"; }
 run_oxbow() {
   local run=$1 data="$work/oxbow-r$1" logf="$logs/oxbow-r$1.log" g3 g1000 t0 rss1 rss2
   mkdir -p "$data"
-  oxbow_start "$data" "$logf" || { note "oxbow run $run: server did not start"; return 1; }
-  create_topic bench-p3 3 && create_topic bench-p1000 1000 || { note "oxbow run $run: topic creation failed"; return 1; }
+  start_twice oxbow_start "$data" "$logf" || { note "oxbow run $run: server did not start"; return 1; }
+  create_topic bench-p3 3 || { note "oxbow run $run: topic creation failed"; return 1; }
+  create_topic bench-p1000 1000 || { note "oxbow run $run: topic creation failed"; return 1; }
+  rec oxbow "$run" topic_ready_s "$TOPIC_READY_S"
   g3=$(gib "$RECORDS_3P * $RECORD_SIZE"); g1000=$(gib "$RECORDS_1000P * $RECORD_SIZE")
 
   snap p0
@@ -281,7 +307,7 @@ run_oxbow() {
   log "run $run oxbow: restarting (cold reads come from objects only)"
   stop_pid "$SERVER_PID"
   t0=$(date +%s.%N)
-  oxbow_start "$data" "$logf" || { note "oxbow run $run: server did not restart"; return 1; }
+  start_twice oxbow_start "$data" "$logf" || { note "oxbow run $run: server did not restart"; return 1; }
   rec oxbow "$run" restart_s "$(calc "$(date +%s.%N) - $t0")"
   snap c0
   consume oxbow "$run" bench-p3 "$RECORDS_3P" c_cold_p3_mibs || return 1
@@ -302,8 +328,10 @@ run_kafka() {
   local run=$1 dir="$work/kafka-r$1" logf="$logs/kafka-r$1.log" t0 rss1 rss2
   mkdir -p "$dir"
   kafka_format "$dir" "$logf" || { note "kafka run $run: storage format failed"; return 1; }
-  kafka_start "$dir" "$logf" || { note "kafka run $run: server did not start"; return 1; }
-  create_topic bench-p3 3 && create_topic bench-p1000 1000 || { note "kafka run $run: topic creation failed"; return 1; }
+  start_twice kafka_start "$dir" "$logf" || { note "kafka run $run: server did not start"; return 1; }
+  create_topic bench-p3 3 || { note "kafka run $run: topic creation failed"; return 1; }
+  create_topic bench-p1000 1000 || { note "kafka run $run: topic creation failed"; return 1; }
+  rec kafka "$run" topic_ready_s "$TOPIC_READY_S"
   produce kafka "$run" bench-p3 "$RECORDS_3P" p3 || return 1
   consume kafka "$run" bench-p3 "$RECORDS_3P" c_hot_p3_mibs || return 1
   produce kafka "$run" bench-p1000 "$RECORDS_1000P" p1000 || return 1
@@ -312,7 +340,7 @@ run_kafka() {
   log "run $run kafka: restarting (page cache not dropped: reads may still be warm)"
   stop_pid "$SERVER_PID"
   t0=$(date +%s.%N)
-  kafka_start "$dir" "$logf" || { note "kafka run $run: server did not restart"; return 1; }
+  start_twice kafka_start "$dir" "$logf" || { note "kafka run $run: server did not restart"; return 1; }
   rec kafka "$run" restart_s "$(calc "$(date +%s.%N) - $t0")"
   consume kafka "$run" bench-p3 "$RECORDS_3P" c_cold_p3_mibs || return 1
   consume kafka "$run" bench-p1000 "$RECORDS_1000P" c_cold_p1000_mibs || return 1
@@ -325,7 +353,9 @@ run_kafka() {
 
 # ---------------------------------------------------------------- main
 prepare
+cpu_psi() { awk '/^some/ { sub("avg300=", "", $4); print $4 "%" }' /proc/pressure/cpu 2>/dev/null || echo "?"; }
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+psi_start=$(cpu_psi)
 t_start=$(date +%s)
 for ((run = 1; run <= RUNS; run++)); do
   for sys in $SYSTEMS; do
@@ -352,7 +382,8 @@ header="$work/header"
        "$(java -version 2>&1 | head -n 1)"
   echo "runs: $RUNS per system; per run: $RECORDS_3P records to 3 partitions, $RECORDS_1000P records to 1000" \
        "partitions, $RECORD_SIZE B each, producer props: ${PRODUCER_PROPS[*]}; took ${elapsed}s"
-  echo "load average at start: $load_start, at end: $(cut -d' ' -f1-3 /proc/loadavg) (other work on this machine skews figures)"
+  echo "load average at start: $load_start, at end: $(cut -d' ' -f1-3 /proc/loadavg);" \
+       "CPU pressure (PSI some avg300) at start: $psi_start, at end: $(cpu_psi) (other work on this machine skews figures)"
   if [ -s "$notes" ]; then echo; echo "Problems during the run:"; sed 's/^/  - /' "$notes"; fi
   if [ -n "$oxbow_problems" ]; then echo; echo "Oxbow log WARN/ERROR lines (count, digits as N):"; echo "$oxbow_problems"; fi
 } > "$header"

@@ -85,6 +85,7 @@ ROWS = [
     ("c_cold_p3_mibs", "after restart, 3 partitions (*)", "MiB/s"),
     ("c_cold_p1000_mibs", "after restart, 1000 partitions (*)", "MiB/s"),
     ("section", "Resources"),
+    ("topic_ready_s", "create 1000-partition topic until all open", "s"),
     ("restart_s", "restart to ready (with data)", "s"),
     ("peak_rss_mib", "peak RSS of the server", "MiB"),
     ("meta_kib", "metadata on disk after run (**)", "KiB"),
