@@ -9,6 +9,9 @@ kill -9 of the broker. Every wait is bounded; servers are stopped by PID.
 from __future__ import annotations
 
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -68,7 +71,7 @@ def describe_rows(output: str, group: str, topic: str) -> dict[int, tuple[str, s
 
 
 # ------------------------------------------------------------------ Java tools
-def test_consumer_performance_in_a_group_then_describe(server, topic_name):
+def test_consumer_performance_in_a_group_then_list(server, topic_name):
     create_topic(server.bootstrap, topic_name, 3)
     produce_confluent(server.bootstrap, topic_name, messages(PERF_RECORDS, 3, "perf"))
     group = f"perf-{topic_name}"
@@ -125,6 +128,12 @@ def test_consumer_groups_cli_describe_lag_reset_and_delete(server, topic_name):
     finally:
         c.close()
     assert sorted((p, o) for p, o, _ in again) == sorted((p, o) for p in (0, 1) for o in range(50))
+
+    r = consumer_groups(server, "--delete-offsets", "--group", group, "--topic", topic_name,
+                        timeout=120)
+    assert re.search(rf"{re.escape(topic_name)}\s+0\s+Successful", r.stdout), r.describe()
+    r = consumer_groups(server, "--describe", "--group", group, timeout=120)
+    assert describe_rows(r.stdout, group, topic_name) == {}, r.describe()
 
     r = consumer_groups(server, "--delete", "--group", group, timeout=120)
     assert "successful" in r.stdout.lower(), r.describe()
@@ -267,7 +276,6 @@ def test_restarted_consumer_resumes_from_committed_offsets(server, topic_name):
             assert min(resumed) == positions.get(p, 0), f"partition {p} resumed at {min(resumed)}"
 
 
-@pytest.mark.oxbow_only
 def test_committed_offsets_survive_kill9(server, topic_name):
     create_topic(server.bootstrap, topic_name, 4)
     produce_confluent(server.bootstrap, topic_name, messages(400, 4, "kill"))
@@ -300,3 +308,178 @@ def test_committed_offsets_survive_kill9(server, topic_name):
         c.close()
     keys = [(p, o) for p, o, _ in first + rest]
     assert len(keys) == len(set(keys)) == 400
+
+
+def test_kafka_python_group_commits_are_seen_by_confluent(server, topic_name):
+    from kafka import KafkaConsumer
+
+    create_topic(server.bootstrap, topic_name, 3)
+    produce_confluent(server.bootstrap, topic_name, messages(300, 3, "kp"))
+    group = f"kp-{topic_name}"
+    kc = KafkaConsumer(topic_name, bootstrap_servers=server.bootstrap, group_id=group,
+                       enable_auto_commit=False, auto_offset_reset="earliest",
+                       session_timeout_ms=10000, heartbeat_interval_ms=1000)
+    try:
+        got = 0
+        deadline = time.monotonic() + 60
+        while got < 300:
+            assert time.monotonic() < deadline, f"kafka-python consumed {got} of 300 within 60s"
+            for recs in kc.poll(timeout_ms=500).values():
+                got += len(recs)
+        assert got == 300
+        kc.commit()
+    finally:
+        kc.close()
+    c = group_consumer(server.bootstrap, group)
+    try:
+        committed = c.committed([TopicPartition(topic_name, p) for p in range(3)], timeout=30)
+        assert {tp.partition: tp.offset for tp in committed} == {0: 100, 1: 100, 2: 100}
+    finally:
+        c.close()
+
+
+# A group member in its own process, so that it can be killed -9. It prints
+# "R partition offset" for every record it processes and "K" after each
+# successful commit.
+_KILLED_MEMBER = r"""
+import sys
+import time
+from confluent_kafka import Consumer
+bootstrap, group, topic = sys.argv[1:4]
+c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
+              "auto.offset.reset": "earliest", "session.timeout.ms": 10000,
+              "heartbeat.interval.ms": 1000, "client.id": "doomed"})
+c.subscribe([topic])
+while True:
+    batch = c.consume(num_messages=200, timeout=0.2)
+    for m in batch:
+        if m.error():
+            continue
+        print("R", m.partition(), m.offset(), flush=True)
+    if batch:
+        try:
+            c.commit(asynchronous=False)
+            print("K", flush=True)
+        except Exception as e:
+            print("E", e, flush=True)
+    time.sleep(0.05)  # slow, so that it still holds partitions when killed
+"""
+
+
+def test_killed_member_is_expired_and_the_group_finishes(server, topic_name, tmp_path):
+    partitions = 12
+    create_topic(server.bootstrap, topic_name, partitions)
+    produce_confluent(server.bootstrap, topic_name, messages(SHARE_RECORDS, partitions, "kill"))
+    group = f"crash-{topic_name}"
+    seen: Counter = Counter()
+    lock = threading.Lock()
+    out_path = tmp_path / "doomed.out"
+    with open(out_path, "w") as out:
+        doomed = subprocess.Popen([sys.executable, "-c", _KILLED_MEMBER, server.bootstrap, group, topic_name],
+                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    members = [Member(server.bootstrap, group, topic_name, f"m{i}", "range", seen, lock) for i in range(2)]
+    try:
+        def doomed_records() -> int:
+            return sum(1 for line in out_path.read_text().splitlines() if line.startswith("R "))
+        wait_until("the doomed member to consume", lambda: doomed_records() > 0, 90)
+        for m in members:
+            m.start()
+
+        def three_members():
+            with lock:
+                sets = [m.assigned for m in members]
+                return all(sets) and len(set().union(*sets)) < partitions
+        wait_until("the others to join while the doomed member holds partitions", three_members, 90)
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait(10)
+        # The session timeout (10 s) expires the member; the others take over.
+        wait_until("every record", lambda: len(set(seen) | doomed_set(out_path)) >= SHARE_RECORDS, 180)
+        time.sleep(1)
+    finally:
+        if doomed.poll() is None:
+            doomed.kill()
+            doomed.wait(10)
+        for m in members:
+            m.stop.set()
+        for m in members:
+            m.stopped.wait(30)
+    for m in members:
+        assert m.error is None, f"{m.name}: {m.error!r}"
+    lines = out_path.read_text().splitlines()
+    last_commit = max((i for i, line in enumerate(lines) if line == "K"), default=-1)
+    uncommitted = sum(1 for line in lines[last_commit + 1:] if line.startswith("R "))
+    doomed_seen = Counter(doomed_list(out_path))
+    total = seen + doomed_seen
+    expected = {(p, o) for p in range(partitions) for o in range(SHARE_RECORDS // partitions)}
+    assert set(total) == expected, f"missing {len(expected - set(total))}"
+    duplicates = sum(n - 1 for n in total.values())
+    failed = sum(m.failed_commits for m in members)
+    print(f"kill -9 of a member: {duplicates} duplicates, {uncommitted} records uncommitted at the kill")
+    assert duplicates <= uncommitted + failed, (duplicates, uncommitted, failed)
+
+
+def doomed_list(path) -> list[tuple[int, int]]:
+    out = []
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "R":
+            out.append((int(parts[1]), int(parts[2])))
+    return out
+
+
+def doomed_set(path) -> set[tuple[int, int]]:
+    return set(doomed_list(path))
+
+
+def test_static_member_restart_keeps_assignment_without_rebalance(server, topic_name):
+    create_topic(server.bootstrap, topic_name, 4)
+    produce_confluent(server.bootstrap, topic_name, messages(40, 4, "static"))
+    group = f"static-{topic_name}"
+    events: list[tuple[str, str, tuple[int, ...]]] = []
+
+    def static_consumer(instance: str) -> Consumer:
+        c = group_consumer(server.bootstrap, group, **{"group.instance.id": instance,
+                                                      "partition.assignment.strategy": "range",
+                                                      "session.timeout.ms": 30000})
+
+        def on_assign(_, parts):
+            events.append((instance, "assign", tuple(sorted(p.partition for p in parts))))
+
+        def on_revoke(_, parts):
+            events.append((instance, "revoke", tuple(sorted(p.partition for p in parts))))
+        c.subscribe([topic_name], on_assign=on_assign, on_revoke=on_revoke)
+        return c
+
+    def poll_until(consumers, cond, timeout):
+        deadline = time.monotonic() + timeout
+        while not cond():
+            assert time.monotonic() < deadline, f"timed out; events {events}"
+            for c in consumers:
+                c.poll(0.1)
+
+    a, b = static_consumer("a"), static_consumer("b")
+    a2 = None
+    try:
+        def both_assigned():
+            last = {}
+            for inst, kind, parts in events:
+                last[inst] = parts if kind == "assign" else ()
+            return len(last) == 2 and all(last.values()) and \
+                sorted(last["a"] + last["b"]) == [0, 1, 2, 3]
+        poll_until([a, b], both_assigned, 60)
+        a_parts = [p for inst, kind, p in events if inst == "a" and kind == "assign"][-1]
+        b_events = len([e for e in events if e[0] == "b"])
+        a.close()  # a static member leaves no LeaveGroup behind
+        a = None
+        start = len(events)
+        a2 = static_consumer("a")
+        poll_until([a2, b], lambda: ("a", "assign", a_parts) in events[start:], 60)
+        for _ in range(30):  # give a rebalance, if any, time to show
+            b.poll(0.1)
+            a2.poll(0.1)
+        assert events[-1] == ("a", "assign", a_parts), events
+        assert len([e for e in events if e[0] == "b"]) == b_events, f"b was rebalanced: {events}"
+    finally:
+        for c in (a, a2, b):
+            if c is not None:
+                c.close()

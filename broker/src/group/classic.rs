@@ -2756,4 +2756,179 @@ mod tests {
         lie.extend_from_slice(&i32::MAX.to_be_bytes());
         assert!(parse_subscription_topics(&lie).is_none());
     }
+
+    // ------------------------------------------------------------ property
+
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A member (by slot) joins: with no id, or with the id it has.
+        Join {
+            slot: usize,
+            fresh: bool,
+            static_member: bool,
+            version: i16,
+        },
+        Sync {
+            slot: usize,
+            stale: bool,
+        },
+        Heartbeat {
+            slot: usize,
+        },
+        Leave {
+            slot: usize,
+        },
+        Commit {
+            slot: usize,
+        },
+        Advance {
+            ms: u64,
+        },
+        Persist {
+            ok: bool,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (
+                0..4usize,
+                any::<bool>(),
+                any::<bool>(),
+                prop_oneof![Just(3i16), Just(5), Just(9)]
+            )
+                .prop_map(|(slot, fresh, static_member, version)| Op::Join {
+                    slot,
+                    fresh,
+                    static_member,
+                    version
+                }),
+            (0..4usize, any::<bool>()).prop_map(|(slot, stale)| Op::Sync { slot, stale }),
+            (0..4usize).prop_map(|slot| Op::Heartbeat { slot }),
+            (0..4usize).prop_map(|slot| Op::Leave { slot }),
+            (0..4usize).prop_map(|slot| Op::Commit { slot }),
+            (0..40_000u64).prop_map(|ms| Op::Advance { ms }),
+            any::<bool>().prop_map(|ok| Op::Persist { ok }),
+        ]
+    }
+
+    fn check_invariants(h: &Harness, last_generation: &mut i32) {
+        let Some(g) = h.set.group("g") else {
+            return;
+        };
+        assert!(g.generation >= *last_generation, "generation went back");
+        *last_generation = g.generation;
+        match g.state {
+            GroupState::Empty => assert!(g.members.is_empty(), "Empty with members"),
+            GroupState::CompletingRebalance | GroupState::Stable => {
+                assert!(!g.members.is_empty(), "{:?} without members", g.state)
+            }
+            _ => {}
+        }
+        if !g.members.is_empty() {
+            let leader = g
+                .leader
+                .as_ref()
+                .expect("a group with members has a leader");
+            assert!(g.members.contains_key(leader), "leader is not a member");
+        }
+        assert!(g.pending_sync.iter().all(|m| g.members.contains_key(m)));
+        for (instance, id) in &g.static_members {
+            let m = g.members.get(id).expect("static member is a member");
+            assert_eq!(m.instance_id.as_ref(), Some(instance));
+        }
+        assert!(g.pending_join.keys().all(|m| !g.members.contains_key(m)));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        /// Whatever the clients do, the group keeps Kafka's invariants, every
+        /// parked request gets exactly one answer, and once everyone goes
+        /// silent the group ends Empty: nobody blocks it forever.
+        #[test]
+        fn any_sequence_keeps_invariants_and_ends_empty(ops in proptest::collection::vec(op(), 1..60)) {
+            let mut h = Harness::new();
+            let mut ids: [Option<String>; 4] = Default::default();
+            let mut waiting: HashMap<WaiterId, usize> = HashMap::new();
+            let mut sync_waiting: Vec<WaiterId> = Vec::new();
+            let mut last_generation = 0;
+            for op in ops {
+                match op {
+                    Op::Join { slot, fresh, static_member, version } => {
+                        let member = if fresh { String::new() } else { ids[slot].clone().unwrap_or_default() };
+                        let instance = format!("i{slot}");
+                        let mut req = h.join_req(&member, static_member.then_some(instance.as_str()), version);
+                        if version < 5 {
+                            req.instance_id = None;
+                        }
+                        let w = h.join_with(req);
+                        waiting.insert(w, slot);
+                    }
+                    Op::Sync { slot, stale } => {
+                        if let Some(id) = ids[slot].clone() {
+                            let gen = h.set.group("g").map_or(0, |g| g.generation) - i32::from(stale);
+                            let assignments = h
+                                .set
+                                .group("g")
+                                .map(|g| g.members.keys().map(|m| (m.clone(), Bytes::from_static(b"a"))).collect())
+                                .unwrap_or_default();
+                            sync_waiting.push(h.sync(&id, gen, assignments));
+                        }
+                    }
+                    Op::Heartbeat { slot } => {
+                        if let Some(id) = ids[slot].clone() {
+                            let gen = h.set.group("g").map_or(0, |g| g.generation);
+                            h.heartbeat(&id, gen);
+                        }
+                    }
+                    Op::Leave { slot } => {
+                        if let Some(id) = ids[slot].clone() {
+                            let (_, _, out) = h.set.leave(h.now, "g", &[(id, None)]);
+                            h.absorb(out);
+                        }
+                    }
+                    Op::Commit { slot } => {
+                        if let Some(id) = ids[slot].clone() {
+                            let gen = h.set.group("g").map_or(-1, |g| g.generation);
+                            let now = h.now;
+                            let _ = h.set.validate_commit(now, "g", &id, None, gen, 9);
+                        }
+                    }
+                    Op::Advance { ms } => h.advance(ms),
+                    Op::Persist { ok } => {
+                        h.persist_all(if ok { Ok(()) } else { Err(ErrorCode::NotCoordinator) })
+                    }
+                }
+                // Learn member ids from answers.
+                for (w, r) in &h.joins {
+                    if let Some(slot) = waiting.get(w) {
+                        if !r.member_id.is_empty() {
+                            ids[*slot] = Some(r.member_id.clone());
+                        }
+                    }
+                }
+                check_invariants(&h, &mut last_generation);
+            }
+            // Everyone goes silent: writes finish, time passes.
+            for _ in 0..40 {
+                h.persist_all(Ok(()));
+                h.advance(30_000);
+            }
+            h.persist_all(Ok(()));
+            check_invariants(&h, &mut last_generation);
+            for w in waiting.keys() {
+                prop_assert!(h.joins.contains_key(w), "JoinGroup {} never answered", w);
+            }
+            for w in &sync_waiting {
+                prop_assert!(h.syncs.contains_key(w), "SyncGroup {} never answered", w);
+            }
+            if let Some(g) = h.set.group("g") {
+                prop_assert_eq!(g.state, GroupState::Empty);
+                prop_assert!(g.members.is_empty() && g.pending_join.is_empty());
+            }
+        }
+    }
 }

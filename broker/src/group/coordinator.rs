@@ -77,6 +77,17 @@ pub struct GroupCoordinator {
     ticker: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
+/// Whether a shard may answer for its groups: open and loaded.
+fn serving(shard: &Shard, inner: &ShardInner) -> Result<(), ErrorCode> {
+    if shard.closed.load(Ordering::Acquire) {
+        Err(ErrorCode::NotCoordinator)
+    } else if !inner.loaded {
+        Err(ErrorCode::CoordinatorLoadInProgress)
+    } else {
+        Ok(())
+    }
+}
+
 fn map_append_error(code: ErrorCode) -> ErrorCode {
     // Kafka's appendGroupMetadataErrorToResponseError.
     match code {
@@ -318,12 +329,16 @@ impl GroupCoordinator {
             closed: AtomicBool::new(false),
             commit_resolved: Notify::new(),
         });
-        let previous = self
-            .shared
-            .shards
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(partition, shard.clone());
+        let previous = {
+            let mut shards = self
+                .shared
+                .shards
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            let previous = shards.insert(partition, shard.clone());
+            metrics::gauge!("oxbow_group_coordinator_partitions").set(shards.len() as f64);
+            previous
+        };
         if let Some(old) = previous {
             old.close();
         }
@@ -344,6 +359,7 @@ impl GroupCoordinator {
         if let Some(s) = shards.get(&open.state.partition) {
             if Arc::ptr_eq(&s.open, open) {
                 let s = shards.remove(&open.state.partition).expect("present");
+                metrics::gauge!("oxbow_group_coordinator_partitions").set(shards.len() as f64);
                 info!(
                     partition = s.partition,
                     "group coordinator partition closed"
@@ -391,7 +407,8 @@ impl GroupCoordinator {
                 for shard in shards {
                     let mut inner = shard.inner.lock().await;
                     let now = shard.now();
-                    if !inner.loaded || inner.groups.next_deadline().is_none_or(|d| d > now.mono_ms)
+                    if serving(&shard, &inner).is_err()
+                        || inner.groups.next_deadline().is_none_or(|d| d > now.mono_ms)
                     {
                         continue;
                     }
@@ -414,8 +431,8 @@ impl GroupCoordinator {
         let (tx, rx) = oneshot::channel();
         {
             let mut inner = shard.inner.lock().await;
-            if !inner.loaded {
-                return JoinResponse::error(ErrorCode::CoordinatorLoadInProgress, &member_id);
+            if let Err(code) = serving(&shard, &inner) {
+                return JoinResponse::error(code, &member_id);
             }
             inner.joins.insert(waiter, tx);
             let prefix = req
@@ -440,8 +457,8 @@ impl GroupCoordinator {
         let (tx, rx) = oneshot::channel();
         {
             let mut inner = shard.inner.lock().await;
-            if !inner.loaded {
-                return SyncResponse::error(ErrorCode::CoordinatorLoadInProgress);
+            if let Err(code) = serving(&shard, &inner) {
+                return SyncResponse::error(code);
             }
             inner.syncs.insert(waiter, tx);
             let now = shard.now();
@@ -467,9 +484,11 @@ impl GroupCoordinator {
             Err(code) => return code,
         };
         let mut inner = shard.inner.lock().await;
-        if !inner.loaded {
+        match serving(&shard, &inner) {
+            Ok(()) => {}
             // Kafka answers a heartbeat to a loading coordinator blindly.
-            return ErrorCode::None;
+            Err(ErrorCode::CoordinatorLoadInProgress) => return ErrorCode::None,
+            Err(code) => return code,
         }
         let now = shard.now();
         inner
@@ -491,8 +510,8 @@ impl GroupCoordinator {
             Err(code) => return (code, Vec::new()),
         };
         let mut inner = shard.inner.lock().await;
-        if !inner.loaded {
-            return (ErrorCode::CoordinatorLoadInProgress, Vec::new());
+        if let Err(code) = serving(&shard, &inner) {
+            return (code, Vec::new());
         }
         let now = shard.now();
         let (top, errors, outcome) = inner.groups.leave(now, group_id, members);
@@ -517,8 +536,8 @@ impl GroupCoordinator {
             Err(code) => return code,
         };
         let mut inner = shard.inner.lock().await;
-        if !inner.loaded {
-            return ErrorCode::CoordinatorLoadInProgress;
+        if let Err(code) = serving(&shard, &inner) {
+            return code;
         }
         let now = shard.now();
         if let Err(code) =
@@ -563,6 +582,8 @@ impl GroupCoordinator {
         }
         let outcome = match result {
             Ok(()) if inner.loaded && !shard.closed.load(Ordering::Acquire) => {
+                metrics::counter!("oxbow_group_offset_commits_total")
+                    .increment(offsets.len() as u64);
                 for (i, (topic, partition, v)) in offsets.into_iter().enumerate() {
                     let committed = CommittedOffset {
                         offset: v.offset,
@@ -597,13 +618,7 @@ impl GroupCoordinator {
         let deadline = tokio::time::Instant::now() + STABLE_WAIT;
         loop {
             let inner = shard.inner.lock().await;
-            if !inner.loaded {
-                return Err(if shard.closed.load(Ordering::Acquire) {
-                    ErrorCode::NotCoordinator
-                } else {
-                    ErrorCode::CoordinatorLoadInProgress
-                });
-            }
+            serving(&shard, &inner)?;
             if !require_stable || !inner.pending_commits.contains_key(group_id) {
                 return Ok(inner.groups.fetch_offsets(group_id, wanted.as_deref()));
             }
@@ -636,9 +651,7 @@ impl GroupCoordinator {
     pub async fn describe(&self, group_id: &str) -> Result<Option<DescribedGroup>, ErrorCode> {
         let shard = self.shard_for(group_id)?;
         let inner = shard.inner.lock().await;
-        if !inner.loaded {
-            return Err(ErrorCode::CoordinatorLoadInProgress);
-        }
+        serving(&shard, &inner)?;
         Ok(inner.groups.describe(group_id))
     }
 
@@ -674,8 +687,8 @@ impl GroupCoordinator {
             Err(code) => return code,
         };
         let mut inner = shard.inner.lock().await;
-        if !inner.loaded {
-            return ErrorCode::CoordinatorLoadInProgress;
+        if let Err(code) = serving(&shard, &inner) {
+            return code;
         }
         let now = shard.now();
         let p = match inner.groups.delete_group(now, group_id) {
@@ -696,9 +709,7 @@ impl GroupCoordinator {
     ) -> Result<Vec<(String, Vec<(i32, ErrorCode)>)>, ErrorCode> {
         let shard = self.shard_for(group_id)?;
         let inner = shard.inner.lock().await;
-        if !inner.loaded {
-            return Err(ErrorCode::CoordinatorLoadInProgress);
-        }
+        serving(&shard, &inner)?;
         let names: Vec<String> = topics.iter().map(|(t, _)| t.clone()).collect();
         let verdicts = inner.groups.check_offset_delete(group_id, &names)?;
         let mut tombstones = Vec::new();
@@ -868,6 +879,7 @@ async fn load(shared: Arc<Shared>, shard: Arc<Shard>) {
             let count = groups.group_count();
             inner.groups = groups;
             inner.loaded = true;
+            metrics::histogram!("oxbow_group_load_seconds").record(started.elapsed().as_secs_f64());
             info!(
                 partition = shard.partition,
                 groups = count,
@@ -896,7 +908,7 @@ async fn load(shared: Arc<Shared>, shard: Arc<Shard>) {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         }
-        idle_retries = 0;
+        let before = offset;
         let now = shard.now();
         for b in batches {
             let Ok(h) = batch::parse_header(&b) else {
@@ -920,6 +932,18 @@ async fn load(shared: Arc<Shared>, shard: Arc<Shard>) {
                 }
             }
             offset = last + 1;
+        }
+        if offset == before {
+            // Unreadable batches only: keep trying (and saying so) rather
+            // than serve the groups without their state.
+            idle_retries += 1;
+            warn!(
+                partition = shard.partition,
+                offset, "no readable batch at this offset of __consumer_offsets"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        } else {
+            idle_retries = 0;
         }
     }
 }

@@ -618,4 +618,29 @@ mod tests {
             let _ = batch_records(&b.slice(..n)); // never panics
         }
     }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode_key(&data);
+            let _ = decode_offset_value(&data);
+            let _ = decode_group_value(&data);
+            let _ = batch_records(&Bytes::from(data));
+        }
+
+        #[test]
+        fn offset_values_round_trip(offset in any::<i64>(), epoch in any::<i32>(), meta in "\\PC{0,40}",
+                                    ts in any::<i64>(), expire in prop_oneof![Just(-1i64), 0..i64::MAX]) {
+            let v = OffsetValue {
+                offset,
+                leader_epoch: if expire >= 0 { -1 } else { epoch },
+                metadata: meta,
+                commit_timestamp: ts,
+                expire_timestamp: expire,
+            };
+            prop_assert_eq!(decode_offset_value(&encode_offset_value(&v)).unwrap(), v);
+        }
+    }
 }
