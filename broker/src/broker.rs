@@ -49,6 +49,8 @@ struct ProducerIdBlock {
 }
 
 const PRODUCER_ID_BLOCK: u32 = 1000;
+/// How long a proposer waits for its own write to reach the metadata view.
+const VIEW_SYNC_WAIT: Duration = Duration::from_secs(10);
 
 pub struct Broker {
     pub config: BrokerConfig,
@@ -191,6 +193,17 @@ impl Broker {
             .unwrap_or_else(|e| e.into_inner())
             .push(lifecycle);
         Ok(broker)
+    }
+
+    /// Writes a command through the controller and waits until this broker's
+    /// metadata view includes it, so what follows sees its effect.
+    pub async fn propose(
+        &self,
+        cmd: MetadataCommand,
+    ) -> Result<CommandReply, proto::rpc::RpcError> {
+        let out = self.controller.write(cmd).await?;
+        self.metadata.wait_for(out.version, VIEW_SYNC_WAIT).await;
+        Ok(out.reply)
     }
 
     pub fn current_epoch(&self) -> u64 {
@@ -342,11 +355,7 @@ impl Broker {
                 }
                 bytes += obj.size;
                 out.push((
-                    ObjectLocation {
-                        id: obj.id,
-                        key: obj.key.clone(),
-                        size: obj.size,
-                    },
+                    ObjectLocation::from(obj),
                     start.max(s.start_offset),
                     slice.end_offset,
                 ));

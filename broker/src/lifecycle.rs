@@ -134,20 +134,15 @@ pub async fn apply_retention(broker: &Broker) {
 
 /// Moves a stream's start offset forward and makes it visible at once.
 pub async fn trim(broker: &Broker, stream: StreamId, offset: u64) -> Result<u64, String> {
-    let out = broker
-        .controller
-        .write(MetadataCommand::TrimStream {
+    let reply = broker
+        .propose(MetadataCommand::TrimStream {
             stream,
             start_offset: offset,
             now_ms: broker.clock.now_ms(),
         })
         .await
         .map_err(|e| e.to_string())?;
-    broker
-        .metadata
-        .wait_for(out.version, std::time::Duration::from_secs(10))
-        .await;
-    match out.reply {
+    match reply {
         CommandReply::Trimmed { start_offset } => {
             if let Some(p) = broker.partition(stream) {
                 p.state.set_log_start(start_offset);

@@ -33,7 +33,7 @@ use crate::metadata::MetadataView;
 use crate::partition::{Append, AppendStatus, IncomingBatch};
 use crate::storage::batch;
 use crate::storage::log_cache::LogCache;
-use crate::storage::reader::{ObjectLocation, ObjectReader};
+use crate::storage::reader::ObjectReader;
 use crate::storage::writer::AckOutcome;
 
 /// Longest a `require_stable` OffsetFetch waits for commits in flight.
@@ -775,22 +775,9 @@ async fn read_batches(
     if let Some(c) = shared.log_cache.read(stream, offset, max) {
         return Ok(c.batches);
     }
-    let located = shared.metadata.read(|img| {
-        let s = img.streams.get(&stream)?;
-        let (_, slice) = s.slices.range(..=offset).next_back()?;
-        if slice.end_offset <= offset {
-            return None;
-        }
-        let obj = img.objects.get(&slice.object)?;
-        Some((
-            ObjectLocation {
-                id: obj.id,
-                key: obj.key.clone(),
-                size: obj.size,
-            },
-            slice.end_offset,
-        ))
-    });
+    let located = shared
+        .metadata
+        .read(|img| crate::storage::reader::locate(img, stream, offset));
     let Some((obj, slice_end)) = located else {
         return Ok(Vec::new()); // the metadata view lags the commit: retry
     };

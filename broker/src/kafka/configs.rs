@@ -146,20 +146,15 @@ async fn alter_topic(
     if validate_only {
         return Ok(());
     }
-    let out = broker
-        .controller
-        .write(MetadataCommand::AlterTopicConfigs {
+    let reply = broker
+        .propose(MetadataCommand::AlterTopicConfigs {
             name: name.to_string(),
             set,
             delete,
         })
         .await
         .map_err(|e| (ErrorCode::RequestTimedOut, e.to_string()))?;
-    broker
-        .metadata
-        .wait_for(out.version, std::time::Duration::from_secs(10))
-        .await;
-    match out.reply {
+    match reply {
         CommandReply::Ok => Ok(()),
         CommandReply::UnknownTopic => Err((
             ErrorCode::UnknownTopicOrPartition,

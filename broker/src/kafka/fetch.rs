@@ -20,14 +20,13 @@ use kafka_protocol::messages::{
     FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use proto::image::StreamRecord;
 use proto::StreamId;
 use tracing::warn;
 
 use crate::broker::Broker;
 use crate::errors::ErrorCode;
 use crate::storage::batch;
-use crate::storage::reader::ObjectLocation;
+use crate::storage::reader::{self, ObjectLocation};
 
 /// Longest long-poll we honour, whatever the client asks.
 const MAX_WAIT: Duration = Duration::from_secs(30);
@@ -50,27 +49,6 @@ impl PartitionRead {
             bytes: 0,
         }
     }
-}
-
-/// Where a stream's committed bytes for `offset` live, if in an object.
-fn locate(
-    stream: &StreamRecord,
-    offset: u64,
-    img: &proto::MetadataImage,
-) -> Option<(ObjectLocation, u64)> {
-    let (_, slice) = stream.slices.range(..=offset).next_back()?;
-    if slice.end_offset <= offset {
-        return None;
-    }
-    let obj = img.objects.get(&slice.object)?;
-    Some((
-        ObjectLocation {
-            id: obj.id,
-            key: obj.key.clone(),
-            size: obj.size,
-        },
-        slice.end_offset,
-    ))
 }
 
 /// Reads committed batches of one partition from `offset`, up to `max_bytes`.
@@ -112,11 +90,9 @@ async fn read_partition(
         read.records = cached.batches;
         return read;
     }
-    let located = broker.metadata.read(|img| {
-        img.streams
-            .get(&stream_id)
-            .and_then(|s| locate(s, offset, img))
-    });
+    let located = broker
+        .metadata
+        .read(|img| reader::locate(img, stream_id, offset));
     let Some((obj, slice_end)) = located else {
         // Committed (below the high watermark) but neither cached nor in the
         // metadata view yet: the view lags the commit by a moment.
@@ -339,11 +315,7 @@ async fn offset_for_timestamp(
         Some((
             (*chosen.0).max(start),
             chosen.1.end_offset,
-            ObjectLocation {
-                id: obj.id,
-                key: obj.key.clone(),
-                size: obj.size,
-            },
+            ObjectLocation::from(obj),
         ))
     });
     let Some((from, end, obj)) = slice else {

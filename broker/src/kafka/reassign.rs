@@ -94,16 +94,11 @@ async fn move_partition(
             format!("broker {target} is not live"),
         ));
     }
-    let out = broker
-        .controller
-        .write(MetadataCommand::MoveStream { stream, to: target })
+    let reply = broker
+        .propose(MetadataCommand::MoveStream { stream, to: target })
         .await
         .map_err(|e| (ErrorCode::RequestTimedOut, e.to_string()))?;
-    broker
-        .metadata
-        .wait_for(out.version, std::time::Duration::from_secs(10))
-        .await;
-    match out.reply {
+    match reply {
         CommandReply::Ok => Ok(()),
         CommandReply::NoLiveBrokers => Err((
             ErrorCode::InvalidReplicaAssignment,

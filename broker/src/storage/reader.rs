@@ -41,6 +41,32 @@ pub struct ObjectLocation {
     pub size: u64,
 }
 
+impl From<&proto::image::ObjectRecord> for ObjectLocation {
+    fn from(o: &proto::image::ObjectRecord) -> Self {
+        ObjectLocation {
+            id: o.id,
+            key: o.key.clone(),
+            size: o.size,
+        }
+    }
+}
+
+/// The object holding `stream`'s committed bytes at `offset`, and the end of
+/// that slice, per the metadata image.
+pub fn locate(
+    img: &proto::MetadataImage,
+    stream: StreamId,
+    offset: u64,
+) -> Option<(ObjectLocation, u64)> {
+    let s = img.streams.get(&stream)?;
+    let (_, slice) = s.slices.range(..=offset).next_back()?;
+    if slice.end_offset <= offset {
+        return None;
+    }
+    let obj = img.objects.get(&slice.object)?;
+    Some((ObjectLocation::from(obj), slice.end_offset))
+}
+
 /// Batches read from one object.
 #[derive(Debug, Default)]
 pub struct ObjectRead {
