@@ -27,13 +27,12 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use proto::rpc::{
-    decode_frame, encode_frame, BoxFuture, ControllerApi, ControllerRequest, ControllerResponse,
+    encode_frame, BoxFuture, ControllerApi, ControllerRequest, ControllerResponse, FrameReader,
     HeartbeatReply, Hello, HelloReply, MembershipChange, MetadataDeltas, RequestFrame,
     ResponseFrame, RpcError, Voters, WriteOutcome, MAX_RPC_FRAME, RPC_PROTOCOL_VERSION,
 };
 use proto::{BrokerId, MetadataCommand};
-use serde::de::DeserializeOwned;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::AbortHandle;
@@ -375,34 +374,14 @@ enum ConnectionError {
     Timeout(Duration),
 }
 
-/// Reads whole frames, refusing a declared length above `max` up front.
-struct FrameReader<R> {
-    inner: R,
-    buf: BytesMut,
-    max: usize,
-}
-
-impl<R: AsyncRead + Unpin> FrameReader<R> {
-    async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ConnectionError> {
-        loop {
-            if self.buf.len() >= 4 {
-                let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])
-                    as usize;
-                if len > self.max {
-                    return Err(ConnectionError::TooLarge { len, max: self.max });
-                }
-                if let Some(msg) = decode_frame(&mut self.buf)? {
-                    return Ok(Some(msg));
-                }
-                self.buf.reserve(4 + len - self.buf.len());
-            }
-            if self.inner.read_buf(&mut self.buf).await? == 0 {
-                return if self.buf.is_empty() {
-                    Ok(None)
-                } else {
-                    Err(ConnectionError::Truncated)
-                };
-            }
+impl From<proto::rpc::FrameReadError> for ConnectionError {
+    fn from(e: proto::rpc::FrameReadError) -> Self {
+        use proto::rpc::FrameReadError as E;
+        match e {
+            E::Io(e) => ConnectionError::Io(e),
+            E::Frame(e) => ConnectionError::Frame(e),
+            E::TooLarge { len, max } => ConnectionError::TooLarge { len, max },
+            E::Truncated => ConnectionError::Truncated,
         }
     }
 }
@@ -465,11 +444,7 @@ impl Connection {
                 })?)
                 .await?;
             let (read, write) = stream.into_split();
-            let mut reader = FrameReader {
-                inner: read,
-                buf: BytesMut::with_capacity(8 * 1024),
-                max: 4 * 1024,
-            };
+            let mut reader = FrameReader::new(read, 4 * 1024);
             match reader.next::<HelloReply>().await? {
                 Some(HelloReply::Accepted { .. }) => Ok((reader, write)),
                 Some(HelloReply::Refused { reason }) => Err(ConnectionError::Refused(reason)),
@@ -481,7 +456,7 @@ impl Connection {
         let (mut reader, mut write) = tokio::time::timeout(timeout, handshake)
             .await
             .map_err(|_| ConnectionError::Timeout(timeout))??;
-        reader.max = config.max_frame_bytes;
+        reader.set_max(config.max_frame_bytes);
 
         let pending = Arc::new(Mutex::new(Pending {
             waiters: HashMap::new(),

@@ -24,12 +24,11 @@ use openraft::raft::{
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use proto::rpc::{
-    decode_frame, encode_frame, ControllerRequest, ControllerResponse, FrameError, Hello,
-    HelloReply, RPC_PROTOCOL_VERSION,
+    encode_frame, ControllerRequest, ControllerResponse, FrameError, Hello, HelloReply,
+    RPC_PROTOCOL_VERSION,
 };
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::AbortHandle;
@@ -102,49 +101,16 @@ pub(crate) enum WireError {
     Timeout(Duration),
 }
 
-/// Reads whole frames off a byte stream, refusing any whose declared length
-/// is above `max` before buffering it.
-pub(crate) struct FrameReader<R> {
-    inner: R,
-    buf: BytesMut,
-    max: usize,
-}
+pub(crate) use proto::rpc::FrameReader;
 
-impl<R: AsyncRead + Unpin> FrameReader<R> {
-    pub(crate) fn new(inner: R, max: usize) -> Self {
-        Self {
-            inner,
-            buf: BytesMut::with_capacity(8 * 1024),
-            max,
-        }
-    }
-
-    pub(crate) fn set_max(&mut self, max: usize) {
-        self.max = max;
-    }
-
-    /// The next frame, or `None` at a clean end of stream.
-    pub(crate) async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, WireError> {
-        loop {
-            if self.buf.len() >= 4 {
-                let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])
-                    as usize;
-                if len > self.max {
-                    return Err(WireError::TooLarge { len, max: self.max });
-                }
-                if let Some(msg) = decode_frame(&mut self.buf)? {
-                    return Ok(Some(msg));
-                }
-                // Room for the rest of this frame in one go; `len` is bounded.
-                self.buf.reserve(4 + len - self.buf.len());
-            }
-            if self.inner.read_buf(&mut self.buf).await? == 0 {
-                return if self.buf.is_empty() {
-                    Ok(None)
-                } else {
-                    Err(WireError::Truncated)
-                };
-            }
+impl From<proto::rpc::FrameReadError> for WireError {
+    fn from(e: proto::rpc::FrameReadError) -> Self {
+        use proto::rpc::FrameReadError as E;
+        match e {
+            E::Io(e) => WireError::Io(e),
+            E::Frame(e) => WireError::Frame(e),
+            E::TooLarge { len, max } => WireError::TooLarge { len, max },
+            E::Truncated => WireError::Truncated,
         }
     }
 }

@@ -4,6 +4,8 @@
 //! `ControllerApi` is the seam: in `oxbow server` the controller implements it
 //! in-process; across hosts an RPC client implements it over frames of
 //! `rmp-serde` (named fields) behind a 4-byte big-endian length.
+//! `FrameReader` reads such frames off any byte stream (both ends use it);
+//! it is the only I/O here.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -205,6 +207,67 @@ pub fn decode_frame<T: DeserializeOwned>(buf: &mut BytesMut) -> Result<Option<T>
     buf.advance(4);
     let body = buf.split_to(len);
     Ok(Some(rmp_serde::from_slice(&body)?))
+}
+
+/// Why reading a frame off a byte stream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameReadError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("frame of {len} bytes exceeds this connection's limit of {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("connection closed mid-frame")]
+    Truncated,
+}
+
+/// Reads whole frames off a byte stream, refusing any whose declared length
+/// is above `max` before buffering it.
+pub struct FrameReader<R> {
+    inner: R,
+    buf: BytesMut,
+    max: usize,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(inner: R, max: usize) -> Self {
+        Self {
+            inner,
+            buf: BytesMut::with_capacity(8 * 1024),
+            max,
+        }
+    }
+
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
+    /// The next frame, or `None` at a clean end of stream.
+    pub async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameReadError> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if self.buf.len() >= 4 {
+                let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])
+                    as usize;
+                if len > self.max {
+                    return Err(FrameReadError::TooLarge { len, max: self.max });
+                }
+                if let Some(msg) = decode_frame(&mut self.buf)? {
+                    return Ok(Some(msg));
+                }
+                // Room for the rest of this frame in one go; `len` is bounded.
+                self.buf.reserve(4 + len - self.buf.len());
+            }
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(FrameReadError::Truncated)
+                };
+            }
+        }
+    }
 }
 
 #[cfg(test)]
