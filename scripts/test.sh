@@ -27,7 +27,10 @@ run_step() {
 run_step setup scripts/setup.sh
 run_step fmt cargo fmt --all --check
 run_step clippy cargo clippy --workspace --all-targets -- -D warnings
-run_step unit-tests cargo test --workspace
+run_step unit-tests cargo test --workspace --exclude simulation
+# The simulation runs the whole cluster in one process; optimised, it runs its
+# fixed seeds many times faster (SIM_SEEDS sizes the run, see simulation/tests).
+run_step simulation cargo test --release -p simulation
 run_step build cargo build -p oxbow
 run_step e2e "$root/.venv/bin/pytest" -q tests/ "$@"
 

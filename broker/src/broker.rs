@@ -13,13 +13,15 @@ use kameo::actor::{ActorRef, Spawn};
 use object_store::ObjectStore;
 use proto::image::{BrokerEndpoint, CommandReply, MetadataCommand};
 use proto::rpc::ControllerApi;
+use proto::seams::Seams;
 use proto::{BrokerId, StreamId};
 use tokio::sync::{watch, Mutex};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::config::BrokerConfig;
-use crate::group::{GroupConfig, GroupCoordinator, SystemClock};
+use crate::controller_client::RemoteController;
+use crate::group::{GroupClock, GroupConfig, GroupCoordinator};
 use crate::metadata::{self, MetadataView};
 use crate::partition::{Close, Partition, PartitionArgs, StreamTail};
 use crate::storage::log_cache::LogCache;
@@ -54,7 +56,8 @@ const VIEW_SYNC_WAIT: Duration = Duration::from_secs(10);
 
 pub struct Broker {
     pub config: BrokerConfig,
-    pub clock: Arc<dyn crate::clock::Clock>,
+    /// Network, wall clock and randomness (see `proto::seams`).
+    pub seams: Seams,
     /// Prefix of every object key this cluster writes in the store.
     pub key_prefix: String,
     pub id: BrokerId,
@@ -76,6 +79,31 @@ pub struct Broker {
     tasks: StdMutex<Vec<JoinHandle<()>>>,
 }
 
+/// Heartbeats to the controllers every second until `stop` turns true;
+/// registers again when the answer says this incarnation was fenced.
+pub async fn heartbeat_loop(
+    broker: Arc<Broker>,
+    remote: Arc<RemoteController>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(1000));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        match remote.heartbeat(broker.id, broker.current_epoch()).await {
+            Ok(reply) if reply.fenced => {
+                if let Err(e) = broker.reregister().await {
+                    warn!(error = %e, "re-registering failed; retrying");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "heartbeat failed"),
+        }
+    }
+}
+
 impl Broker {
     /// Registers with the controller, catches up on metadata, starts the
     /// writer and opens the partitions this broker owns.
@@ -84,6 +112,7 @@ impl Broker {
         controller: Arc<dyn ControllerApi>,
         store: Arc<dyn ObjectStore>,
         key_prefix: String,
+        seams: Seams,
     ) -> Result<Arc<Broker>, StartError> {
         let reply = controller
             .write(MetadataCommand::RegisterBroker {
@@ -129,13 +158,14 @@ impl Broker {
         ));
         let groups = Arc::new(GroupCoordinator::new(
             GroupConfig::default(),
-            Arc::new(SystemClock::default()),
+            GroupClock::new(seams.clock.clone()),
+            seams.entropy.clone(),
             view.clone(),
             log_cache.clone(),
             reader.clone(),
         ));
         let broker = Arc::new(Broker {
-            clock: Arc::new(crate::clock::SystemClock),
+            seams,
             key_prefix: key_prefix.clone(),
             id: config.node_id,
             epoch: epoch_cell,

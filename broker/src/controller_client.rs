@@ -31,9 +31,9 @@ use proto::rpc::{
     HeartbeatReply, Hello, HelloReply, MembershipChange, MetadataDeltas, RequestFrame,
     ResponseFrame, RpcError, Voters, WriteOutcome, MAX_RPC_FRAME, RPC_PROTOCOL_VERSION,
 };
+use proto::seams::Net;
 use proto::{BrokerId, MetadataCommand};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::AbortHandle;
 use tracing::{debug, warn};
@@ -80,6 +80,7 @@ impl Default for RemoteControllerConfig {
 /// `ControllerApi` over TCP to a list of controllers.
 pub struct RemoteController {
     config: RemoteControllerConfig,
+    net: Arc<dyn Net>,
     /// Writes, heartbeats, membership changes.
     requests: Target,
     /// `DeltasSince` long-polls.
@@ -89,7 +90,11 @@ pub struct RemoteController {
 impl RemoteController {
     /// A client for the controllers at `addrs` (`host:port`). Connects
     /// lazily, on the first request.
-    pub fn new(addrs: Vec<String>, config: RemoteControllerConfig) -> Result<Self, RpcError> {
+    pub fn new(
+        addrs: Vec<String>,
+        config: RemoteControllerConfig,
+        net: Arc<dyn Net>,
+    ) -> Result<Self, RpcError> {
         if addrs.is_empty() || addrs.iter().any(|a| a.is_empty()) {
             return Err(RpcError::Rejected(format!(
                 "controller addresses must be non-empty: {addrs:?}"
@@ -100,6 +105,7 @@ impl RemoteController {
             // Polls start at another controller, spreading the load.
             polls: Target::new(addrs, 1),
             config,
+            net,
         })
     }
 
@@ -191,7 +197,7 @@ impl RemoteController {
         let mut backoff = self.config.min_backoff;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let error = match target.connection(&self.config, left).await {
+            let error = match target.connection(&self.config, &*self.net, left).await {
                 Err(e) => e,
                 Ok(conn) => match conn.call(&request, attempt_timeout.min(left)).await {
                     Ok(response) => match response_error(&response) {
@@ -300,6 +306,7 @@ impl Target {
     async fn connection(
         &self,
         config: &RemoteControllerConfig,
+        net: &dyn Net,
         left: Duration,
     ) -> Result<Arc<Connection>, RpcError> {
         if let Some(conn) = self.open() {
@@ -317,7 +324,7 @@ impl Target {
                 .unwrap_or_else(|| self.addrs[state.index].clone())
         };
         let timeout = config.connect_timeout.min(left);
-        match Connection::connect(&addr, timeout, config).await {
+        match Connection::connect(net, &addr, timeout, config).await {
             Ok(conn) => {
                 let conn = Arc::new(conn);
                 debug!(%addr, "connected to controller");
@@ -431,19 +438,19 @@ impl Drop for Connection {
 
 impl Connection {
     async fn connect(
+        net: &dyn Net,
         addr: &str,
         timeout: Duration,
         config: &RemoteControllerConfig,
     ) -> Result<Connection, ConnectionError> {
         let handshake = async {
-            let mut stream = TcpStream::connect(addr).await?;
-            stream.set_nodelay(true)?;
+            let mut stream = net.connect(addr).await?;
             stream
                 .write_all(&frame(&Hello::Client {
                     protocol: RPC_PROTOCOL_VERSION,
                 })?)
                 .await?;
-            let (read, write) = stream.into_split();
+            let (read, write) = tokio::io::split(stream);
             let mut reader = FrameReader::new(read, 4 * 1024);
             match reader.next::<HelloReply>().await? {
                 Some(HelloReply::Accepted { .. }) => Ok((reader, write)),
@@ -565,12 +572,21 @@ impl Connection {
 mod tests {
     use super::*;
 
+    fn prod_net() -> Arc<dyn Net> {
+        Arc::new(proto::seams::TokioNet)
+    }
+
     #[test]
     fn needs_addresses() {
-        assert!(RemoteController::new(vec![], RemoteControllerConfig::default()).is_err());
         assert!(
-            RemoteController::new(vec![String::new()], RemoteControllerConfig::default()).is_err()
+            RemoteController::new(vec![], RemoteControllerConfig::default(), prod_net()).is_err()
         );
+        assert!(RemoteController::new(
+            vec![String::new()],
+            RemoteControllerConfig::default(),
+            prod_net()
+        )
+        .is_err());
     }
 
     #[tokio::test]
@@ -584,8 +600,9 @@ mod tests {
             retry_for: Duration::from_millis(300),
             ..RemoteControllerConfig::default()
         };
-        let client = RemoteController::new(vec![addr.clone(), addr], config).expect("client");
-        let started = std::time::Instant::now();
+        let client =
+            RemoteController::new(vec![addr.clone(), addr], config, prod_net()).expect("client");
+        let started = tokio::time::Instant::now();
         let err = client
             .write(MetadataCommand::AllocateProducerIds { count: 1 })
             .await

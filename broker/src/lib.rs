@@ -7,7 +7,6 @@
 //! committed ones.
 
 pub mod broker;
-pub mod clock;
 pub mod config;
 pub mod controller_client;
 pub mod errors;

@@ -59,7 +59,7 @@ pub async fn collect_orphans(broker: &Broker, store: &dyn ObjectStore) {
         return;
     }
     let min_age = duration_ms(broker.config.storage.orphan_min_age);
-    let now = broker.clock.now_ms();
+    let now = broker.seams.clock.now_ms();
     let prefix = Path::from(format!("{}sso", broker.key_prefix));
     let mut listing = store.list(Some(&prefix));
     let mut orphans = Vec::new();
@@ -113,7 +113,7 @@ fn duration_ms(d: std::time::Duration) -> i64 {
 
 /// Trims every owned stream that retention allows to move.
 pub async fn apply_retention(broker: &Broker) {
-    let now = broker.clock.now_ms();
+    let now = broker.seams.clock.now_ms();
     let trims: Vec<(StreamId, u64)> = broker.metadata.read(|img| {
         img.streams
             .values()
@@ -138,7 +138,7 @@ pub async fn trim(broker: &Broker, stream: StreamId, offset: u64) -> Result<u64,
         .propose(MetadataCommand::TrimStream {
             stream,
             start_offset: offset,
-            now_ms: broker.clock.now_ms(),
+            now_ms: broker.seams.clock.now_ms(),
         })
         .await
         .map_err(|e| e.to_string())?;
@@ -157,7 +157,7 @@ pub async fn trim(broker: &Broker, stream: StreamId, offset: u64) -> Result<u64,
 /// Deletes marked objects past their grace period. One broker does it for
 /// the cluster: the live broker with the smallest id.
 pub async fn collect_garbage(broker: &Broker, store: &dyn ObjectStore) {
-    let now = broker.clock.now_ms();
+    let now = broker.seams.clock.now_ms();
     let grace =
         i64::try_from(broker.config.storage.object_delete_grace.as_millis()).unwrap_or(i64::MAX);
     let due: Vec<(ObjectId, String)> = broker.metadata.read(|img| {

@@ -67,8 +67,9 @@ impl Partition {
             "partition reset to committed end after a failed flush"
         );
         self.next_offset = end;
-        // Sequences recorded for batches that never committed are void.
-        self.producers.clear();
+        // Sequences recorded for batches that never committed are void; those
+        // of committed batches still catch a retry whose answer was lost.
+        self.producers.forget_from(end);
         self.state.clear_failed();
     }
 }

@@ -27,7 +27,7 @@ pub(crate) struct DutyConfig {
     pub session_timeout: Option<Duration>,
     /// Write `Bootstrap` (with this id, or a random one) when leading a
     /// cluster that has none.
-    pub bootstrap: Option<Option<String>>,
+    pub bootstrap: Option<String>,
 }
 
 pub(crate) async fn run(service: Arc<Service>, config: DutyConfig) {
@@ -79,14 +79,14 @@ pub(crate) async fn run(service: Arc<Service>, config: DutyConfig) {
 
 /// Writes `Bootstrap` unless the image has a cluster id. `false` if it
 /// could not (tried again next tick).
-async fn bootstrap(service: &Service, cluster_id: &Option<String>) -> bool {
+async fn bootstrap(service: &Service, cluster_id: &str) -> bool {
     if service
         .state
         .read_image(|_, image| image.cluster_id.is_some())
     {
         return true;
     }
-    let cluster_id = cluster_id.clone().unwrap_or_else(crate::random_cluster_id);
+    let cluster_id = cluster_id.to_string();
     match service
         .write_local(MetadataCommand::Bootstrap {
             cluster_id: cluster_id.clone(),

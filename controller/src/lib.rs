@@ -79,8 +79,8 @@ use proto::rpc::{
     BoxFuture, ControllerApi, ControllerRequest, ControllerResponse, HeartbeatReply,
     MembershipChange, MetadataDeltas, RpcError, Voters, WriteOutcome, MAX_RPC_FRAME,
 };
+use proto::seams::{Entropy, Seams};
 use proto::{BrokerId, MetadataCommand, MetadataImage};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -163,6 +163,46 @@ pub struct ControllerConfig {
     pub max_client_frame_bytes: usize,
     /// Longest long-poll a `DeltasSince` over RPC may ask for.
     pub max_deltas_wait: Duration,
+    /// Network and randomness (see `proto::seams`).
+    pub seams: Seams,
+    /// Where the redb database lives.
+    pub store: StoreLocation,
+}
+
+/// Where a controller keeps its redb database (Raft log, vote, snapshots).
+#[derive(Debug, Clone, Default)]
+pub enum StoreLocation {
+    /// [`DATABASE_FILE`] in `data_dir`.
+    #[default]
+    DataDir,
+    /// A storage backend the caller owns, which outlives the controller
+    /// (the simulation's crash-consistent disk).
+    Backend(Arc<dyn redb::StorageBackend>),
+}
+
+/// Lends a shared backend to redb, which wants one by value.
+#[derive(Debug)]
+struct SharedBackend(Arc<dyn redb::StorageBackend>);
+
+impl redb::StorageBackend for SharedBackend {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        self.0.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        self.0.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        self.0.set_len(len)
+    }
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        self.0.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        self.0.write(offset, data)
+    }
+    fn close(&self) -> Result<(), std::io::Error> {
+        self.0.close()
+    }
 }
 
 impl ControllerConfig {
@@ -194,6 +234,8 @@ impl ControllerConfig {
             max_in_flight_per_connection: 64,
             max_client_frame_bytes: 16 * 1024 * 1024,
             max_deltas_wait: Duration::from_secs(30),
+            seams: Seams::production(),
+            store: StoreLocation::DataDir,
         }
     }
 
@@ -369,13 +411,18 @@ impl Controller {
         clock: Arc<dyn Clock>,
     ) -> Result<Controller, ControllerError> {
         config.validate()?;
+        let mut config = config;
+        if config.cluster_id.is_none() {
+            config.cluster_id = Some(random_cluster_id(&*config.seams.entropy));
+        }
         let raft_config = Arc::new(config.raft_config()?);
         let node_id = config.node_id;
 
         let (db, state_machine) = {
             let data_dir = config.data_dir.clone();
             let ring = config.deltas_ring_capacity;
-            tokio::task::spawn_blocking(move || open_store(&data_dir, ring))
+            let store = config.store.clone();
+            log_store::blocking(move || Ok(open_store(&data_dir, &store, ring)))
                 .await
                 .map_err(|e| ControllerError::Task(format!("opening the store: {e}")))??
         };
@@ -389,7 +436,10 @@ impl Controller {
                 .listen_addr
                 .clone()
                 .unwrap_or_else(|| config.rpc_addr.clone());
-            let listener = TcpListener::bind(&addr)
+            let listener = config
+                .seams
+                .net
+                .bind(&addr)
                 .await
                 .map_err(|source| ControllerError::Bind { addr, source })?;
             Some(listener)
@@ -398,6 +448,7 @@ impl Controller {
 
         let peers = Arc::new(Peers::new(
             node_id,
+            config.seams.net.clone(),
             ConnectLimits {
                 connect_timeout: config.connect_timeout,
                 max_in_flight: config.max_in_flight_per_connection,
@@ -488,7 +539,7 @@ impl Controller {
         let duties = duties::DutyConfig {
             tick: config.liveness_tick,
             session_timeout: (!config.rpc_addr.is_empty()).then_some(config.broker_session_timeout),
-            bootstrap: Some(config.cluster_id.clone()),
+            bootstrap: config.cluster_id.clone(),
         };
         self.tasks
             .push(tokio::spawn(duties::run(self.service.clone(), duties)));
@@ -551,7 +602,7 @@ impl Controller {
         if self.state().image().1.cluster_id.is_none() {
             let cluster_id = match &config.cluster_id {
                 Some(id) => id.clone(),
-                None => random_cluster_id(),
+                None => random_cluster_id(&*config.seams.entropy),
             };
             let outcome = self
                 .service
@@ -873,13 +924,30 @@ impl ControllerApi for Controller {
 /// the state machine from its snapshot.
 fn open_store(
     data_dir: &Path,
+    store: &StoreLocation,
     ring_capacity: usize,
 ) -> Result<(Arc<redb::Database>, MetadataStateMachine), ControllerError> {
-    std::fs::create_dir_all(data_dir).map_err(|source| ControllerError::DataDir {
-        path: data_dir.to_path_buf(),
-        source,
-    })?;
-    let db = Arc::new(open_database(data_dir)?);
+    let db = match store {
+        StoreLocation::DataDir => {
+            std::fs::create_dir_all(data_dir).map_err(|source| ControllerError::DataDir {
+                path: data_dir.to_path_buf(),
+                source,
+            })?;
+            Arc::new(open_database(data_dir)?)
+        }
+        StoreLocation::Backend(backend) => {
+            let open_error = |source: redb::Error| ControllerError::OpenDatabase {
+                path: PathBuf::from("(caller's backend)"),
+                source,
+            };
+            let db = redb::Builder::new()
+                .create_with_backend(SharedBackend(backend.clone()))
+                .map_err(|e| open_error(e.into()))?;
+            log_store::create_tables(&db).map_err(open_error)?;
+            state_machine::create_tables(&db).map_err(open_error)?;
+            Arc::new(db)
+        }
+    };
     let state_machine =
         MetadataStateMachine::open(db.clone(), ring_capacity).map_err(|source| {
             ControllerError::LoadSnapshot {
@@ -906,9 +974,9 @@ pub(crate) fn open_database(data_dir: &Path) -> Result<redb::Database, Controlle
 /// A new cluster id as Kafka makes one: a random (v4) UUID in URL-safe
 /// base64 without padding (22 characters), redrawn if it would start with
 /// '-' (Kafka avoids ids that look like command-line flags).
-pub fn random_cluster_id() -> String {
+pub fn random_cluster_id(entropy: &dyn Entropy) -> String {
     loop {
-        let id = kafka_uuid_string(uuid::Uuid::new_v4());
+        let id = kafka_uuid_string(entropy.uuid());
         if !id.starts_with('-') {
             return id;
         }
@@ -1047,7 +1115,7 @@ mod tests {
             "AAAAAAAAAAAAAAAAAAAAAA"
         );
         for _ in 0..100 {
-            let id = random_cluster_id();
+            let id = random_cluster_id(&proto::seams::OsEntropy);
             assert_eq!(id.len(), 22);
             assert!(!id.starts_with('-'));
             assert!(id

@@ -48,12 +48,19 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
     rmp_serde::from_slice(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-/// Runs blocking redb work off the async worker threads.
+/// Runs blocking redb work off the async worker threads. A current-thread
+/// runtime (tests, the simulation) has no workers to protect and runs it
+/// inline, which keeps a simulated run on one thread and deterministic.
 pub(crate) async fn blocking<T, F>(work: F) -> io::Result<T>
 where
     F: FnOnce() -> io::Result<T> + Send + 'static,
     T: Send + 'static,
 {
+    if tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::CurrentThread
+    {
+        return work();
+    }
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| io::Error::other(format!("redb task failed: {e}")))?

@@ -28,6 +28,8 @@ use openraft::raft::{
 };
 use openraft::RPCTypes;
 
+use proto::seams::Net;
+
 use crate::types::{ControllerNode, Snapshot, TypeConfig, Vote};
 use crate::wire::{ConnectLimits, PeerConnection, PeerRequest, PeerResponse, WireError};
 
@@ -37,14 +39,16 @@ type Slot = Arc<tokio::sync::Mutex<Option<Arc<PeerConnection>>>>;
 /// Connections from this controller to its peers, one per peer.
 pub(crate) struct Peers {
     self_id: u64,
+    net: Arc<dyn Net>,
     limits: ConnectLimits,
     slots: Mutex<HashMap<u64, Slot>>,
 }
 
 impl Peers {
-    pub(crate) fn new(self_id: u64, limits: ConnectLimits) -> Self {
+    pub(crate) fn new(self_id: u64, net: Arc<dyn Net>, limits: ConnectLimits) -> Self {
         Self {
             self_id,
+            net,
             limits,
             slots: Mutex::new(HashMap::new()),
         }
@@ -76,8 +80,9 @@ impl Peers {
             }
         }
         *guard = None;
-        let conn =
-            Arc::new(PeerConnection::connect(addr, self.self_id, target, self.limits).await?);
+        let conn = Arc::new(
+            PeerConnection::connect(&*self.net, addr, self.self_id, target, self.limits).await?,
+        );
         tracing::debug!(target, addr, "connected to peer controller");
         *guard = Some(conn.clone());
         Ok(conn)

@@ -19,8 +19,8 @@ use proto::rpc::{
     ControllerResponse, Hello, HelloReply, RequestFrame, ResponseFrame, RpcError, MAX_RPC_FRAME,
     RPC_PROTOCOL_VERSION,
 };
+use proto::seams::{BoxConn, BoxListener};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
@@ -40,7 +40,7 @@ pub(crate) struct ServerLimits {
 
 /// Accepts connections until the task is aborted; aborting it closes every
 /// connection it opened.
-pub(crate) async fn serve(listener: TcpListener, service: Arc<Service>, limits: ServerLimits) {
+pub(crate) async fn serve(mut listener: BoxListener, service: Arc<Service>, limits: ServerLimits) {
     let open = Arc::new(Semaphore::new(limits.max_connections));
     let mut connections = JoinSet::new();
     loop {
@@ -75,19 +75,18 @@ pub(crate) async fn serve(listener: TcpListener, service: Arc<Service>, limits: 
     }
 }
 
-async fn refuse(mut stream: TcpStream, reason: String) {
+async fn refuse(mut stream: BoxConn, reason: String) {
     let refusal = HelloReply::Refused { reason };
     let _ = tokio::time::timeout(Duration::from_secs(1), write_frame(&mut stream, &refusal)).await;
     let _ = stream.shutdown().await;
 }
 
 async fn serve_connection(
-    stream: TcpStream,
+    stream: BoxConn,
     service: Arc<Service>,
     limits: ServerLimits,
 ) -> Result<(), crate::wire::WireError> {
-    stream.set_nodelay(true)?;
-    let (read, mut write) = stream.into_split();
+    let (read, mut write) = tokio::io::split(stream);
     let mut reader = FrameReader::new(read, MAX_HELLO_FRAME);
     let hello = tokio::time::timeout(limits.hello_timeout, reader.next::<Hello>())
         .await

@@ -27,9 +27,9 @@ use proto::rpc::{
     encode_frame, ControllerRequest, ControllerResponse, FrameError, Hello, HelloReply,
     RPC_PROTOCOL_VERSION,
 };
+use proto::seams::Net;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::AbortHandle;
 
@@ -187,6 +187,7 @@ impl PeerConnection {
     /// Connects to `addr`, introduces this node as `from` and checks that
     /// the node answering is `expected`.
     pub(crate) async fn connect(
+        net: &dyn Net,
         addr: &str,
         from: u64,
         expected: u64,
@@ -197,10 +198,10 @@ impl PeerConnection {
             message,
         };
         let handshake = async {
-            let mut stream = TcpStream::connect(addr)
+            let mut stream = net
+                .connect(addr)
                 .await
                 .map_err(|e| connect_error(e.to_string()))?;
-            stream.set_nodelay(true)?;
             write_frame(
                 &mut stream,
                 &Hello::Controller {
@@ -209,7 +210,7 @@ impl PeerConnection {
                 },
             )
             .await?;
-            let (read, write) = stream.into_split();
+            let (read, write) = tokio::io::split(stream);
             let mut reader = FrameReader::new(read, MAX_HELLO_FRAME);
             match reader.next::<HelloReply>().await? {
                 Some(HelloReply::Accepted { node_id, .. }) if node_id == expected => {

@@ -2,6 +2,9 @@
 //! node, leader failover under a retrying TCP client, catch-up by log and by
 //! snapshot, broker session expiry, and membership changes.
 
+// Tests run against real time, sockets and randomness.
+#![allow(clippy::disallowed_methods)]
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
@@ -184,7 +187,12 @@ fn create_topic(name: &str, partitions: u32) -> MetadataCommand {
 fn no_tweak(_: &mut ControllerConfig) {}
 
 fn client(cluster: &Cluster) -> RemoteController {
-    RemoteController::new(cluster.addrs(), RemoteControllerConfig::default()).expect("client")
+    RemoteController::new(
+        cluster.addrs(),
+        RemoteControllerConfig::default(),
+        std::sync::Arc::new(proto::seams::TokioNet),
+    )
+    .expect("client")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -353,6 +361,7 @@ async fn a_silent_broker_is_fenced_and_its_streams_move() {
         let remote = RemoteController::new(
             vec![cluster.voters[&follower].clone()],
             RemoteControllerConfig::default(),
+            std::sync::Arc::new(proto::seams::TokioNet),
         )
         .expect("client");
 

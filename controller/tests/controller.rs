@@ -1,6 +1,9 @@
 //! A single-voter controller end to end: start, write through `ControllerApi`,
 //! follow deltas, restart on the same data directory.
 
+// Tests run against real time, sockets and randomness.
+#![allow(clippy::disallowed_methods)]
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;

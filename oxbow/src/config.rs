@@ -421,9 +421,6 @@ pub async fn probe_object_store(store: &dyn ObjectStore, prefix: &str) -> Result
 }
 
 fn uuid_like() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("{}-{nanos}", std::process::id())
+    use proto::seams::Entropy;
+    proto::seams::OsEntropy.uuid().to_string()
 }

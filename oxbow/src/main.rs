@@ -17,7 +17,7 @@ use broker::controller_client::{RemoteController, RemoteControllerConfig};
 use broker::Broker;
 use controller::{Controller, ControllerConfig};
 use proto::rpc::ControllerApi;
-use tokio::net::TcpListener;
+use proto::seams::{Seams, TokioNet};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -129,8 +129,12 @@ async fn run_broker(s: config::Settings, controllers: Vec<String>) -> Result<()>
         .with_context(|| format!("creating data directory {}", s.data_dir.display()))?;
     let _lock = config::lock_data_dir(&s.data_dir)?;
     let remote = Arc::new(
-        RemoteController::new(controllers.clone(), RemoteControllerConfig::default())
-            .map_err(|e| anyhow::anyhow!("controllers {controllers:?}: {e}"))?,
+        RemoteController::new(
+            controllers.clone(),
+            RemoteControllerConfig::default(),
+            Arc::new(TokioNet),
+        )
+        .map_err(|e| anyhow::anyhow!("controllers {controllers:?}: {e}"))?,
     );
     let api: Arc<dyn ControllerApi> = remote.clone();
     serve_broker(&s, api, Some(remote)).await
@@ -153,30 +157,6 @@ async fn run_controller(cfg: ControllerConfig) -> Result<()> {
     Ok(())
 }
 
-/// Heartbeats to the controllers; registers again when fenced.
-async fn heartbeat_loop(
-    broker: Arc<Broker>,
-    remote: Arc<RemoteController>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut tick = tokio::time::interval(Duration::from_millis(1000));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
-        }
-        match remote.heartbeat(broker.id, broker.current_epoch()).await {
-            Ok(reply) if reply.fenced => {
-                if let Err(e) = broker.reregister().await {
-                    warn!(error = %e, "re-registering failed; retrying");
-                }
-            }
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, "heartbeat failed"),
-        }
-    }
-}
-
 /// Runs a broker against `api` until SIGTERM/SIGINT, then flushes, hands its
 /// partitions off and returns.
 async fn serve_broker(
@@ -184,7 +164,10 @@ async fn serve_broker(
     api: Arc<dyn ControllerApi>,
     remote: Option<Arc<RemoteController>>,
 ) -> Result<()> {
-    let metrics_listener = TcpListener::bind(&s.metrics_listen)
+    let seams = Seams::production();
+    let metrics_listener = seams
+        .net
+        .bind(&s.metrics_listen)
         .await
         .with_context(|| format!("binding the metrics listener on {}", s.metrics_listen))?;
     let metrics_handle = metrics_http::install()?;
@@ -194,13 +177,13 @@ async fn serve_broker(
         .await
         .with_context(|| format!("object store {} is not usable", s.object_store))?;
 
-    let broker = Broker::start(s.broker.clone(), api, store, key_prefix)
+    let broker = Broker::start(s.broker.clone(), api, store, key_prefix, seams.clone())
         .await
         .context("starting the broker")?;
 
     // Bound last: the Kafka port accepts connections only once the broker
     // can serve them.
-    let kafka_listener = match TcpListener::bind(&s.kafka_listen).await {
+    let kafka_listener = match seams.net.bind(&s.kafka_listen).await {
         Ok(l) => l,
         Err(e) => {
             broker.shutdown().await;
@@ -221,8 +204,13 @@ async fn serve_broker(
         broker.clone(),
         stop_rx.clone(),
     ));
-    let heartbeat_task =
-        remote.map(|r| tokio::spawn(heartbeat_loop(broker.clone(), r, stop_rx.clone())));
+    let heartbeat_task = remote.map(|r| {
+        tokio::spawn(broker::broker::heartbeat_loop(
+            broker.clone(),
+            r,
+            stop_rx.clone(),
+        ))
+    });
     info!(
         broker_id = broker.id,
         kafka = %s.kafka_listen,

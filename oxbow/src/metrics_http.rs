@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use proto::seams::BoxListener;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 pub fn install() -> Result<PrometheusHandle> {
@@ -18,7 +18,7 @@ pub fn install() -> Result<PrometheusHandle> {
 }
 
 pub async fn serve(
-    listener: TcpListener,
+    mut listener: BoxListener,
     handle: PrometheusHandle,
     mut stop: watch::Receiver<bool>,
 ) {

@@ -16,6 +16,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use proto::seams::Entropy;
 use tokio::sync::{oneshot, Mutex, Notify};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -26,7 +27,7 @@ use super::classic::{
 };
 use super::config::{GroupConfig, OFFSETS_TOPIC};
 use super::records::{self, OffsetValue, RecordKey};
-use super::{partition_for, Clock};
+use super::{partition_for, GroupClock};
 use crate::broker::OpenPartition;
 use crate::errors::ErrorCode;
 use crate::metadata::MetadataView;
@@ -55,7 +56,8 @@ struct Shard {
     partition: i32,
     open: Arc<OpenPartition>,
     metadata: Arc<MetadataView>,
-    clock: Arc<dyn Clock>,
+    clock: GroupClock,
+    entropy: Arc<dyn Entropy>,
     inner: Mutex<ShardInner>,
     closed: AtomicBool,
     commit_resolved: Notify,
@@ -64,7 +66,8 @@ struct Shard {
 /// Shared between the coordinator, its ticker and its loaders.
 struct Shared {
     config: GroupConfig,
-    clock: Arc<dyn Clock>,
+    clock: GroupClock,
+    entropy: Arc<dyn Entropy>,
     metadata: Arc<MetadataView>,
     log_cache: Arc<LogCache>,
     reader: Arc<ObjectReader>,
@@ -249,7 +252,8 @@ fn persist_records(p: &Persist) -> Vec<(Bytes, Option<Bytes>)> {
 impl GroupCoordinator {
     pub fn new(
         config: GroupConfig,
-        clock: Arc<dyn Clock>,
+        clock: GroupClock,
+        entropy: Arc<dyn Entropy>,
         metadata: Arc<MetadataView>,
         log_cache: Arc<LogCache>,
         reader: Arc<ObjectReader>,
@@ -258,6 +262,7 @@ impl GroupCoordinator {
             shared: Arc::new(Shared {
                 config,
                 clock,
+                entropy,
                 metadata,
                 log_cache,
                 reader,
@@ -319,6 +324,7 @@ impl GroupCoordinator {
             open: open.clone(),
             metadata: self.shared.metadata.clone(),
             clock: self.shared.clock.clone(),
+            entropy: self.shared.entropy.clone(),
             inner: Mutex::new(ShardInner {
                 loaded: false,
                 groups: GroupSet::new(self.shared.config.clone()),
@@ -439,7 +445,7 @@ impl GroupCoordinator {
                 .instance_id
                 .clone()
                 .unwrap_or_else(|| req.client_id.clone());
-            let new_member_id = format!("{prefix}-{}", uuid::Uuid::new_v4());
+            let new_member_id = format!("{prefix}-{}", shard.entropy.uuid());
             let now = shard.now();
             let outcome = inner.groups.join(now, req, new_member_id, waiter);
             shard.apply(&mut inner, outcome).await;
@@ -842,7 +848,7 @@ fn replay(groups: &mut GroupSet, now: Now, rec: records::LogRecord) {
 /// Replays the shard's partition from its log start to its high watermark,
 /// then starts serving it.
 async fn load(shared: Arc<Shared>, shard: Arc<Shard>) {
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let state = shard.open.state.clone();
     let mut groups = GroupSet::new(shared.config.clone());
     let mut offset = state.log_start();

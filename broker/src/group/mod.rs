@@ -21,7 +21,9 @@ pub mod config;
 pub mod coordinator;
 pub mod records;
 
-use std::time::Instant;
+use std::sync::Arc;
+
+use proto::seams::Clock;
 
 pub use classic::Now;
 pub use config::{GroupConfig, OFFSETS_TOPIC};
@@ -39,34 +41,27 @@ pub fn partition_for(group_id: &str, partitions: u32) -> i32 {
     abs % partitions
 }
 
-/// Where the coordinator's time comes from; a test or the simulator passes
-/// its own.
-pub trait Clock: Send + Sync {
-    fn now(&self) -> Now;
+/// The coordinator's time: monotonic milliseconds since it started (tokio's
+/// clock, which the simulation drives) for deadlines, and the wall clock of
+/// the broker's seams for timestamps.
+#[derive(Clone)]
+pub struct GroupClock {
+    origin: tokio::time::Instant,
+    wall: Arc<dyn Clock>,
 }
 
-/// Monotonic time since start for deadlines, system time for timestamps.
-pub struct SystemClock {
-    origin: Instant,
-}
-
-impl Default for SystemClock {
-    fn default() -> Self {
-        SystemClock {
-            origin: Instant::now(),
+impl GroupClock {
+    pub fn new(wall: Arc<dyn Clock>) -> Self {
+        GroupClock {
+            origin: tokio::time::Instant::now(),
+            wall,
         }
     }
-}
 
-impl Clock for SystemClock {
-    fn now(&self) -> Now {
-        let wall_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
+    pub fn now(&self) -> Now {
         Now {
             mono_ms: u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX),
-            wall_ms,
+            wall_ms: self.wall.now_ms(),
         }
     }
 }

@@ -61,7 +61,7 @@ pub async fn ensure_topic(broker: &Broker, name: &str) {
         return;
     }
     let cmd = MetadataCommand::CreateTopic {
-        id: Uuid::new_v4(),
+        id: broker.seams.entropy.uuid(),
         name: name.to_string(),
         partitions: broker.config.default_partitions,
         configs: BTreeMap::new(),
@@ -278,7 +278,7 @@ pub async fn create_topics(broker: &Arc<Broker>, req: CreateTopicsRequest) -> Cr
                     .collect(),
             );
             if !req.validate_only {
-                let id = Uuid::new_v4();
+                let id = broker.seams.entropy.uuid();
                 let cmd = MetadataCommand::CreateTopic {
                     id,
                     name: name.clone(),
@@ -362,7 +362,7 @@ pub async fn delete_topics(broker: &Arc<Broker>, req: DeleteTopicsRequest) -> De
                     .controller
                     .write(MetadataCommand::DeleteTopic {
                         name: n,
-                        now_ms: broker.clock.now_ms(),
+                        now_ms: broker.seams.clock.now_ms(),
                     })
                     .await
                 {

@@ -36,7 +36,6 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use proto::image::{CommandReply, MetadataCommand};
 use tracing::warn;
-use uuid::Uuid;
 
 use crate::broker::Broker;
 use crate::errors::ErrorCode;
@@ -74,7 +73,7 @@ async fn ensure_offsets_topic(broker: &Broker) -> Option<usize> {
         return Some(n);
     }
     let cmd = MetadataCommand::CreateTopic {
-        id: Uuid::new_v4(),
+        id: broker.seams.entropy.uuid(),
         name: OFFSETS_TOPIC.to_string(),
         partitions: broker.groups.config().offsets_topic_partitions,
         configs: BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]),
@@ -318,10 +317,7 @@ pub async fn offset_commit(
     req: OffsetCommitRequest,
     version: i16,
 ) -> OffsetCommitResponse {
-    let now_wall = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0);
+    let now_wall = broker.seams.clock.now_ms();
     // retention_time_ms exists in v2-v4 only; -1 means the broker default.
     let expire = if version <= 4 && req.retention_time_ms >= 0 {
         now_wall.saturating_add(req.retention_time_ms)

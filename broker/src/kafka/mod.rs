@@ -22,13 +22,12 @@ pub mod versions;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{Decodable, Encodable};
+use proto::seams::{BoxConn, BoxListener};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, info, warn};
 
@@ -42,7 +41,11 @@ const MAX_NON_PRODUCE_REQUEST_BYTES: usize = 8 * 1024 * 1024;
 type ResponseFuture = Pin<Box<dyn Future<Output = Option<ResponseKind>> + Send>>;
 
 /// Accepts Kafka connections until `stop` turns true.
-pub async fn serve(listener: TcpListener, broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    mut listener: BoxListener,
+    broker: Arc<Broker>,
+    mut stop: watch::Receiver<bool>,
+) {
     let limit = Arc::new(Semaphore::new(broker.config.max_connections));
     loop {
         let accepted = tokio::select! {
@@ -61,7 +64,6 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>, mut stop: watch::
             warn!(%peer, "connection limit reached; closing new connection");
             continue;
         };
-        let _ = socket.set_nodelay(true);
         let broker = broker.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -88,7 +90,7 @@ enum ConnError {
 /// Reads one frame. The buffer grows as bytes arrive, so a peer that claims
 /// a large frame and sends nothing costs nothing.
 async fn read_frame(
-    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    rd: &mut tokio::io::ReadHalf<BoxConn>,
     max: usize,
 ) -> Result<Option<Bytes>, ConnError> {
     let mut len = [0u8; 4];
@@ -115,11 +117,11 @@ async fn read_frame(
 }
 
 async fn connection(
-    socket: TcpStream,
+    socket: BoxConn,
     broker: Arc<Broker>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), ConnError> {
-    let (mut rd, mut wr) = socket.into_split();
+    let (mut rd, mut wr) = tokio::io::split(socket);
     let inflight = broker.config.max_inflight_requests_per_connection.max(1);
     let (tx, mut rx) =
         mpsc::channel::<(i32, i16, i16, tokio::task::JoinHandle<Option<ResponseKind>>)>(inflight);
@@ -203,7 +205,7 @@ async fn handle_frame(broker: &Arc<Broker>, frame: Bytes) -> Result<Option<Dispa
             "{api_key:?} v{api_version} is not supported"
         )));
     }
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     let mut buf = frame.clone();
     let header_version = api_key.request_header_version(api_version);
     let header = RequestHeader::decode(&mut buf, header_version)
@@ -389,7 +391,7 @@ fn encode_response(
     Ok(())
 }
 
-pub async fn run_listener(listener: TcpListener, broker: Arc<Broker>, stop: watch::Receiver<bool>) {
+pub async fn run_listener(listener: BoxListener, broker: Arc<Broker>, stop: watch::Receiver<bool>) {
     info!(addr = ?listener.local_addr().ok(), "Kafka listener started");
     serve(listener, broker, stop).await;
 }

@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use object_store::{path::Path, ObjectStore, ObjectStoreExt};

@@ -10,7 +10,8 @@
 //! reported to its partition, which resets to the committed end.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use object_store::{path::Path, ObjectStore, ObjectStoreExt, PutPayload};

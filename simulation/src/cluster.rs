@@ -1,0 +1,548 @@
+//! One simulated run: 3 controllers and N brokers as turmoil hosts running
+//! the production code, a shared faulty object store, client workloads
+//! recording a history, a seeded fault schedule, and the checks at the end.
+//!
+//! Timeline of a run of `duration` simulated seconds: the cluster starts;
+//! faults are injected from `faults_from` until `duration - quiet`; then
+//! every fault is healed and every crashed process restarted, and the
+//! workload must make progress again (liveness) before the final read.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker::config::{BrokerConfig, StorageConfig};
+use broker::controller_client::{RemoteController, RemoteControllerConfig};
+use broker::Broker;
+use controller::{Controller, ControllerConfig, StoreLocation};
+
+use crate::checker::{self, CheckOptions, Op, SendOutcome};
+use crate::seams::{host_seams, splitmix64, SimDisk};
+use crate::store::{FaultRates, SharedStore};
+use crate::workload::{self, RunLog, Workload};
+
+const CONTROLLER_PORT: u16 = 9093;
+const BROKER_PORT: u16 = 9092;
+
+/// What one run does.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub seed: u64,
+    pub brokers: u32,
+    /// Simulated length of the run.
+    pub duration: Duration,
+    /// Faults are injected between `faults_from` and `duration - quiet`.
+    pub faults_from: Duration,
+    pub quiet: Duration,
+    /// Inject faults at all (a fault-free run checks the workload itself).
+    pub faults: bool,
+    pub partitions: u32,
+    pub producers: u32,
+    pub consumers: u32,
+    /// Test-only switches that plant a known bug, to show the checker
+    /// catches it.
+    pub planted: Option<PlantedBug>,
+}
+
+impl SimConfig {
+    pub fn new(seed: u64) -> Self {
+        SimConfig {
+            seed,
+            brokers: 3,
+            duration: Duration::from_secs(60),
+            faults_from: Duration::from_secs(5),
+            quiet: Duration::from_secs(20),
+            faults: true,
+            partitions: 4,
+            producers: 2,
+            consumers: 1,
+            planted: None,
+        }
+    }
+
+    /// The command that replays this run.
+    pub fn replay_command(&self) -> String {
+        format!(
+            "scripts/sim.sh --seed {} --duration {}",
+            self.seed,
+            self.duration.as_secs()
+        )
+    }
+}
+
+/// Bugs the checker must be able to find (see the simulation tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// The workload's view of acknowledgements lies: an acknowledged record
+    /// is dropped from what the cluster holds (stands in for "acknowledge
+    /// before the controller commit" followed by a crash).
+    LoseAcknowledged,
+    /// Two records reported at one offset.
+    OffsetTwice,
+}
+
+/// One fault and how it is undone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    CrashBroker(u32),
+    CrashController(u32),
+    /// Network partition between a broker and every controller.
+    IsolateBrokerFromControllers(u32),
+    /// Network partition between two brokers.
+    PartitionBrokers(u32, u32),
+    /// A broker cannot reach the object store.
+    CutBrokerFromStore(u32),
+    /// Every message to and from a broker is held (as if it were paused),
+    /// then delivered at once.
+    PauseBroker(u32),
+    /// The store answers 503, times out and loses PUT answers.
+    FlakyStore,
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fault::CrashBroker(b) => write!(f, "crash broker b{b}"),
+            Fault::CrashController(c) => write!(f, "crash controller c{c}"),
+            Fault::IsolateBrokerFromControllers(b) => write!(f, "isolate b{b} from controllers"),
+            Fault::PartitionBrokers(a, b) => write!(f, "partition b{a} from b{b}"),
+            Fault::CutBrokerFromStore(b) => write!(f, "cut b{b} from the object store"),
+            Fault::PauseBroker(b) => write!(f, "pause b{b}"),
+            Fault::FlakyStore => write!(f, "flaky object store"),
+        }
+    }
+}
+
+/// What a run found.
+#[derive(Debug)]
+pub struct Report {
+    pub seed: u64,
+    /// One line per violation (the checker's and liveness failures).
+    pub violations: Vec<String>,
+    /// Faults in the order injected, with their simulated start (ms).
+    pub faults: Vec<(u64, Fault)>,
+    pub acknowledged: usize,
+    pub indeterminate: usize,
+    pub failed: usize,
+    pub polled: usize,
+    /// Fingerprint of the history and the fault log: the same seed must
+    /// give the same fingerprint.
+    pub fingerprint: u64,
+    pub simulated: Duration,
+    /// An error of the simulation itself (a host failed, the run did not
+    /// finish in time).
+    pub sim_error: Option<String>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.violations.is_empty() && self.sim_error.is_none()
+    }
+}
+
+fn controller_name(i: u32) -> String {
+    format!("c{i}")
+}
+
+fn broker_name(i: u32) -> String {
+    format!("b{i}")
+}
+
+fn controller_addrs() -> Vec<String> {
+    (1..=3)
+        .map(|i| format!("{}:{CONTROLLER_PORT}", controller_name(i)))
+        .collect()
+}
+
+fn broker_storage() -> StorageConfig {
+    StorageConfig {
+        object_delete_grace: Duration::from_secs(5),
+        orphan_min_age: Duration::from_secs(30),
+        orphan_scan_interval: Duration::from_secs(10),
+        retention_check_interval: Duration::from_secs(5),
+        ..StorageConfig::default()
+    }
+}
+
+/// Runs one seed to the end and checks it.
+pub fn run(config: &SimConfig) -> Report {
+    let seed = config.seed;
+    let total = config.duration + Duration::from_secs(60);
+    let mut sim = turmoil::Builder::new()
+        .simulation_duration(total)
+        .tick_duration(Duration::from_millis(1))
+        .min_message_latency(Duration::from_micros(200))
+        .max_message_latency(Duration::from_millis(3))
+        .rng_seed(seed)
+        .build();
+
+    let store = SharedStore::new(splitmix64(seed ^ 0x5707));
+    let disks: BTreeMap<u32, Arc<SimDisk>> = (1..=3).map(|i| (i, SimDisk::new())).collect();
+    let incarnations = Rc::new(RefCell::new(BTreeMap::<String, u64>::new()));
+
+    for i in 1..=3u32 {
+        let name = controller_name(i);
+        let disk = disks[&i].clone();
+        let incarnations = incarnations.clone();
+        sim.host(name.clone(), move || {
+            let incarnation = next_incarnation(&incarnations, &name);
+            let seams = host_seams(seed, &name, incarnation);
+            let disk = disk.clone();
+            let name = name.clone();
+            async move {
+                let mut cfg = ControllerConfig::new(u64::from(i), format!("/sim/{name}"));
+                cfg.rpc_addr = format!("{name}:{CONTROLLER_PORT}");
+                cfg.voters = (1..=3u64)
+                    .map(|j| (j, format!("c{j}:{CONTROLLER_PORT}")))
+                    .collect();
+                cfg.cluster_id = Some("simulated-cluster-000".into());
+                cfg.seams = seams;
+                cfg.store = StoreLocation::Backend(disk);
+                loop {
+                    match Controller::start(cfg.clone()).await {
+                        Ok(controller) => {
+                            std::future::pending::<()>().await;
+                            drop(controller);
+                        }
+                        Err(e) => {
+                            tracing::info!(%name, error = %e, "controller start failed; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    for i in 1..=config.brokers {
+        let name = broker_name(i);
+        let store = store.clone();
+        let incarnations = incarnations.clone();
+        sim.host(name.clone(), move || {
+            let incarnation = next_incarnation(&incarnations, &name);
+            let seams = host_seams(seed, &name, incarnation);
+            let objects = store.handle(&name);
+            let name = name.clone();
+            async move {
+                let remote = match RemoteController::new(
+                    controller_addrs(),
+                    RemoteControllerConfig::default(),
+                    seams.net.clone(),
+                ) {
+                    Ok(r) => Arc::new(r),
+                    Err(e) => return Err(e.to_string().into()),
+                };
+                let bcfg = BrokerConfig {
+                    node_id: i32::try_from(i).unwrap_or(i32::MAX),
+                    advertised_host: name.clone(),
+                    advertised_port: BROKER_PORT,
+                    auto_create_topics: false,
+                    storage: broker_storage(),
+                    ..BrokerConfig::default()
+                };
+                let broker = loop {
+                    match Broker::start(
+                        bcfg.clone(),
+                        remote.clone(),
+                        objects.clone(),
+                        "sim".into(),
+                        seams.clone(),
+                    )
+                    .await
+                    {
+                        Ok(b) => break b,
+                        Err(e) => {
+                            tracing::info!(%name, error = %e, "broker start failed; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                };
+                let listener = seams.net.bind(&format!("{name}:{BROKER_PORT}")).await?;
+                let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+                tokio::spawn(broker::broker::heartbeat_loop(
+                    broker.clone(),
+                    remote,
+                    stop_rx.clone(),
+                ));
+                broker::kafka::run_listener(listener, broker, stop_rx).await;
+                Ok(())
+            }
+        });
+    }
+
+    let history = Rc::new(RefCell::new(RunLog::default()));
+    let workload = Workload {
+        seed,
+        bootstrap: (1..=config.brokers)
+            .map(|i| format!("{}:{BROKER_PORT}", broker_name(i)))
+            .collect(),
+        topic: "sim".into(),
+        partitions: config.partitions,
+        produce_until: config.duration - Duration::from_secs(8),
+        final_read_by: config.duration + Duration::from_secs(40),
+        heal_at: config.duration - config.quiet,
+        planted: config.planted,
+    };
+    for p in 0..config.producers {
+        let w = workload.clone();
+        let h = history.clone();
+        sim.client(format!("producer{p}"), async move {
+            workload::produce(w, p, h).await;
+            Ok(())
+        });
+    }
+    for c in 0..config.consumers {
+        let w = workload.clone();
+        let h = history.clone();
+        sim.client(format!("consumer{c}"), async move {
+            workload::consume(w, 100 + c, h).await;
+            Ok(())
+        });
+    }
+    {
+        let w = workload.clone();
+        let h = history.clone();
+        sim.client("final-reader", async move {
+            workload::final_read(w, 200, h).await;
+            Ok(())
+        });
+    }
+
+    let mut schedule = Schedule::new(seed, config);
+    let mut sim_error = None;
+    loop {
+        let now = sim.elapsed();
+        schedule.tick(&mut sim, now, &store, &disks);
+        match sim.step() {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => {
+                sim_error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let simulated = sim.elapsed();
+
+    let log = history.borrow();
+    let history = &log.history;
+    let mut violations: Vec<String> = checker::check(history, &CheckOptions::default())
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    violations.extend(log.liveness.iter().cloned());
+    let (acknowledged, indeterminate, failed, polled) = counts(history);
+    let mut fp = seed;
+    for b in format!("{:?}", history.ops())
+        .into_bytes()
+        .into_iter()
+        .chain(
+            schedule
+                .log
+                .iter()
+                .flat_map(|(t, f)| format!("{t}:{f};").into_bytes()),
+        )
+    {
+        fp = splitmix64(fp ^ u64::from(b));
+    }
+    Report {
+        seed,
+        violations,
+        faults: schedule.log.clone(),
+        acknowledged,
+        indeterminate,
+        failed,
+        polled,
+        fingerprint: fp,
+        simulated,
+        sim_error,
+    }
+}
+
+/// (acknowledged, indeterminate, failed) sends and polls.
+fn counts(history: &checker::History) -> (usize, usize, usize, usize) {
+    let mut c = (0, 0, 0, 0);
+    for op in history.ops() {
+        match op {
+            Op::Send { outcome, .. } => match outcome {
+                SendOutcome::Ok(_) => c.0 += 1,
+                SendOutcome::Info => c.1 += 1,
+                SendOutcome::Fail => c.2 += 1,
+            },
+            Op::Poll { .. } => c.3 += 1,
+            Op::FinalRead { .. } => {}
+        }
+    }
+    c
+}
+
+fn next_incarnation(incarnations: &Rc<RefCell<BTreeMap<String, u64>>>, name: &str) -> u64 {
+    let mut map = incarnations.borrow_mut();
+    let n = map.entry(name.to_string()).or_insert(0);
+    *n += 1;
+    *n
+}
+
+/// The seeded fault schedule: at most two faults at once, at most one
+/// controller down, every fault undone after a while, everything healed at
+/// `heal_at`.
+struct Schedule {
+    rng: u64,
+    enabled: bool,
+    brokers: u32,
+    faults_from: Duration,
+    heal_at: Duration,
+    next_at: Duration,
+    /// Active faults and when they end.
+    active: Vec<(Duration, Fault)>,
+    log: Vec<(u64, Fault)>,
+    healed: bool,
+}
+
+impl Schedule {
+    fn new(seed: u64, config: &SimConfig) -> Self {
+        Schedule {
+            rng: splitmix64(seed ^ 0xFA17),
+            enabled: config.faults,
+            brokers: config.brokers,
+            faults_from: config.faults_from,
+            heal_at: config.duration - config.quiet,
+            next_at: config.faults_from,
+            active: Vec::new(),
+            log: Vec::new(),
+            healed: false,
+        }
+    }
+
+    fn draw(&mut self, n: u64) -> u64 {
+        self.rng = splitmix64(self.rng);
+        self.rng % n.max(1)
+    }
+
+    fn tick(
+        &mut self,
+        sim: &mut turmoil::Sim<'_>,
+        now: Duration,
+        store: &Arc<SharedStore>,
+        disks: &BTreeMap<u32, Arc<SimDisk>>,
+    ) {
+        if !self.enabled || now < self.faults_from {
+            return;
+        }
+        // Undo what is due (everything at heal time).
+        let heal_all = now >= self.heal_at;
+        let mut i = 0;
+        while i < self.active.len() {
+            if heal_all || self.active[i].0 <= now {
+                let (_, fault) = self.active.remove(i);
+                undo(sim, &fault, store, self.brokers);
+            } else {
+                i += 1;
+            }
+        }
+        if heal_all {
+            self.healed = true;
+            return;
+        }
+        if now < self.next_at || self.active.len() >= 2 {
+            return;
+        }
+        self.next_at = now + Duration::from_millis(1000 + self.draw(3000));
+        let fault = match self.draw(7) {
+            0 => Fault::CrashBroker(1 + self.draw(u64::from(self.brokers)) as u32),
+            1 => Fault::CrashController(1 + self.draw(3) as u32),
+            2 => Fault::IsolateBrokerFromControllers(1 + self.draw(u64::from(self.brokers)) as u32),
+            3 => {
+                let a = 1 + self.draw(u64::from(self.brokers)) as u32;
+                let b = 1 + (a + self.draw(u64::from(self.brokers - 1)) as u32) % self.brokers;
+                Fault::PartitionBrokers(a, b)
+            }
+            4 => Fault::CutBrokerFromStore(1 + self.draw(u64::from(self.brokers)) as u32),
+            5 => Fault::PauseBroker(1 + self.draw(u64::from(self.brokers)) as u32),
+            _ => Fault::FlakyStore,
+        };
+        let controllers_down = self
+            .active
+            .iter()
+            .filter(|(_, f)| matches!(f, Fault::CrashController(_)))
+            .count();
+        if self.active.iter().any(|(_, f)| f == &fault)
+            || (matches!(fault, Fault::CrashController(_)) && controllers_down > 0)
+            || matches!(fault, Fault::PartitionBrokers(a, b) if a == b)
+        {
+            return;
+        }
+        let length = Duration::from_millis(500 + self.draw(8000));
+        apply(sim, &fault, store, disks, self.brokers);
+        self.log.push((now.as_millis() as u64, fault.clone()));
+        self.active.push((now + length, fault));
+    }
+}
+
+fn apply(
+    sim: &mut turmoil::Sim<'_>,
+    fault: &Fault,
+    store: &Arc<SharedStore>,
+    disks: &BTreeMap<u32, Arc<SimDisk>>,
+    brokers: u32,
+) {
+    tracing::info!(%fault, "injecting");
+    match fault {
+        Fault::CrashBroker(b) => sim.crash(broker_name(*b)),
+        Fault::CrashController(c) => {
+            sim.crash(controller_name(*c));
+            if let Some(disk) = disks.get(c) {
+                disk.crash();
+            }
+        }
+        Fault::IsolateBrokerFromControllers(b) => {
+            for c in 1..=3 {
+                sim.partition(broker_name(*b), controller_name(c));
+            }
+        }
+        Fault::PartitionBrokers(a, b) => sim.partition(broker_name(*a), broker_name(*b)),
+        Fault::CutBrokerFromStore(b) => store.cut_off(&broker_name(*b), true),
+        Fault::PauseBroker(b) => {
+            for other in peers_of(*b, brokers) {
+                sim.hold(broker_name(*b), other);
+            }
+        }
+        Fault::FlakyStore => store.set_rates(FaultRates {
+            slow_down: 0.05,
+            timeout: 0.01,
+            lost_put_response: 0.05,
+            latency_ms: (5, 80),
+        }),
+    }
+}
+
+fn undo(sim: &mut turmoil::Sim<'_>, fault: &Fault, store: &Arc<SharedStore>, brokers: u32) {
+    tracing::info!(%fault, "healing");
+    match fault {
+        Fault::CrashBroker(b) => sim.bounce(broker_name(*b)),
+        Fault::CrashController(c) => sim.bounce(controller_name(*c)),
+        Fault::IsolateBrokerFromControllers(b) => {
+            for c in 1..=3 {
+                sim.repair(broker_name(*b), controller_name(c));
+            }
+        }
+        Fault::PartitionBrokers(a, b) => sim.repair(broker_name(*a), broker_name(*b)),
+        Fault::CutBrokerFromStore(b) => store.cut_off(&broker_name(*b), false),
+        Fault::PauseBroker(b) => {
+            for other in peers_of(*b, brokers) {
+                sim.release(broker_name(*b), other);
+            }
+        }
+        Fault::FlakyStore => store.set_rates(FaultRates::default()),
+    }
+}
+
+/// Every other host a broker talks to.
+fn peers_of(b: u32, brokers: u32) -> Vec<String> {
+    let mut out: BTreeSet<String> = (1..=3).map(controller_name).collect();
+    out.extend((1..=brokers).filter(|x| *x != b).map(broker_name));
+    out.into_iter().collect()
+}

@@ -1,0 +1,288 @@
+//! The client workloads of a run, in the style of Jepsen's Kafka workload:
+//! idempotent producers sending unique values, assign-mode consumers polling
+//! every partition, and a final reader. Every operation lands in the shared
+//! [`History`]; liveness failures are recorded next to it.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::checker::{History, SendOutcome, TopicPartition};
+use crate::client::{ClientError, ClusterClient, Outcome, ProducerIds, EARLIEST_TIMESTAMP};
+use crate::cluster::PlantedBug;
+use crate::net::TurmoilNet;
+use crate::seams::splitmix64;
+
+/// Shared parameters of the workload clients.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    pub seed: u64,
+    pub bootstrap: Vec<String>,
+    pub topic: String,
+    pub partitions: u32,
+    /// Producers stop sending at this simulated time.
+    pub produce_until: Duration,
+    /// The final read must be complete by then.
+    pub final_read_by: Duration,
+    /// Faults are healed at this time; from then on the cluster must serve.
+    pub heal_at: Duration,
+    pub planted: Option<PlantedBug>,
+}
+
+/// The history, plus what the clients found about liveness.
+#[derive(Debug, Default)]
+pub struct RunLog {
+    pub history: History,
+    /// Progress the cluster failed to make once faults stopped.
+    pub liveness: Vec<String>,
+}
+
+impl RunLog {
+    fn liveness(&mut self, failure: String) {
+        self.liveness.push(failure);
+    }
+}
+
+pub type SharedHistory = Rc<RefCell<RunLog>>;
+
+/// After faults stop, a producer must get an acknowledgement within this.
+pub const LIVENESS_BOUND: Duration = Duration::from_secs(15);
+
+fn now() -> Duration {
+    turmoil::sim_elapsed().unwrap_or_default()
+}
+
+fn client(w: &Workload, name: &str) -> ClusterClient {
+    ClusterClient::new(Arc::new(TurmoilNet), w.bootstrap.clone(), name)
+}
+
+async fn backoff() {
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// Creates the workload's topic, retrying until it exists.
+async fn ensure_topic(w: &Workload, c: &mut ClusterClient) {
+    loop {
+        match c.create_topic(&w.topic, w.partitions as i32).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "create topic failed; retrying");
+                backoff().await;
+            }
+        }
+    }
+}
+
+/// One idempotent producer: sends unique values one per batch, retrying a
+/// batch with the same sequence until it gets a definite answer, and
+/// starting over with a new producer id when it gives up on a batch.
+pub async fn produce(w: Workload, process: u32, history: SharedHistory) {
+    let mut c = client(&w, &format!("producer{process}"));
+    ensure_topic(&w, &mut c).await;
+    let mut rng = splitmix64(w.seed ^ u64::from(process) << 32);
+    let mut counter = 0u64;
+    let mut ids: Option<(i64, i16)> = None;
+    let mut sequences: BTreeMap<i32, i32> = BTreeMap::new();
+    let mut last_ack_after_heal: Option<Duration> = None;
+    while now() < w.produce_until {
+        let (pid, epoch) = match ids {
+            Some(ids) => ids,
+            None => match c.init_producer_id().await {
+                Ok(got) => {
+                    sequences.clear();
+                    ids = Some(got);
+                    got
+                }
+                Err(_) => {
+                    backoff().await;
+                    continue;
+                }
+            },
+        };
+        rng = splitmix64(rng);
+        let partition = (rng % u64::from(w.partitions)) as i32;
+        counter += 1;
+        let value = (u64::from(process) << 40) | counter;
+        let sequence = *sequences.get(&partition).unwrap_or(&0);
+        let payload = [Bytes::copy_from_slice(&value.to_be_bytes())];
+        let deadline = now() + Duration::from_secs(10);
+        let mut indeterminate = false;
+        let outcome = loop {
+            let result = c
+                .produce(
+                    &w.topic,
+                    partition,
+                    Some(ProducerIds {
+                        id: pid,
+                        epoch,
+                        base_sequence: sequence,
+                    }),
+                    &payload,
+                    -1,
+                )
+                .await;
+            match result {
+                Ok(offset) => break SendOutcome::Ok(offset),
+                Err(e) => {
+                    indeterminate |= e.outcome() == Outcome::Indeterminate;
+                    if !e.retriable() || now() >= deadline {
+                        tracing::debug!(error = %e, value, "giving up on a batch");
+                        break if indeterminate {
+                            SendOutcome::Info
+                        } else {
+                            SendOutcome::Fail
+                        };
+                    }
+                    backoff().await;
+                }
+            }
+        };
+        let tp = TopicPartition::new(w.topic.clone(), partition);
+        match outcome {
+            SendOutcome::Ok(_) => {
+                sequences.insert(partition, sequence.wrapping_add(1));
+                if now() >= w.heal_at && last_ack_after_heal.is_none() {
+                    last_ack_after_heal = Some(now());
+                }
+            }
+            // The producer's state for this partition is unknown: start over
+            // with a new producer id, as a Kafka producer does.
+            SendOutcome::Info | SendOutcome::Fail => ids = None,
+        }
+        let mut log = history.borrow_mut();
+        let h = &mut log.history;
+        h.send(process, tp.clone(), value, outcome);
+        if w.planted == Some(PlantedBug::OffsetTwice) && counter == 50 {
+            if let SendOutcome::Ok(offset) = outcome {
+                // Planted: report a second value at an acknowledged offset.
+                h.poll(process, tp, true, vec![(offset, value ^ 1)]);
+            }
+        }
+    }
+    if now() >= w.heal_at + LIVENESS_BOUND && last_ack_after_heal.is_none() {
+        history.borrow_mut().liveness(format!(
+            "producer{process}: no acknowledgement within {LIVENESS_BOUND:?} after faults stopped"
+        ));
+    }
+}
+
+fn decode(records: &[(i64, Bytes)]) -> Vec<(i64, u64)> {
+    records
+        .iter()
+        .map(|(offset, v)| {
+            let mut b = [0u8; 8];
+            let n = v.len().min(8);
+            b[8 - n..].copy_from_slice(&v[..n]);
+            (*offset, u64::from_be_bytes(b))
+        })
+        .collect()
+}
+
+/// An assign-mode consumer: polls every partition in turn from the start,
+/// recording each non-empty poll.
+pub async fn consume(w: Workload, process: u32, history: SharedHistory) {
+    let mut c = client(&w, &format!("consumer{process}"));
+    let mut positions: BTreeMap<i32, (i64, bool)> =
+        (0..w.partitions as i32).map(|p| (p, (0, true))).collect();
+    while now() < w.produce_until {
+        for p in 0..w.partitions as i32 {
+            let (position, seek) = positions[&p];
+            match c.fetch(&w.topic, p, position, 64 * 1024).await {
+                Ok(r) if !r.records.is_empty() => {
+                    let records = decode(&r.records);
+                    let next = records.last().map(|(o, _)| o + 1).unwrap_or(position);
+                    history.borrow_mut().history.poll(
+                        process,
+                        TopicPartition::new(w.topic.clone(), p),
+                        seek,
+                        records,
+                    );
+                    positions.insert(p, (next, false));
+                }
+                Ok(r) if position < r.log_start_offset => {
+                    positions.insert(p, (r.log_start_offset, true));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, partition = p, "poll failed");
+                    backoff().await;
+                }
+            }
+        }
+    }
+}
+
+/// Reads every partition from the log start to its end once producers have
+/// stopped, retrying until `final_read_by`.
+pub async fn final_read(w: Workload, process: u32, history: SharedHistory) {
+    let _ = process;
+    while now() < w.produce_until + Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut c = client(&w, "final-reader");
+    for p in 0..w.partitions as i32 {
+        let tp = TopicPartition::new(w.topic.clone(), p);
+        match read_all(&w, &mut c, p).await {
+            Ok(mut records) => {
+                if w.planted == Some(PlantedBug::LoseAcknowledged) && p == 0 && !records.is_empty()
+                {
+                    // Planted: the cluster "lost" an acknowledged record.
+                    records.remove(records.len() / 2);
+                }
+                history.borrow_mut().history.final_read(tp, records);
+            }
+            Err(e) => history.borrow_mut().liveness(format!(
+                "final read of {tp} incomplete by {:?}: {e}",
+                w.final_read_by
+            )),
+        }
+    }
+}
+
+async fn read_all(w: &Workload, c: &mut ClusterClient, p: i32) -> Result<Vec<(i64, u64)>, String> {
+    let mut last_error = String::from("no attempt");
+    let mut start = None;
+    while start.is_none() {
+        if now() > w.final_read_by {
+            return Err(last_error);
+        }
+        match c.list_offsets(&w.topic, p, EARLIEST_TIMESTAMP).await {
+            Ok(s) => start = Some(s),
+            Err(e) => {
+                last_error = e.to_string();
+                backoff().await;
+            }
+        }
+    }
+    let mut position = start.unwrap_or(0);
+    let mut out = Vec::new();
+    loop {
+        if now() > w.final_read_by {
+            return Err(format!("stopped at offset {position}: {last_error}"));
+        }
+        match c.fetch(&w.topic, p, position, 1024 * 1024).await {
+            Ok(r) => {
+                let records = decode(&r.records);
+                if let Some((last, _)) = records.last() {
+                    position = last + 1;
+                }
+                out.extend(records);
+                if position >= r.high_watermark {
+                    return Ok(out);
+                }
+            }
+            Err(e) => {
+                last_error = describe(&e);
+                backoff().await;
+            }
+        }
+    }
+}
+
+fn describe(e: &ClientError) -> String {
+    e.to_string()
+}

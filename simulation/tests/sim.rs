@@ -1,0 +1,119 @@
+//! The simulation in CI: a fixed set of seeds with faults must hold every
+//! invariant, a seed must replay identically, and planted bugs must be caught.
+//!
+//! `SIM_SEEDS` (default 4) and `SIM_DURATION` (simulated seconds, default 60)
+//! size the fixed-seed run; `scripts/sim.sh` runs many more.
+
+use std::time::Duration;
+
+use simulation::{determinism, run, PlantedBug, Report, SimConfig};
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn run_seeded(config: &SimConfig) -> Report {
+    determinism::seed_this_thread(config.seed);
+    let report = run(config);
+    determinism::unseed_this_thread();
+    report
+}
+
+fn describe(config: &SimConfig, report: &Report) -> String {
+    let mut out = format!(
+        "seed {} ({}): acked {} indeterminate {} failed {} polls {}\n",
+        report.seed,
+        config.replay_command(),
+        report.acknowledged,
+        report.indeterminate,
+        report.failed,
+        report.polled
+    );
+    if let Some(e) = &report.sim_error {
+        out.push_str(&format!("  simulation error: {e}\n"));
+    }
+    for v in &report.violations {
+        out.push_str(&format!("  {v}\n"));
+    }
+    for (t, f) in &report.faults {
+        out.push_str(&format!("  fault at {t} ms: {f}\n"));
+    }
+    out
+}
+
+#[test]
+fn fixed_seeds_hold_every_invariant_under_faults() {
+    let seeds = env_u64("SIM_SEEDS", 4);
+    let duration = Duration::from_secs(env_u64("SIM_DURATION", 60));
+    let mut failures = Vec::new();
+    for seed in 1..=seeds {
+        let mut config = SimConfig::new(seed);
+        config.duration = duration;
+        let report = run_seeded(&config);
+        println!("{}", describe(&config, &report));
+        assert!(
+            report.acknowledged > 0,
+            "seed {seed}: the workload got no acknowledgement at all"
+        );
+        if !report.ok() {
+            failures.push(describe(&config, &report));
+        }
+    }
+    assert!(failures.is_empty(), "violations:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn the_same_seed_replays_the_same_run() {
+    let mut config = SimConfig::new(4242);
+    config.duration = Duration::from_secs(30);
+    config.quiet = Duration::from_secs(12);
+    let first = run_seeded(&config);
+    let second = run_seeded(&config);
+    assert!(first.acknowledged > 0, "{}", describe(&config, &first));
+    assert_eq!(
+        first.faults, second.faults,
+        "the fault schedule differs between two runs of one seed"
+    );
+    assert_eq!(
+        (first.fingerprint, first.acknowledged, first.polled),
+        (second.fingerprint, second.acknowledged, second.polled),
+        "two runs of seed {} differ:\n{}\n{}",
+        config.seed,
+        describe(&config, &first),
+        describe(&config, &second)
+    );
+}
+
+/// Each planted bug must be reported, with its seed, within a few seeds.
+#[test]
+fn planted_bugs_are_caught() {
+    for (bug, expect) in [
+        (PlantedBug::LoseAcknowledged, "lost"),
+        (PlantedBug::OffsetTwice, "offset"),
+    ] {
+        let mut caught = None;
+        for seed in 1..=3 {
+            let mut config = SimConfig::new(seed);
+            config.duration = Duration::from_secs(30);
+            config.quiet = Duration::from_secs(12);
+            config.faults = false;
+            config.planted = Some(bug);
+            let report = run_seeded(&config);
+            if !report.violations.is_empty() {
+                caught = Some(describe(&config, &report));
+                break;
+            }
+        }
+        let Some(found) = caught else {
+            panic!("planted bug {bug:?} went unnoticed in 3 seeds");
+        };
+        println!("{bug:?} caught: {found}");
+        assert!(
+            found.to_lowercase().contains(expect),
+            "{bug:?} was reported as something else: {found}"
+        );
+    }
+}
