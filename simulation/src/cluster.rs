@@ -42,6 +42,10 @@ pub struct SimConfig {
     pub partitions: u32,
     pub producers: u32,
     pub consumers: u32,
+    /// Mean pause of a client between operations (see [`Workload::think`]).
+    pub think: Duration,
+    /// Simulated time turmoil advances per step.
+    pub tick: Duration,
     /// Test-only switches that plant a known bug, to show the checker
     /// catches it.
     pub planted: Option<PlantedBug>,
@@ -59,6 +63,8 @@ impl SimConfig {
             partitions: 4,
             producers: 2,
             consumers: 1,
+            think: Duration::from_millis(env_ms("SIM_THINK_MS", 50)),
+            tick: Duration::from_millis(env_ms("SIM_TICK_MS", 5)),
             planted: None,
         }
     }
@@ -71,6 +77,13 @@ impl SimConfig {
             self.duration.as_secs()
         )
     }
+}
+
+fn env_ms(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Bugs the checker must be able to find (see the simulation tests).
@@ -167,13 +180,44 @@ fn broker_storage() -> StorageConfig {
     }
 }
 
-/// Runs one seed to the end and checks it.
+/// Runs one seed to the end and checks it, on a thread of its own whose
+/// randomness follows the seed: std keeps its `HashMap` keys per thread and
+/// moves them on with every map, so a second run on a used thread would hash
+/// differently.
 pub fn run(config: &SimConfig) -> Report {
+    let cfg = config.clone();
+    #[allow(clippy::disallowed_methods)] // The run is the simulation, not inside it.
+    let thread = std::thread::Builder::new()
+        .name(format!("sim-seed-{}", config.seed))
+        .stack_size(64 << 20)
+        .spawn(move || {
+            crate::determinism::seed_this_thread(cfg.seed);
+            run_here(&cfg)
+        });
+    let outcome = thread.map_err(|e| e.to_string()).and_then(|t| {
+        t.join()
+            .map_err(|p| crate::determinism::panic_message(p.as_ref()))
+    });
+    outcome.unwrap_or_else(|e| Report {
+        seed: config.seed,
+        violations: Vec::new(),
+        faults: Vec::new(),
+        acknowledged: 0,
+        indeterminate: 0,
+        failed: 0,
+        polled: 0,
+        fingerprint: 0,
+        simulated: Duration::ZERO,
+        sim_error: Some(format!("the simulation panicked: {e}")),
+    })
+}
+
+fn run_here(config: &SimConfig) -> Report {
     let seed = config.seed;
     let total = config.duration + Duration::from_secs(60);
     let mut sim = turmoil::Builder::new()
         .simulation_duration(total)
-        .tick_duration(Duration::from_millis(1))
+        .tick_duration(config.tick)
         .min_message_latency(Duration::from_micros(200))
         .max_message_latency(Duration::from_millis(3))
         .rng_seed(seed)
@@ -284,6 +328,7 @@ pub fn run(config: &SimConfig) -> Report {
         produce_until: config.duration - Duration::from_secs(8),
         final_read_by: config.duration + Duration::from_secs(40),
         heal_at: config.duration - config.quiet,
+        think: config.think,
         planted: config.planted,
     };
     for p in 0..config.producers {

@@ -26,6 +26,15 @@ pub fn unseed_this_thread() {
     STREAM.with(|s| s.set(None));
 }
 
+/// The message of a panic payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
 fn seeded_fill(buf: &mut [u8]) -> bool {
     STREAM
         .try_with(|s| {

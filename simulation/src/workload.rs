@@ -30,7 +30,20 @@ pub struct Workload {
     pub final_read_by: Duration,
     /// Faults are healed at this time; from then on the cluster must serve.
     pub heal_at: Duration,
+    /// A producer waits between 0 and twice this after each send, and a
+    /// consumer this long after each round over the partitions: a client
+    /// load that exercises the cluster without drowning the simulation.
+    pub think: Duration,
     pub planted: Option<PlantedBug>,
+}
+
+/// Sleeps a seeded time in `[0, 2 * mean)`.
+async fn think(rng: &mut u64, mean: Duration) {
+    *rng = splitmix64(*rng);
+    let ms = mean.as_millis() as u64;
+    if ms > 0 {
+        tokio::time::sleep(Duration::from_millis(*rng % (2 * ms))).await;
+    }
 }
 
 /// The history, plus what the clients found about liveness.
@@ -153,15 +166,18 @@ pub async fn produce(w: Workload, process: u32, history: SharedHistory) {
             // with a new producer id, as a Kafka producer does.
             SendOutcome::Info | SendOutcome::Fail => ids = None,
         }
-        let mut log = history.borrow_mut();
-        let h = &mut log.history;
-        h.send(process, tp.clone(), value, outcome);
-        if w.planted == Some(PlantedBug::OffsetTwice) && counter == 50 {
-            if let SendOutcome::Ok(offset) = outcome {
-                // Planted: report a second value at an acknowledged offset.
-                h.poll(process, tp, true, vec![(offset, value ^ 1)]);
+        {
+            let mut log = history.borrow_mut();
+            let h = &mut log.history;
+            h.send(process, tp.clone(), value, outcome);
+            if w.planted == Some(PlantedBug::OffsetTwice) && counter == 50 {
+                if let SendOutcome::Ok(offset) = outcome {
+                    // Planted: report a second value at an acknowledged offset.
+                    h.poll(process, tp, true, vec![(offset, value ^ 1)]);
+                }
             }
         }
+        think(&mut rng, w.think).await;
     }
     if now() >= w.heal_at + LIVENESS_BOUND && last_ack_after_heal.is_none() {
         history.borrow_mut().liveness(format!(
@@ -189,6 +205,7 @@ pub async fn consume(w: Workload, process: u32, history: SharedHistory) {
     let mut positions: BTreeMap<i32, (i64, bool)> =
         (0..w.partitions as i32).map(|p| (p, (0, true))).collect();
     while now() < w.produce_until {
+        tokio::time::sleep(w.think).await;
         for p in 0..w.partitions as i32 {
             let (position, seek) = positions[&p];
             match c.fetch(&w.topic, p, position, 64 * 1024).await {

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use simulation::{determinism, run, PlantedBug, Report, SimConfig};
+use simulation::{run, PlantedBug, Report, SimConfig};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -16,10 +16,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 fn run_seeded(config: &SimConfig) -> Report {
-    determinism::seed_this_thread(config.seed);
-    let report = run(config);
-    determinism::unseed_this_thread();
-    report
+    run(config)
 }
 
 fn describe(config: &SimConfig, report: &Report) -> String {
@@ -44,24 +41,54 @@ fn describe(config: &SimConfig, report: &Report) -> String {
     out
 }
 
+/// Runs `seeds` on as many threads as the machine has cores.
+fn run_many(seeds: Vec<u64>, duration: Duration) -> Vec<(SimConfig, Report)> {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let queue = std::sync::Mutex::new(seeds.into_iter());
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let Some(seed) = queue.lock().unwrap().next() else {
+                    return;
+                };
+                let mut config = SimConfig::new(seed);
+                config.duration = duration;
+                let report = run_seeded(&config);
+                results.lock().unwrap().push((config, report));
+            });
+        }
+    });
+    let mut out = results.into_inner().unwrap();
+    out.sort_by_key(|(c, _)| c.seed);
+    out
+}
+
 #[test]
 fn fixed_seeds_hold_every_invariant_under_faults() {
-    let seeds = env_u64("SIM_SEEDS", 4);
+    let seeds = env_u64("SIM_SEEDS", 200);
     let duration = Duration::from_secs(env_u64("SIM_DURATION", 60));
     let mut failures = Vec::new();
-    for seed in 1..=seeds {
-        let mut config = SimConfig::new(seed);
-        config.duration = duration;
-        let report = run_seeded(&config);
-        println!("{}", describe(&config, &report));
+    let mut faults = 0;
+    for (config, report) in run_many((1..=seeds).collect(), duration) {
+        faults += report.faults.len();
         assert!(
             report.acknowledged > 0,
-            "seed {seed}: the workload got no acknowledgement at all"
+            "seed {}: the workload got no acknowledgement at all",
+            config.seed
+        );
+        assert!(
+            report.simulated >= duration,
+            "seed {}: ran {:?} of simulated time, less than {duration:?}",
+            config.seed,
+            report.simulated
         );
         if !report.ok() {
             failures.push(describe(&config, &report));
         }
     }
+    println!("{seeds} seeds of {duration:?}, {faults} faults injected");
+    assert!(faults as u64 >= seeds, "too few faults injected: {faults}");
     assert!(failures.is_empty(), "violations:\n{}", failures.join("\n"));
 }
 

@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use simulation::{determinism, run, SimConfig};
+use simulation::{run, SimConfig};
 
 struct Args {
     from: u64,
@@ -73,10 +73,8 @@ fn main() -> ExitCode {
         let mut config = SimConfig::new(seed);
         config.duration = Duration::from_secs(args.duration);
         config.faults = args.faults;
-        determinism::seed_this_thread(seed);
         let started = tokio::time::Instant::now();
         let report = run(&config);
-        determinism::unseed_this_thread();
         simulated += report.simulated;
         println!(
             "seed {seed}: {} in {:.1}s wall, {:.0}s simulated; acked {} indeterminate {} failed {} polls {}; {} faults; fingerprint {:016x}",
