@@ -108,10 +108,16 @@ def test_objects_no_metadata_references_are_collected(server_factory, tmp_path, 
     produce_batches(srv.bootstrap, topic_name, 3, 10)
     committed = set(sso_objects(srv.data_dir))
     assert committed
-    # An upload whose commit never happened, e.g. from a broker that died.
-    orphan = srv.data_dir / "objects" / "sso" / "99" / "1" / "0000000000000007"
-    orphan.parent.mkdir(parents=True, exist_ok=True)
+    # An upload of this broker incarnation whose commit never happened ...
+    incarnation = sorted(committed)[0].parent
+    orphan = incarnation / "9999999999999999"
     orphan.write_bytes(b"never committed")
+    # ... is kept while the incarnation lives (its commit may still come) ...
+    time.sleep(2.5)
+    assert orphan.exists(), "an upload of a live incarnation must not be collected"
+    # ... and collected once the incarnation has died (kill -9, restart).
+    srv.kill9()
+    srv.restart()
     wait_until(lambda: not orphan.exists(), 20, "the orphaned object to be deleted")
     assert committed <= set(sso_objects(srv.data_dir)), "committed objects must stay"
     got = clients.consume_confluent(srv.bootstrap, topic_name, [0])

@@ -11,6 +11,7 @@
 
 pub mod ids;
 pub mod image;
+pub mod planted;
 pub mod rpc;
 pub mod seams;
 

@@ -20,12 +20,20 @@ use broker::Broker;
 use controller::{Controller, ControllerConfig, StoreLocation};
 
 use crate::checker::{self, CheckOptions, Op, SendOutcome};
+use crate::observer::{self, ObserverLog, ObserverPlan, SharedObserver};
 use crate::seams::{host_seams, splitmix64, SimDisk};
 use crate::store::{FaultRates, SharedStore};
 use crate::workload::{self, RunLog, Workload};
 
 const CONTROLLER_PORT: u16 = 9093;
 const BROKER_PORT: u16 = 9092;
+/// The brokers' object key prefix.
+const KEY_PREFIX: &str = "sim";
+/// The brokers' `orphan_min_age` in the simulation.
+const ORPHAN_MIN_AGE: Duration = Duration::from_secs(15);
+/// How long after the run's `duration` the observer compares the store with
+/// the metadata.
+const CHECK_AFTER: Duration = Duration::from_secs(20);
 
 /// What one run does.
 #[derive(Debug, Clone)]
@@ -86,16 +94,8 @@ fn env_ms(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// Bugs the checker must be able to find (see the simulation tests).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PlantedBug {
-    /// The workload's view of acknowledgements lies: an acknowledged record
-    /// is dropped from what the cluster holds (stands in for "acknowledge
-    /// before the controller commit" followed by a crash).
-    LoseAcknowledged,
-    /// Two records reported at one offset.
-    OffsetTwice,
-}
+/// Bugs planted in the production code, to show the checkers catch them.
+pub use proto::planted::Bug as PlantedBug;
 
 /// One fault and how it is undone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +113,12 @@ pub enum Fault {
     PauseBroker(u32),
     /// The store answers 503, times out and loses PUT answers.
     FlakyStore,
+    /// A partition of the workload topic is reassigned to a broker (done
+    /// at once; nothing to undo).
+    Reassign {
+        partition: u32,
+        to: u32,
+    },
 }
 
 impl fmt::Display for Fault {
@@ -125,6 +131,9 @@ impl fmt::Display for Fault {
             Fault::CutBrokerFromStore(b) => write!(f, "cut b{b} from the object store"),
             Fault::PauseBroker(b) => write!(f, "pause b{b}"),
             Fault::FlakyStore => write!(f, "flaky object store"),
+            Fault::Reassign { partition, to } => {
+                write!(f, "reassign partition {partition} to b{to}")
+            }
         }
     }
 }
@@ -141,6 +150,11 @@ pub struct Report {
     pub indeterminate: usize,
     pub failed: usize,
     pub polled: usize,
+    /// Metadata commands the observer checked one by one, reassignments it
+    /// carried out, objects in the store at the end.
+    pub commands_checked: u64,
+    pub reassignments: u64,
+    pub final_objects: usize,
     /// Fingerprint of the history and the fault log: the same seed must
     /// give the same fingerprint.
     pub fingerprint: u64,
@@ -173,8 +187,8 @@ fn controller_addrs() -> Vec<String> {
 fn broker_storage() -> StorageConfig {
     StorageConfig {
         object_delete_grace: Duration::from_secs(5),
-        orphan_min_age: Duration::from_secs(30),
-        orphan_scan_interval: Duration::from_secs(10),
+        orphan_min_age: ORPHAN_MIN_AGE,
+        orphan_scan_interval: Duration::from_secs(5),
         retention_check_interval: Duration::from_secs(5),
         ..StorageConfig::default()
     }
@@ -192,6 +206,7 @@ pub fn run(config: &SimConfig) -> Report {
         .stack_size(64 << 20)
         .spawn(move || {
             crate::determinism::seed_this_thread(cfg.seed);
+            proto::planted::plant(cfg.planted);
             run_here(&cfg)
         });
     let outcome = thread.map_err(|e| e.to_string()).and_then(|t| {
@@ -206,6 +221,9 @@ pub fn run(config: &SimConfig) -> Report {
         indeterminate: 0,
         failed: 0,
         polled: 0,
+        commands_checked: 0,
+        reassignments: 0,
+        final_objects: 0,
         fingerprint: 0,
         simulated: Duration::ZERO,
         sim_error: Some(format!("the simulation panicked: {e}")),
@@ -292,7 +310,7 @@ fn run_here(config: &SimConfig) -> Report {
                         bcfg.clone(),
                         remote.clone(),
                         objects.clone(),
-                        "sim".into(),
+                        KEY_PREFIX.into(),
                         seams.clone(),
                     )
                     .await
@@ -329,7 +347,6 @@ fn run_here(config: &SimConfig) -> Report {
         final_read_by: config.duration + Duration::from_secs(40),
         heal_at: config.duration - config.quiet,
         think: config.think,
-        planted: config.planted,
     };
     for p in 0..config.producers {
         let w = workload.clone();
@@ -356,7 +373,26 @@ fn run_here(config: &SimConfig) -> Report {
         });
     }
 
-    let mut schedule = Schedule::new(seed, config);
+    let observed = Rc::new(RefCell::new(ObserverLog::default()));
+    {
+        let plan = ObserverPlan {
+            controllers: controller_addrs(),
+            topic: workload.topic.clone(),
+            key_prefix: KEY_PREFIX.into(),
+            check_at: config.duration + CHECK_AFTER,
+            // Age, two scans, a lifecycle tick and slack.
+            orphan_bound: ORPHAN_MIN_AGE + Duration::from_secs(15),
+            marked_bound: Duration::from_secs(15),
+        };
+        let store = store.clone();
+        let log = observed.clone();
+        sim.client("observer", async move {
+            observer::observe(plan, store, log).await;
+            Ok(())
+        });
+    }
+
+    let mut schedule = Schedule::new(seed, config, observed.clone());
     let mut sim_error = None;
     loop {
         let now = sim.elapsed();
@@ -379,6 +415,8 @@ fn run_here(config: &SimConfig) -> Report {
         .map(ToString::to_string)
         .collect();
     violations.extend(log.liveness.iter().cloned());
+    let observed = observed.borrow();
+    violations.extend(observed.violations.iter().cloned());
     let (acknowledged, indeterminate, failed, polled) = counts(history);
     let mut fp = seed;
     for b in format!("{:?}", history.ops())
@@ -401,6 +439,9 @@ fn run_here(config: &SimConfig) -> Report {
         indeterminate,
         failed,
         polled,
+        commands_checked: observed.commands,
+        reassignments: observed.moves_done,
+        final_objects: observed.final_objects,
         fingerprint: fp,
         simulated,
         sim_error,
@@ -445,10 +486,12 @@ struct Schedule {
     active: Vec<(Duration, Fault)>,
     log: Vec<(u64, Fault)>,
     healed: bool,
+    partitions: u32,
+    observer: SharedObserver,
 }
 
 impl Schedule {
-    fn new(seed: u64, config: &SimConfig) -> Self {
+    fn new(seed: u64, config: &SimConfig, observer: SharedObserver) -> Self {
         Schedule {
             rng: splitmix64(seed ^ 0xFA17),
             enabled: config.faults,
@@ -459,6 +502,8 @@ impl Schedule {
             active: Vec::new(),
             log: Vec::new(),
             healed: false,
+            partitions: config.partitions,
+            observer,
         }
     }
 
@@ -496,7 +541,7 @@ impl Schedule {
             return;
         }
         self.next_at = now + Duration::from_millis(1000 + self.draw(3000));
-        let fault = match self.draw(7) {
+        let fault = match self.draw(10) {
             0 => Fault::CrashBroker(1 + self.draw(u64::from(self.brokers)) as u32),
             1 => Fault::CrashController(1 + self.draw(3) as u32),
             2 => Fault::IsolateBrokerFromControllers(1 + self.draw(u64::from(self.brokers)) as u32),
@@ -507,8 +552,17 @@ impl Schedule {
             }
             4 => Fault::CutBrokerFromStore(1 + self.draw(u64::from(self.brokers)) as u32),
             5 => Fault::PauseBroker(1 + self.draw(u64::from(self.brokers)) as u32),
-            _ => Fault::FlakyStore,
+            6 => Fault::FlakyStore,
+            _ => Fault::Reassign {
+                partition: self.draw(u64::from(self.partitions)) as u32,
+                to: 1 + self.draw(u64::from(self.brokers)) as u32,
+            },
         };
+        if let Fault::Reassign { partition, to } = fault {
+            self.observer.borrow_mut().moves.push_back((partition, to));
+            self.log.push((now.as_millis() as u64, fault));
+            return;
+        }
         let controllers_down = self
             .active
             .iter()
@@ -555,6 +609,7 @@ fn apply(
                 sim.hold(broker_name(*b), other);
             }
         }
+        Fault::Reassign { .. } => {}
         Fault::FlakyStore => store.set_rates(FaultRates {
             slow_down: 0.05,
             timeout: 0.01,
@@ -582,6 +637,7 @@ fn undo(sim: &mut turmoil::Sim<'_>, fault: &Fault, store: &Arc<SharedStore>, bro
             }
         }
         Fault::FlakyStore => store.set_rates(FaultRates::default()),
+        Fault::Reassign { .. } => {}
     }
 }
 

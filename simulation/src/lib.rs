@@ -16,6 +16,7 @@ pub mod client;
 pub mod cluster;
 pub mod determinism;
 pub mod net;
+pub mod observer;
 pub mod seams;
 pub mod store;
 pub mod workload;

@@ -101,16 +101,14 @@ impl SharedStore {
         self.state().stats
     }
 
-    /// Every object key in the bucket, for the orphan check.
-    pub async fn keys(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut list = self.bucket.list(None);
-        while let Some(meta) = list.next().await {
-            if let Ok(meta) = meta {
-                out.push(meta.location.to_string());
-            }
-        }
-        out
+    /// Every object in the bucket with the simulated wall time (ms) of its
+    /// last PUT, for the checks against the metadata.
+    pub fn objects(&self) -> Vec<(String, i64)> {
+        self.state()
+            .put_ms
+            .iter()
+            .map(|(k, ms)| (k.to_string(), *ms))
+            .collect()
     }
 
     /// A handle for one host.

@@ -13,7 +13,6 @@ use bytes::Bytes;
 
 use crate::checker::{History, SendOutcome, TopicPartition};
 use crate::client::{ClientError, ClusterClient, Outcome, ProducerIds, EARLIEST_TIMESTAMP};
-use crate::cluster::PlantedBug;
 use crate::net::TurmoilNet;
 use crate::seams::splitmix64;
 
@@ -34,7 +33,6 @@ pub struct Workload {
     /// consumer this long after each round over the partitions: a client
     /// load that exercises the cluster without drowning the simulation.
     pub think: Duration,
-    pub planted: Option<PlantedBug>,
 }
 
 /// Sleeps a seeded time in `[0, 2 * mean)`.
@@ -170,12 +168,6 @@ pub async fn produce(w: Workload, process: u32, history: SharedHistory) {
             let mut log = history.borrow_mut();
             let h = &mut log.history;
             h.send(process, tp.clone(), value, outcome);
-            if w.planted == Some(PlantedBug::OffsetTwice) && counter == 50 {
-                if let SendOutcome::Ok(offset) = outcome {
-                    // Planted: report a second value at an acknowledged offset.
-                    h.poll(process, tp, true, vec![(offset, value ^ 1)]);
-                }
-            }
         }
         think(&mut rng, w.think).await;
     }
@@ -244,12 +236,7 @@ pub async fn final_read(w: Workload, process: u32, history: SharedHistory) {
     for p in 0..w.partitions as i32 {
         let tp = TopicPartition::new(w.topic.clone(), p);
         match read_all(&w, &mut c, p).await {
-            Ok(mut records) => {
-                if w.planted == Some(PlantedBug::LoseAcknowledged) && p == 0 && !records.is_empty()
-                {
-                    // Planted: the cluster "lost" an acknowledged record.
-                    records.remove(records.len() / 2);
-                }
+            Ok(records) => {
                 history.borrow_mut().history.final_read(tp, records);
             }
             Err(e) => history.borrow_mut().liveness(format!(

@@ -76,6 +76,10 @@ impl WriterHandle {
 
 struct SealedObject {
     key: String,
+    /// The broker epoch named in the key, and the only one the object may
+    /// be committed under: the orphan collector deletes unreferenced
+    /// objects of epochs that have ended, which must then never commit.
+    broker_epoch: u64,
     size: u64,
     ranges: Vec<CommitRange>,
     /// For each range, the batches it covers.
@@ -113,7 +117,6 @@ pub fn spawn_writer(
         pipeline.clone(),
         controller,
         identity.broker,
-        identity.broker_epoch.clone(),
         cache,
         cfg.max_attempts,
     ));
@@ -266,15 +269,10 @@ fn seal(
         }
     }
     let (bytes, _index) = writer.finish();
-    let key = format!(
-        "{}sso/{}/{}/{:016}",
-        identity.key_prefix,
-        identity.broker,
-        identity
-            .broker_epoch
-            .load(std::sync::atomic::Ordering::Acquire),
-        seq
-    );
+    let broker_epoch = identity
+        .broker_epoch
+        .load(std::sync::atomic::Ordering::Acquire);
+    let key = object_key(&identity.key_prefix, identity.broker, broker_epoch, seq);
     let size = bytes.len() as u64;
     let upload = tokio::spawn(put_with_retries(
         store.clone(),
@@ -284,11 +282,27 @@ fn seal(
     ));
     SealedObject {
         key,
+        broker_epoch,
         size,
         ranges,
         batches: groups,
         upload,
     }
+}
+
+/// The key of a stream-set object: `{prefix}sso/{broker}/{broker epoch}/{seq}`.
+pub fn object_key(prefix: &str, broker: BrokerId, broker_epoch: u64, seq: u64) -> String {
+    format!("{prefix}sso/{broker}/{broker_epoch}/{seq:016}")
+}
+
+/// The broker and broker epoch named by a stream-set object's key (the part
+/// after the cluster's key prefix), or `None` for another kind of key.
+pub fn parse_object_key(key_after_prefix: &str) -> Option<(BrokerId, u64)> {
+    let mut parts = key_after_prefix.strip_prefix("sso/")?.split('/');
+    let broker = parts.next()?.parse().ok()?;
+    let epoch = parts.next()?.parse().ok()?;
+    parts.next()?.parse::<u64>().ok()?;
+    parts.next().is_none().then_some((broker, epoch))
 }
 
 fn backoff(attempt: u32) -> Duration {
@@ -332,7 +346,6 @@ async fn commit_loop(
     pipeline: Arc<Pipeline>,
     controller: Arc<dyn ControllerApi>,
     broker: BrokerId,
-    broker_epoch: Arc<std::sync::atomic::AtomicU64>,
     cache: Arc<LogCache>,
     max_attempts: u32,
 ) {
@@ -357,11 +370,15 @@ async fn commit_loop(
             pipeline.resolved();
             continue;
         }
+        let epoch = head.broker_epoch;
         group.push(head);
         // Followers whose upload already succeeded join this commit; the
-        // first one still uploading (or failed) waits for the next round.
+        // first one still uploading (or failed, or sealed under another
+        // broker epoch) waits for the next round.
         while group.len() < MAX_OBJECTS_PER_COMMIT
-            && queue.front().is_some_and(|o| o.upload.is_finished())
+            && queue
+                .front()
+                .is_some_and(|o| o.upload.is_finished() && o.broker_epoch == epoch)
         {
             let mut next = queue.pop_front().expect("front checked above");
             if !(&mut next.upload).await.unwrap_or(false) {
@@ -371,15 +388,7 @@ async fn commit_loop(
             group.push(next);
         }
         let n = group.len();
-        commit_group(
-            group,
-            &*controller,
-            broker,
-            broker_epoch.load(std::sync::atomic::Ordering::Acquire),
-            &cache,
-            max_attempts,
-        )
-        .await;
+        commit_group(group, &*controller, broker, epoch, &cache, max_attempts).await;
         for _ in 0..n {
             pipeline.resolved();
         }

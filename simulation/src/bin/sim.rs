@@ -6,13 +6,14 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use simulation::{run, SimConfig};
+use simulation::{run, PlantedBug, SimConfig};
 
 struct Args {
     from: u64,
     count: u64,
     duration: u64,
     faults: bool,
+    planted: Option<PlantedBug>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -21,6 +22,7 @@ fn parse() -> Result<Args, String> {
         count: 1,
         duration: 60,
         faults: true,
+        planted: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -39,8 +41,20 @@ fn parse() -> Result<Args, String> {
             "--seeds" => args.count = value("--seeds")?,
             "--duration" => args.duration = value("--duration")?,
             "--no-faults" => args.faults = false,
+            "--plant" => {
+                let name = it.next().ok_or("--plant needs a bug name")?;
+                args.planted = Some(match name.as_str() {
+                    "ack-before-commit" => PlantedBug::AckBeforeCommit,
+                    "skip-epoch-check" => PlantedBug::SkipStreamEpochCheck,
+                    "offset-twice" => PlantedBug::OffsetTwice,
+                    "delete-referenced" => PlantedBug::DeleteReferencedObject,
+                    other => return Err(format!(
+                        "--plant: unknown bug {other:?} (ack-before-commit, skip-epoch-check, offset-twice, delete-referenced)"
+                    )),
+                });
+            }
             "-h" | "--help" => return Err(
-                "usage: sim [--seed S | --seeds N [--from S]] [--duration SECONDS] [--no-faults]"
+                "usage: sim [--seed S | --seeds N [--from S]] [--duration SECONDS] [--no-faults] [--plant BUG]"
                     .into(),
             ),
             other => return Err(format!("unknown argument {other:?} (try --help)")),
@@ -50,6 +64,18 @@ fn parse() -> Result<Args, String> {
         return Err("--duration must be at least 30 (seconds of simulated time)".into());
     }
     Ok(args)
+}
+
+/// Log lines carry simulated time (seconds since the run began).
+struct SimTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        match turmoil::sim_elapsed() {
+            Some(t) => write!(w, "{:9.3}s", t.as_secs_f64()),
+            None => write!(w, "{:>10}", "-"),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -62,6 +88,8 @@ fn main() -> ExitCode {
     };
     if std::env::var_os("RUST_LOG").is_some() {
         tracing_subscriber::fmt()
+            .with_timer(SimTime)
+            .with_ansi(false)
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_writer(std::io::stderr)
             .init();
@@ -73,11 +101,12 @@ fn main() -> ExitCode {
         let mut config = SimConfig::new(seed);
         config.duration = Duration::from_secs(args.duration);
         config.faults = args.faults;
+        config.planted = args.planted;
         let started = tokio::time::Instant::now();
         let report = run(&config);
         simulated += report.simulated;
         println!(
-            "seed {seed}: {} in {:.1}s wall, {:.0}s simulated; acked {} indeterminate {} failed {} polls {}; {} faults; fingerprint {:016x}",
+            "seed {seed}: {} in {:.1}s wall, {:.0}s simulated; acked {} indeterminate {} failed {} polls {}; {} faults, {} reassignments; {} metadata commands checked, {} objects at the end; fingerprint {:016x}",
             if report.ok() { "ok" } else { "VIOLATION" },
             started.elapsed().as_secs_f64(),
             report.simulated.as_secs_f64(),
@@ -86,6 +115,9 @@ fn main() -> ExitCode {
             report.failed,
             report.polled,
             report.faults.len(),
+            report.reassignments,
+            report.commands_checked,
+            report.final_objects,
             report.fingerprint,
         );
         if !report.ok() {
