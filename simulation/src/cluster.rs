@@ -40,6 +40,9 @@ const CHECK_AFTER: Duration = Duration::from_secs(20);
 pub struct SimConfig {
     pub seed: u64,
     pub brokers: u32,
+    /// Brokers that start stopped; the schedule adds them to the running
+    /// cluster.
+    pub spare_brokers: u32,
     /// Simulated length of the run.
     pub duration: Duration,
     /// Faults are injected between `faults_from` and `duration - quiet`.
@@ -64,6 +67,7 @@ impl SimConfig {
         SimConfig {
             seed,
             brokers: 3,
+            spare_brokers: 1,
             duration: Duration::from_secs(60),
             faults_from: Duration::from_secs(5),
             quiet: Duration::from_secs(20),
@@ -119,6 +123,33 @@ pub enum Fault {
         partition: u32,
         to: u32,
     },
+    /// A broker stops cleanly (SIGTERM: flush, hand off, exit) and later
+    /// starts again.
+    StopBroker(u32),
+    /// A controller stops cleanly (handing off leadership if it leads) and
+    /// later starts again.
+    StopController(u32),
+    /// A spare broker joins the running cluster (for good).
+    AddBroker(u32),
+}
+
+impl Fault {
+    /// The kind of fault, for counts.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Fault::CrashBroker(_) => "crash broker",
+            Fault::CrashController(_) => "crash controller",
+            Fault::IsolateBrokerFromControllers(_) => "isolate broker from controllers",
+            Fault::PartitionBrokers(..) => "partition broker from broker",
+            Fault::CutBrokerFromStore(_) => "cut broker from store",
+            Fault::PauseBroker(_) => "pause broker",
+            Fault::FlakyStore => "flaky store",
+            Fault::Reassign { .. } => "reassign partition",
+            Fault::StopBroker(_) => "stop broker cleanly",
+            Fault::StopController(_) => "stop controller cleanly",
+            Fault::AddBroker(_) => "add broker",
+        }
+    }
 }
 
 impl fmt::Display for Fault {
@@ -134,6 +165,9 @@ impl fmt::Display for Fault {
             Fault::Reassign { partition, to } => {
                 write!(f, "reassign partition {partition} to b{to}")
             }
+            Fault::StopBroker(b) => write!(f, "stop broker b{b} cleanly"),
+            Fault::StopController(c) => write!(f, "stop controller c{c} cleanly"),
+            Fault::AddBroker(b) => write!(f, "add broker b{b}"),
         }
     }
 }
@@ -245,15 +279,19 @@ fn run_here(config: &SimConfig) -> Report {
     let disks: BTreeMap<u32, Arc<SimDisk>> = (1..=3).map(|i| (i, SimDisk::new())).collect();
     let incarnations = Rc::new(RefCell::new(BTreeMap::<String, u64>::new()));
 
+    let controls = Controls::new(config.brokers + config.spare_brokers, config.spare_brokers);
     for i in 1..=3u32 {
         let name = controller_name(i);
         let disk = disks[&i].clone();
         let incarnations = incarnations.clone();
+        let controls = controls.clone();
         sim.host(name.clone(), move || {
             let incarnation = next_incarnation(&incarnations, &name);
             let seams = host_seams(seed, &name, incarnation);
             let disk = disk.clone();
             let name = name.clone();
+            let control = controls.controller(i);
+            let leaders = controls.leaders.clone();
             async move {
                 let mut cfg = ControllerConfig::new(u64::from(i), format!("/sim/{name}"));
                 cfg.rpc_addr = format!("{name}:{CONTROLLER_PORT}");
@@ -264,10 +302,18 @@ fn run_here(config: &SimConfig) -> Report {
                 cfg.seams = seams;
                 cfg.store = StoreLocation::Backend(disk);
                 loop {
+                    control.wait_until_up().await;
                     match Controller::start(cfg.clone()).await {
                         Ok(controller) => {
-                            std::future::pending::<()>().await;
-                            drop(controller);
+                            // Runs until a clean stop is asked for, telling
+                            // the schedule whether it leads.
+                            while !control.down.get() {
+                                let leads = controller.status().leader == Some(u64::from(i));
+                                leaders.borrow_mut().insert(i, leads);
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                            leaders.borrow_mut().insert(i, false);
+                            controller.shutdown().await;
                         }
                         Err(e) => {
                             tracing::info!(%name, error = %e, "controller start failed; retrying");
@@ -279,15 +325,17 @@ fn run_here(config: &SimConfig) -> Report {
         });
     }
 
-    for i in 1..=config.brokers {
+    for i in 1..=config.brokers + config.spare_brokers {
         let name = broker_name(i);
         let store = store.clone();
         let incarnations = incarnations.clone();
+        let controls = controls.clone();
         sim.host(name.clone(), move || {
             let incarnation = next_incarnation(&incarnations, &name);
             let seams = host_seams(seed, &name, incarnation);
             let objects = store.handle(&name);
             let name = name.clone();
+            let control = controls.broker(i);
             async move {
                 let remote = match RemoteController::new(
                     controller_addrs(),
@@ -305,8 +353,9 @@ fn run_here(config: &SimConfig) -> Report {
                     storage: broker_storage(),
                     ..BrokerConfig::default()
                 };
-                let broker = loop {
-                    match Broker::start(
+                loop {
+                    control.wait_until_up().await;
+                    let broker = match Broker::start(
                         bcfg.clone(),
                         remote.clone(),
                         objects.clone(),
@@ -315,22 +364,37 @@ fn run_here(config: &SimConfig) -> Report {
                     )
                     .await
                     {
-                        Ok(b) => break b,
+                        Ok(b) => b,
                         Err(e) => {
                             tracing::info!(%name, error = %e, "broker start failed; retrying");
                             tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue;
                         }
+                    };
+                    let listener = seams.net.bind(&format!("{name}:{BROKER_PORT}")).await?;
+                    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+                    let heartbeat = tokio::spawn(broker::broker::heartbeat_loop(
+                        broker.clone(),
+                        remote.clone(),
+                        stop_rx.clone(),
+                    ));
+                    let serving = tokio::spawn(broker::kafka::run_listener(
+                        listener,
+                        broker.clone(),
+                        stop_rx,
+                    ));
+                    // Serves until a clean stop (SIGTERM) is asked for: then
+                    // flushes, hands its partitions off and stops, as
+                    // `oxbow broker` does.
+                    while !control.down.get() {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
-                };
-                let listener = seams.net.bind(&format!("{name}:{BROKER_PORT}")).await?;
-                let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-                tokio::spawn(broker::broker::heartbeat_loop(
-                    broker.clone(),
-                    remote,
-                    stop_rx.clone(),
-                ));
-                broker::kafka::run_listener(listener, broker, stop_rx).await;
-                Ok(())
+                    tracing::info!(%name, "stopping cleanly");
+                    let _ = stop_tx.send(true);
+                    let _ = tokio::time::timeout(Duration::from_secs(20), broker.shutdown()).await;
+                    let _ = serving.await;
+                    let _ = heartbeat.await;
+                }
             }
         });
     }
@@ -392,7 +456,7 @@ fn run_here(config: &SimConfig) -> Report {
         });
     }
 
-    let mut schedule = Schedule::new(seed, config, observed.clone());
+    let mut schedule = Schedule::new(seed, config, observed.clone(), controls.clone());
     let mut sim_error = None;
     loop {
         let now = sim.elapsed();
@@ -465,6 +529,64 @@ fn counts(history: &checker::History) -> (usize, usize, usize, usize) {
     c
 }
 
+/// Clean stop switches of every host, and which controller leads.
+#[derive(Clone)]
+struct Controls {
+    brokers: Rc<BTreeMap<u32, Rc<HostControl>>>,
+    controllers: Rc<BTreeMap<u32, Rc<HostControl>>>,
+    leaders: Rc<RefCell<BTreeMap<u32, bool>>>,
+}
+
+/// `down` asks the host's process to stop cleanly and stay stopped.
+#[derive(Default)]
+struct HostControl {
+    down: std::cell::Cell<bool>,
+}
+
+impl HostControl {
+    async fn wait_until_up(&self) {
+        while self.down.get() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Controls {
+    /// Brokers `1..=brokers`; `spare` of them (the last) start stopped.
+    fn new(brokers: u32, spare: u32) -> Self {
+        let control = |down: bool| {
+            let c = HostControl::default();
+            c.down.set(down);
+            Rc::new(c)
+        };
+        Controls {
+            brokers: Rc::new(
+                (1..=brokers)
+                    .map(|i| (i, control(i > brokers - spare)))
+                    .collect(),
+            ),
+            controllers: Rc::new((1..=3).map(|i| (i, control(false))).collect()),
+            leaders: Rc::default(),
+        }
+    }
+
+    fn broker(&self, i: u32) -> Rc<HostControl> {
+        self.brokers[&i].clone()
+    }
+
+    fn controller(&self, i: u32) -> Rc<HostControl> {
+        self.controllers[&i].clone()
+    }
+
+    fn leader(&self) -> Option<u32> {
+        self.leaders
+            .borrow()
+            .iter()
+            .find(|(_, leads)| **leads)
+            .map(|(i, _)| *i)
+    }
+}
+
 fn next_incarnation(incarnations: &Rc<RefCell<BTreeMap<String, u64>>>, name: &str) -> u64 {
     let mut map = incarnations.borrow_mut();
     let n = map.entry(name.to_string()).or_insert(0);
@@ -488,14 +610,15 @@ struct Schedule {
     healed: bool,
     partitions: u32,
     observer: SharedObserver,
+    controls: Controls,
 }
 
 impl Schedule {
-    fn new(seed: u64, config: &SimConfig, observer: SharedObserver) -> Self {
+    fn new(seed: u64, config: &SimConfig, observer: SharedObserver, controls: Controls) -> Self {
         Schedule {
             rng: splitmix64(seed ^ 0xFA17),
             enabled: config.faults,
-            brokers: config.brokers,
+            brokers: config.brokers + config.spare_brokers,
             faults_from: config.faults_from,
             heal_at: config.duration - config.quiet,
             next_at: config.faults_from,
@@ -504,6 +627,7 @@ impl Schedule {
             healed: false,
             partitions: config.partitions,
             observer,
+            controls,
         }
     }
 
@@ -528,7 +652,7 @@ impl Schedule {
         while i < self.active.len() {
             if heal_all || self.active[i].0 <= now {
                 let (_, fault) = self.active.remove(i);
-                undo(sim, &fault, store, self.brokers);
+                undo(sim, &fault, store, self.brokers, &self.controls);
             } else {
                 i += 1;
             }
@@ -541,41 +665,72 @@ impl Schedule {
             return;
         }
         self.next_at = now + Duration::from_millis(1000 + self.draw(3000));
-        let fault = match self.draw(10) {
-            0 => Fault::CrashBroker(1 + self.draw(u64::from(self.brokers)) as u32),
+        let brokers = u64::from(self.brokers);
+        let fault = match self.draw(13) {
+            0 => Fault::CrashBroker(1 + self.draw(brokers) as u32),
             1 => Fault::CrashController(1 + self.draw(3) as u32),
-            2 => Fault::IsolateBrokerFromControllers(1 + self.draw(u64::from(self.brokers)) as u32),
+            2 => Fault::IsolateBrokerFromControllers(1 + self.draw(brokers) as u32),
             3 => {
-                let a = 1 + self.draw(u64::from(self.brokers)) as u32;
-                let b = 1 + (a + self.draw(u64::from(self.brokers - 1)) as u32) % self.brokers;
+                let a = 1 + self.draw(brokers) as u32;
+                let b = 1 + (a + self.draw(brokers - 1) as u32) % self.brokers;
                 Fault::PartitionBrokers(a, b)
             }
-            4 => Fault::CutBrokerFromStore(1 + self.draw(u64::from(self.brokers)) as u32),
-            5 => Fault::PauseBroker(1 + self.draw(u64::from(self.brokers)) as u32),
+            4 => Fault::CutBrokerFromStore(1 + self.draw(brokers) as u32),
+            5 => Fault::PauseBroker(1 + self.draw(brokers) as u32),
             6 => Fault::FlakyStore,
-            _ => Fault::Reassign {
+            7 | 8 => Fault::Reassign {
                 partition: self.draw(u64::from(self.partitions)) as u32,
-                to: 1 + self.draw(u64::from(self.brokers)) as u32,
+                to: 1 + self.draw(brokers) as u32,
+            },
+            9 => match self.controls.leader() {
+                Some(c) => Fault::CrashController(c),
+                None => return,
+            },
+            10 => Fault::StopBroker(1 + self.draw(brokers) as u32),
+            11 => Fault::StopController(1 + self.draw(3) as u32),
+            _ => match self.controls.brokers.iter().find(|(_, c)| c.down.get()) {
+                Some((b, _)) if !self.active.iter().any(|(_, f)| f == &Fault::StopBroker(*b)) => {
+                    Fault::AddBroker(*b)
+                }
+                _ => return,
             },
         };
-        if let Fault::Reassign { partition, to } = fault {
-            self.observer.borrow_mut().moves.push_back((partition, to));
+        match fault {
+            Fault::Reassign { partition, to } => {
+                self.observer.borrow_mut().moves.push_back((partition, to));
+            }
+            Fault::AddBroker(b) => self.controls.broker(b).down.set(false),
+            _ => {}
+        }
+        if matches!(fault, Fault::Reassign { .. } | Fault::AddBroker(_)) {
             self.log.push((now.as_millis() as u64, fault));
             return;
         }
         let controllers_down = self
             .active
             .iter()
-            .filter(|(_, f)| matches!(f, Fault::CrashController(_)))
+            .filter(|(_, f)| matches!(f, Fault::CrashController(_) | Fault::StopController(_)))
             .count();
-        if self.active.iter().any(|(_, f)| f == &fault)
-            || (matches!(fault, Fault::CrashController(_)) && controllers_down > 0)
+        let same_host = |a: &Fault, b: &Fault| match (a, b) {
+            (
+                Fault::CrashBroker(x) | Fault::StopBroker(x),
+                Fault::CrashBroker(y) | Fault::StopBroker(y),
+            )
+            | (
+                Fault::CrashController(x) | Fault::StopController(x),
+                Fault::CrashController(y) | Fault::StopController(y),
+            ) => x == y,
+            (a, b) => a == b,
+        };
+        if self.active.iter().any(|(_, f)| same_host(f, &fault))
+            || (matches!(fault, Fault::CrashController(_) | Fault::StopController(_))
+                && controllers_down > 0)
             || matches!(fault, Fault::PartitionBrokers(a, b) if a == b)
         {
             return;
         }
         let length = Duration::from_millis(500 + self.draw(8000));
-        apply(sim, &fault, store, disks, self.brokers);
+        apply(sim, &fault, store, disks, self.brokers, &self.controls);
         self.log.push((now.as_millis() as u64, fault.clone()));
         self.active.push((now + length, fault));
     }
@@ -587,9 +742,12 @@ fn apply(
     store: &Arc<SharedStore>,
     disks: &BTreeMap<u32, Arc<SimDisk>>,
     brokers: u32,
+    controls: &Controls,
 ) {
     tracing::info!(%fault, "injecting");
     match fault {
+        Fault::StopBroker(b) => controls.broker(*b).down.set(true),
+        Fault::StopController(c) => controls.controller(*c).down.set(true),
         Fault::CrashBroker(b) => sim.crash(broker_name(*b)),
         Fault::CrashController(c) => {
             sim.crash(controller_name(*c));
@@ -609,7 +767,7 @@ fn apply(
                 sim.hold(broker_name(*b), other);
             }
         }
-        Fault::Reassign { .. } => {}
+        Fault::Reassign { .. } | Fault::AddBroker(_) => {}
         Fault::FlakyStore => store.set_rates(FaultRates {
             slow_down: 0.05,
             timeout: 0.01,
@@ -619,9 +777,17 @@ fn apply(
     }
 }
 
-fn undo(sim: &mut turmoil::Sim<'_>, fault: &Fault, store: &Arc<SharedStore>, brokers: u32) {
+fn undo(
+    sim: &mut turmoil::Sim<'_>,
+    fault: &Fault,
+    store: &Arc<SharedStore>,
+    brokers: u32,
+    controls: &Controls,
+) {
     tracing::info!(%fault, "healing");
     match fault {
+        Fault::StopBroker(b) => controls.broker(*b).down.set(false),
+        Fault::StopController(c) => controls.controller(*c).down.set(false),
         Fault::CrashBroker(b) => sim.bounce(broker_name(*b)),
         Fault::CrashController(c) => sim.bounce(controller_name(*c)),
         Fault::IsolateBrokerFromControllers(b) => {
@@ -637,7 +803,7 @@ fn undo(sim: &mut turmoil::Sim<'_>, fault: &Fault, store: &Arc<SharedStore>, bro
             }
         }
         Fault::FlakyStore => store.set_rates(FaultRates::default()),
-        Fault::Reassign { .. } => {}
+        Fault::Reassign { .. } | Fault::AddBroker(_) => {}
     }
 }
 

@@ -97,6 +97,7 @@ fn main() -> ExitCode {
     let wall = tokio::time::Instant::now();
     let mut simulated = Duration::ZERO;
     let mut failed = 0;
+    let mut kinds: std::collections::BTreeMap<&str, usize> = Default::default();
     for seed in args.from..args.from + args.count {
         let mut config = SimConfig::new(seed);
         config.duration = Duration::from_secs(args.duration);
@@ -105,6 +106,9 @@ fn main() -> ExitCode {
         let started = tokio::time::Instant::now();
         let report = run(&config);
         simulated += report.simulated;
+        for (_, f) in &report.faults {
+            *kinds.entry(f.kind()).or_default() += 1;
+        }
         println!(
             "seed {seed}: {} in {:.1}s wall, {:.0}s simulated; acked {} indeterminate {} failed {} polls {}; {} faults, {} reassignments; {} metadata commands checked, {} objects at the end; fingerprint {:016x}",
             if report.ok() { "ok" } else { "VIOLATION" },
@@ -135,6 +139,8 @@ fn main() -> ExitCode {
         }
     }
     let elapsed = wall.elapsed().as_secs_f64().max(1e-9);
+    let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    println!("faults injected: {}", kinds.join(", "));
     println!(
         "{} seeds, {failed} with violations; {:.1} seeds/minute; simulated time ran {:.1}x faster than wall time",
         args.count,
