@@ -34,11 +34,16 @@ use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, CreateTopicsRequest, FetchRequest, InitProducerIdRequest, ListOffsetsRequest,
-    MetadataRequest, MetadataResponse, ProduceRequest, ProducerId, RequestHeader, ResponseHeader,
-    TopicName,
+    ApiKey, BrokerId, CreateTopicsRequest, FetchRequest, FindCoordinatorRequest, GroupId,
+    InitProducerIdRequest, ListOffsetsRequest, MetadataRequest, MetadataResponse,
+    OffsetCommitRequest, OffsetFetchRequest, ProduceRequest, ProducerId, RequestHeader,
+    ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
 use kafka_protocol::records::{
@@ -57,6 +62,9 @@ const METADATA_VERSION: i16 = 12;
 const CREATE_TOPICS_VERSION: i16 = 7;
 const INIT_PRODUCER_ID_VERSION: i16 = 4;
 const LIST_OFFSETS_VERSION: i16 = 7;
+const FIND_COORDINATOR_VERSION: i16 = 3;
+const OFFSET_COMMIT_VERSION: i16 = 8;
+const OFFSET_FETCH_VERSION: i16 = 7;
 
 /// Kafka's "earliest" for [`ClusterClient::list_offsets`].
 pub const EARLIEST_TIMESTAMP: i64 = -2;
@@ -336,6 +344,8 @@ pub struct ClusterClient {
     /// moved on after a failure.
     any_cursor: usize,
     next_correlation_id: i32,
+    /// Group id → its coordinator's address, until a failure.
+    coordinators: BTreeMap<String, String>,
 }
 
 impl ClusterClient {
@@ -355,6 +365,7 @@ impl ClusterClient {
             metadata_stale: true,
             any_cursor: 0,
             next_correlation_id: 1,
+            coordinators: BTreeMap::new(),
         }
     }
 
@@ -663,6 +674,122 @@ impl ClusterClient {
             Some(p) => Ok(p.offset),
         };
         self.routed(result)
+    }
+
+    // ------------------------------------------------------ group offsets
+
+    /// The address of `group`'s coordinator (FindCoordinator v3).
+    async fn coordinator(&mut self, group: &str) -> Result<String> {
+        if let Some(addr) = self.coordinators.get(group) {
+            return Ok(addr.clone());
+        }
+        let request = FindCoordinatorRequest::default()
+            .with_key(StrBytes::from_string(group.to_string()))
+            .with_key_type(0);
+        let resp = self
+            .call_any(ApiKey::FindCoordinator, FIND_COORDINATOR_VERSION, &request)
+            .await?;
+        if resp.error_code != 0 {
+            return Err(ClientError::broker(
+                ApiKey::FindCoordinator,
+                resp.error_code,
+                resp.error_message.as_ref(),
+            ));
+        }
+        let addr = format!("{}:{}", resp.host.as_str(), resp.port);
+        self.coordinators.insert(group.to_string(), addr.clone());
+        Ok(addr)
+    }
+
+    /// Forgets the group's coordinator after a failure that suggests it moved.
+    fn coordinated<T>(&mut self, group: &str, result: Result<T>) -> Result<T> {
+        if result.is_err() {
+            self.coordinators.remove(group);
+        }
+        result
+    }
+
+    /// Commits `offset` for `topic`-`partition` in `group` as a simple
+    /// (memberless) consumer does: OffsetCommit v8 with generation -1.
+    pub async fn commit_offset(
+        &mut self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> Result<()> {
+        let addr = self.coordinator(group).await?;
+        let request = OffsetCommitRequest::default()
+            .with_group_id(GroupId(StrBytes::from_string(group.to_string())))
+            .with_generation_id_or_member_epoch(-1)
+            .with_member_id(StrBytes::from_static_str(""))
+            .with_topics(vec![OffsetCommitRequestTopic::default()
+                .with_name(topic_name(topic))
+                .with_partitions(vec![OffsetCommitRequestPartition::default()
+                    .with_partition_index(partition)
+                    .with_committed_offset(offset)
+                    .with_committed_leader_epoch(-1)])]);
+        let resp = self
+            .call(&addr, ApiKey::OffsetCommit, OFFSET_COMMIT_VERSION, &request)
+            .await;
+        let result = resp.and_then(|resp| {
+            let code = resp
+                .topics
+                .iter()
+                .flat_map(|t| t.partitions.iter())
+                .find(|p| p.partition_index == partition)
+                .map(|p| p.error_code)
+                .ok_or_else(|| ClientError::BadResponse {
+                    api: ApiKey::OffsetCommit,
+                    addr: addr.clone(),
+                    reason: "no result for the partition".into(),
+                })?;
+            if code == 0 {
+                Ok(())
+            } else {
+                Err(ClientError::broker(ApiKey::OffsetCommit, code, None))
+            }
+        });
+        self.coordinated(group, result)
+    }
+
+    /// The offset `group` has committed for `topic`-`partition` (-1 if
+    /// none), from OffsetFetch v7.
+    pub async fn fetch_offset(&mut self, group: &str, topic: &str, partition: i32) -> Result<i64> {
+        let addr = self.coordinator(group).await?;
+        let request = OffsetFetchRequest::default()
+            .with_group_id(GroupId(StrBytes::from_string(group.to_string())))
+            .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+                .with_name(topic_name(topic))
+                .with_partition_indexes(vec![partition])]))
+            .with_require_stable(true);
+        let resp = self
+            .call(&addr, ApiKey::OffsetFetch, OFFSET_FETCH_VERSION, &request)
+            .await;
+        let result = resp.and_then(|resp| {
+            if resp.error_code != 0 {
+                return Err(ClientError::broker(
+                    ApiKey::OffsetFetch,
+                    resp.error_code,
+                    None,
+                ));
+            }
+            let p = resp
+                .topics
+                .iter()
+                .flat_map(|t| t.partitions.iter())
+                .find(|p| p.partition_index == partition)
+                .ok_or_else(|| ClientError::BadResponse {
+                    api: ApiKey::OffsetFetch,
+                    addr: addr.clone(),
+                    reason: "no result for the partition".into(),
+                })?;
+            if p.error_code != 0 {
+                return Err(ClientError::broker(ApiKey::OffsetFetch, p.error_code, None));
+            }
+            Ok(p.committed_offset)
+        });
+        self.coordinated(group, result)
     }
 
     // ------------------------------------------------------------- routing

@@ -187,6 +187,9 @@ pub struct Report {
     /// Metadata commands the observer checked one by one, reassignments it
     /// carried out, objects in the store at the end.
     pub commands_checked: u64,
+    /// Offset commits acknowledged and committed offsets read back.
+    pub commits_acked: usize,
+    pub commits_read: usize,
     pub reassignments: u64,
     pub final_objects: usize,
     /// Fingerprint of the history and the fault log: the same seed must
@@ -256,6 +259,8 @@ pub fn run(config: &SimConfig) -> Report {
         failed: 0,
         polled: 0,
         commands_checked: 0,
+        commits_acked: 0,
+        commits_read: 0,
         reassignments: 0,
         final_objects: 0,
         fingerprint: 0,
@@ -479,6 +484,7 @@ fn run_here(config: &SimConfig) -> Report {
         .map(ToString::to_string)
         .collect();
     violations.extend(log.liveness.iter().cloned());
+    violations.extend(log.offsets.iter().cloned());
     let observed = observed.borrow();
     violations.extend(observed.violations.iter().cloned());
     let (acknowledged, indeterminate, failed, polled) = counts(history);
@@ -504,6 +510,8 @@ fn run_here(config: &SimConfig) -> Report {
         failed,
         polled,
         commands_checked: observed.commands,
+        commits_acked: log.commits_acked,
+        commits_read: log.commits_read,
         reassignments: observed.moves_done,
         final_objects: observed.final_objects,
         fingerprint: fp,

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use crate::checker::{History, SendOutcome, TopicPartition};
 use crate::client::{ClientError, ClusterClient, Outcome, ProducerIds, EARLIEST_TIMESTAMP};
 use crate::net::TurmoilNet;
-use crate::seams::splitmix64;
+use crate::seams::{splitmix64, SimClock, SIM_EPOCH_MS};
 
 /// Shared parameters of the workload clients.
 #[derive(Debug, Clone)]
@@ -50,6 +50,11 @@ pub struct RunLog {
     pub history: History,
     /// Progress the cluster failed to make once faults stopped.
     pub liveness: Vec<String>,
+    /// Committed offsets that went backwards or were never committed.
+    pub offsets: Vec<String>,
+    /// Offset commits acknowledged, and committed offsets read back.
+    pub commits_acked: usize,
+    pub commits_read: usize,
 }
 
 impl RunLog {
@@ -68,8 +73,18 @@ fn now() -> Duration {
 }
 
 fn client(w: &Workload, name: &str) -> ClusterClient {
-    ClusterClient::new(Arc::new(TurmoilNet), w.bootstrap.clone(), name)
+    ClusterClient::new(Arc::new(TurmoilNet), w.bootstrap.clone(), name).with_clock(Arc::new(
+        SimClock {
+            epoch_ms: SIM_EPOCH_MS,
+        },
+    ))
 }
+
+/// The consumer group whose committed offsets the consumer keeps.
+pub const GROUP: &str = "sim-group";
+
+/// How often the consumer commits its positions and reads them back.
+const COMMIT_EVERY: Duration = Duration::from_millis(500);
 
 async fn backoff() {
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -190,12 +205,25 @@ fn decode(records: &[(i64, Bytes)]) -> Vec<(i64, u64)> {
         .collect()
 }
 
+/// What the consumer committed for one partition.
+#[derive(Debug, Default, Clone, Copy)]
+struct Committed {
+    /// Highest offset whose commit was acknowledged.
+    acked: Option<i64>,
+    /// Highest offset ever sent in a commit (acknowledged or not).
+    invoked: Option<i64>,
+}
+
 /// An assign-mode consumer: polls every partition in turn from the start,
-/// recording each non-empty poll.
+/// recording each non-empty poll. Every [`COMMIT_EVERY`] it commits its
+/// positions in [`GROUP`] and reads them back: a committed offset must never
+/// read lower than one acknowledged before, nor higher than any sent.
 pub async fn consume(w: Workload, process: u32, history: SharedHistory) {
     let mut c = client(&w, &format!("consumer{process}"));
     let mut positions: BTreeMap<i32, (i64, bool)> =
         (0..w.partitions as i32).map(|p| (p, (0, true))).collect();
+    let mut committed: BTreeMap<i32, Committed> = BTreeMap::new();
+    let mut next_commit = now() + COMMIT_EVERY;
     while now() < w.produce_until {
         tokio::time::sleep(w.think).await;
         for p in 0..w.partitions as i32 {
@@ -221,6 +249,82 @@ pub async fn consume(w: Workload, process: u32, history: SharedHistory) {
                     backoff().await;
                 }
             }
+        }
+        if now() >= next_commit {
+            next_commit = now() + COMMIT_EVERY;
+            commit_and_verify(&w, &mut c, &positions, &mut committed, &history).await;
+        }
+    }
+    // Once faults have stopped, every acknowledged commit must read back.
+    while now() < w.final_read_by {
+        let mut all = true;
+        for (&p, done) in &committed {
+            if done.acked.is_none() {
+                continue;
+            }
+            match c.fetch_offset(GROUP, &w.topic, p).await {
+                Ok(read) => check_read(p, read, *done, &history, "after the faults"),
+                Err(_) => all = false,
+            }
+        }
+        if all {
+            return;
+        }
+        backoff().await;
+    }
+    history.borrow_mut().liveness(format!(
+        "consumer{process}: committed offsets could not be read back by {:?}",
+        w.final_read_by
+    ));
+}
+
+fn check_read(partition: i32, read: i64, done: Committed, history: &SharedHistory, when: &str) {
+    let mut log = history.borrow_mut();
+    log.commits_read += 1;
+    if let Some(acked) = done.acked {
+        if read < acked {
+            log.offsets.push(format!(
+                "committed offset of partition {partition} went backwards: {acked} was \
+                 acknowledged, then OffsetFetch read {read} ({when})"
+            ));
+        }
+    }
+    if read > done.invoked.unwrap_or(-1) {
+        log.offsets.push(format!(
+            "committed offset of partition {partition} read as {read}, above every offset \
+             ever committed ({:?}) ({when})",
+            done.invoked
+        ));
+    }
+}
+
+async fn commit_and_verify(
+    w: &Workload,
+    c: &mut ClusterClient,
+    positions: &BTreeMap<i32, (i64, bool)>,
+    committed: &mut BTreeMap<i32, Committed>,
+    history: &SharedHistory,
+) {
+    for (&p, &(position, _)) in positions {
+        let done = committed.entry(p).or_default();
+        if position == 0 || done.acked == Some(position) {
+            continue;
+        }
+        done.invoked = Some(done.invoked.map_or(position, |i| i.max(position)));
+        match c.commit_offset(GROUP, &w.topic, p, position).await {
+            Ok(()) => {
+                done.acked = Some(done.acked.map_or(position, |a| a.max(position)));
+                history.borrow_mut().commits_acked += 1;
+            }
+            Err(e) => tracing::debug!(error = %e, partition = p, "offset commit failed"),
+        }
+    }
+    for (&p, &done) in committed.iter() {
+        if done.invoked.is_none() {
+            continue;
+        }
+        if let Ok(read) = c.fetch_offset(GROUP, &w.topic, p).await {
+            check_read(p, read, done, history, "during the run");
         }
     }
 }
@@ -289,4 +393,28 @@ async fn read_all(w: &Workload, c: &mut ClusterClient, p: i32) -> Result<Vec<(i6
 
 fn describe(e: &ClientError) -> String {
     e.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(acked: Option<i64>, invoked: Option<i64>, got: i64) -> Vec<String> {
+        let h: SharedHistory = Rc::default();
+        check_read(3, got, Committed { acked, invoked }, &h, "test");
+        let log = h.borrow();
+        assert_eq!(log.commits_read, 1);
+        log.offsets.clone()
+    }
+
+    #[test]
+    fn committed_offsets_must_not_go_back_or_appear_from_nowhere() {
+        assert_eq!(read(Some(10), Some(12), 10), Vec::<String>::new());
+        assert_eq!(read(Some(10), Some(12), 12), Vec::<String>::new());
+        assert_eq!(read(None, Some(5), -1), Vec::<String>::new());
+        let back = read(Some(10), Some(12), 9);
+        assert!(back[0].contains("went backwards"), "{back:?}");
+        let invented = read(Some(10), Some(12), 13);
+        assert!(invented[0].contains("above every offset"), "{invented:?}");
+    }
 }

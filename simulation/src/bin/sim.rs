@@ -110,7 +110,7 @@ fn main() -> ExitCode {
             *kinds.entry(f.kind()).or_default() += 1;
         }
         println!(
-            "seed {seed}: {} in {:.1}s wall, {:.0}s simulated; acked {} indeterminate {} failed {} polls {}; {} faults, {} reassignments; {} metadata commands checked, {} objects at the end; fingerprint {:016x}",
+            "seed {seed}: {} in {:.1}s wall, {:.0}s simulated; acked {} indeterminate {} failed {} polls {}; offsets committed {} read {}; {} faults, {} reassignments; {} metadata commands checked, {} objects at the end; fingerprint {:016x}",
             if report.ok() { "ok" } else { "VIOLATION" },
             started.elapsed().as_secs_f64(),
             report.simulated.as_secs_f64(),
@@ -118,6 +118,8 @@ fn main() -> ExitCode {
             report.indeterminate,
             report.failed,
             report.polled,
+            report.commits_acked,
+            report.commits_read,
             report.faults.len(),
             report.reassignments,
             report.commands_checked,
