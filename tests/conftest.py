@@ -2,9 +2,10 @@
 
 `server` is a running broker on fresh ports with a fresh data dir: `oxbow server`
 by default, Apache Kafka 4.1.1 (KRaft, one node) when OXBOW_TEST_TARGET=kafka.
-`server_factory` makes more (or differently configured) ones, `s3` runs s3s-fs.
-Every server is stopped by PID at teardown; when a test fails, the tail of each
-server's log is added to the report.
+`server_factory` makes more (or differently configured) ones, `s3` runs s3s-fs,
+`cluster` runs 3 controllers and 3 brokers on one s3s-fs. Every server is
+stopped by PID at teardown; when a test fails, the tail of each server's log is
+added to the report.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import uuid
 import pytest
 
 from harness import env
+from harness.cluster import OxbowCluster
 from harness.servers import STOP_TIMEOUT, KafkaServer, OxbowServer, S3sFs
 
 _SERVERS = pytest.StashKey[list]()
@@ -95,6 +97,29 @@ def server(server_factory):
 def s3(server_factory):
     """A running s3s-fs with an empty bucket."""
     return server_factory("s3s-fs")
+
+
+@pytest.fixture
+def cluster(request, server_factory, tmp_path):
+    """A started OxbowCluster: 3 controllers, 3 brokers, one s3s-fs. Teardown stops every
+    node by PID and fails the test if a node exited on its own, did not exit 0 on SIGTERM,
+    or panicked."""
+    s3 = server_factory("s3s-fs")
+    c = OxbowCluster(tmp_path / "cluster", s3, on_new_node=lambda n: _register(request, n))
+    try:
+        c.start()
+        yield c
+    finally:
+        crashed = {n.name: n.process.returncode() for n in c.nodes() if n.died_unexpectedly()}
+        codes = c.stop()
+        problems = [f"{name} exited on its own during the test with code {code}"
+                    for name, code in crashed.items()]
+        problems += [f"{name} exited with code {code} after SIGTERM at teardown, expected 0"
+                     for name, code in codes.items() if code != 0]
+        problems += [f"{n.name} panicked (a panic is always a bug): {n.log_path}"
+                     for n in c.nodes() if "panicked at" in n.log_text()]
+        if problems:
+            pytest.fail("\n".join(problems), pytrace=False)
 
 
 @pytest.fixture

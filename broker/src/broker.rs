@@ -5,7 +5,7 @@
 //! Which partitions run here follows the metadata alone: `reconcile` opens an
 //! actor for every stream owned by this broker and closes the others.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use crate::config::BrokerConfig;
 use crate::controller_client::RemoteController;
 use crate::group::{GroupClock, GroupConfig, GroupCoordinator};
 use crate::metadata::{self, MetadataView};
-use crate::partition::{Close, Partition, PartitionArgs, StreamTail};
+use crate::partition::{Close, Partition, PartitionArgs, ReopenRequests, StreamTail};
 use crate::storage::log_cache::LogCache;
 use crate::storage::reader::{ObjectLocation, ObjectReader};
 use crate::storage::stream::StreamState;
@@ -74,9 +74,71 @@ pub struct Broker {
     writer_task: Mutex<Option<JoinHandle<()>>>,
     partitions: StdMutex<HashMap<StreamId, Arc<OpenPartition>>>,
     reconcile_lock: Mutex<()>,
+    /// Where failed partitions ask to be reopened at a new epoch, and the
+    /// streams waiting for that (reconcile leaves them closed meanwhile).
+    reopen_tx: ReopenRequests,
+    reopening: StdMutex<HashSet<StreamId>>,
     producer_ids: Mutex<ProducerIdBlock>,
     stop: watch::Sender<bool>,
     tasks: StdMutex<Vec<JoinHandle<()>>>,
+}
+
+/// Reopens, at a new stream epoch, each partition whose flush failed: proposes
+/// `ReopenStream` until it is applied (or the stream is no longer this
+/// broker's at that epoch), then reconciles, which opens the partition from
+/// the committed end with producer state rebuilt from committed data.
+async fn reopen_loop(
+    broker: Arc<Broker>,
+    mut requests: tokio::sync::mpsc::UnboundedReceiver<(StreamId, u64)>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, epoch) = tokio::select! {
+            r = requests.recv() => match r {
+                Some(r) => r,
+                None => return,
+            },
+            _ = stop.changed() => return,
+        };
+        broker
+            .reopening
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(stream);
+        loop {
+            let still_ours = broker.metadata.read(|img| {
+                img.streams
+                    .get(&stream)
+                    .is_some_and(|s| s.owner == Some(broker.id) && s.epoch == epoch)
+            });
+            if !still_ours || *stop.borrow() {
+                break;
+            }
+            let cmd = MetadataCommand::ReopenStream {
+                stream,
+                owner: broker.id,
+                epoch,
+            };
+            match broker.propose(cmd).await {
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(stream_id = stream.0, error = %e, "reopening a failed partition; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        info!(
+            stream_id = stream.0,
+            failed_epoch = epoch,
+            "reopening a partition after a failed flush"
+        );
+        broker
+            .reopening
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&stream);
+        broker.reconcile().await;
+    }
 }
 
 /// Heartbeats to the controllers every second until `stop` turns true;
@@ -164,6 +226,7 @@ impl Broker {
             log_cache.clone(),
             reader.clone(),
         ));
+        let (reopen_tx, reopen_rx) = tokio::sync::mpsc::unbounded_channel();
         let broker = Arc::new(Broker {
             seams,
             key_prefix: key_prefix.clone(),
@@ -179,6 +242,8 @@ impl Broker {
             writer_task: Mutex::new(Some(writer_task)),
             partitions: StdMutex::new(HashMap::new()),
             reconcile_lock: Mutex::new(()),
+            reopen_tx,
+            reopening: StdMutex::new(HashSet::new()),
             producer_ids: Mutex::new(ProducerIdBlock::default()),
             stop: watch::Sender::new(false),
             tasks: StdMutex::new(Vec::new()),
@@ -212,6 +277,16 @@ impl Broker {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .extend([follower, reconciler]);
+        let reopener = tokio::spawn(reopen_loop(
+            broker.clone(),
+            reopen_rx,
+            broker.stop.subscribe(),
+        ));
+        broker
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(reopener);
         let lifecycle = tokio::spawn(crate::lifecycle::run(
             broker.clone(),
             store,
@@ -331,14 +406,28 @@ impl Broker {
                 }
                 keep
             });
+            let reopening = self
+                .reopening
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
             for (sid, epoch, leader_epoch, start, end, topic, partition) in owned {
                 if let Some(p) = parts.get(&sid) {
                     p.state.set_log_start(start);
                     continue;
                 }
+                if reopening.contains(&sid) {
+                    continue;
+                }
                 let state = Arc::new(StreamState::new(sid, topic, partition, start, end));
                 let actor = Partition::spawn(PartitionArgs {
-                    partition: Partition::new(state.clone(), epoch, leader_epoch, writer.clone()),
+                    partition: Partition::new(
+                        state.clone(),
+                        epoch,
+                        leader_epoch,
+                        writer.clone(),
+                        self.reopen_tx.clone(),
+                    ),
                     tail: StreamTail {
                         slices: self.tail_slices(sid),
                         reader: self.reader.clone(),

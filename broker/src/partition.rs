@@ -18,6 +18,8 @@ use kameo::{Actor, Reply};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
+use proto::StreamId;
+
 use crate::errors::ErrorCode;
 use crate::storage::batch::{self, BatchHeader};
 use crate::storage::producer_state::{last_seq_of, BatchSeq, ProducerStateTable, SequenceVerdict};
@@ -32,7 +34,13 @@ pub struct Partition {
     next_offset: u64,
     producers: ProducerStateTable,
     writer: WriterHandle,
+    /// Where a partition whose flush failed asks to be reopened.
+    reopen: ReopenRequests,
 }
+
+/// Streams whose partition must be reopened at a new epoch, with the epoch
+/// that failed (see [`crate::broker::Broker`]'s recovery).
+pub type ReopenRequests = tokio::sync::mpsc::UnboundedSender<(StreamId, u64)>;
 
 impl Partition {
     pub fn new(
@@ -40,6 +48,7 @@ impl Partition {
         stream_epoch: u64,
         leader_epoch: i32,
         writer: WriterHandle,
+        reopen: ReopenRequests,
     ) -> Self {
         let next_offset = state.high_watermark();
         Partition {
@@ -49,28 +58,8 @@ impl Partition {
             next_offset,
             producers: ProducerStateTable::default(),
             writer,
+            reopen,
         }
-    }
-
-    /// After a failed flush: wait until every batch handed to the writer has
-    /// an outcome, then continue from the committed end. Later in-flight
-    /// batches of this stream were refused by the controller (not contiguous),
-    /// so nothing above the committed end survives.
-    async fn reset_after_failure(&mut self, committed_end: u64) {
-        self.state.wait_until_drained().await;
-        let end = committed_end.max(self.state.high_watermark());
-        self.state.advance_high_watermark(end);
-        info!(
-            stream_id = self.state.stream.0,
-            from = self.next_offset,
-            to = end,
-            "partition reset to committed end after a failed flush"
-        );
-        self.next_offset = end;
-        // Sequences recorded for batches that never committed are void; those
-        // of committed batches still catch a retry whose answer was lost.
-        self.producers.forget_from(end);
-        self.state.clear_failed();
     }
 }
 
@@ -159,9 +148,6 @@ pub struct IncomingBatch {
 
 pub struct Append {
     pub batches: Vec<IncomingBatch>,
-    /// The stream's committed end according to the broker's metadata view,
-    /// used only when the partition must reset after a failed flush.
-    pub committed_end: u64,
 }
 
 /// What became of an append, before durability.
@@ -199,7 +185,15 @@ impl Message<Append> for Partition {
             return reply(AppendStatus::Refused(ErrorCode::NotLeaderOrFollower));
         }
         if self.state.has_failed() {
-            self.reset_after_failure(msg.committed_end).await;
+            // A flush failed: what this incarnation appended above the
+            // committed end is void, but a commit of it may still be on its
+            // way and the broker's view of the committed end may lag. So the
+            // partition stops here and is reopened at a new stream epoch
+            // (refusing any late commit of this one), from the committed
+            // end and with producer state rebuilt from committed data.
+            self.state.set_fenced();
+            let _ = self.reopen.send((self.state.stream, self.stream_epoch));
+            return reply(AppendStatus::Refused(ErrorCode::NotLeaderOrFollower));
         }
         let mut acks = Vec::with_capacity(msg.batches.len());
         let mut first_base: Option<u64> = None;

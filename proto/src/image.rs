@@ -194,6 +194,15 @@ pub enum MetadataCommand {
         stream: StreamId,
         to: BrokerId,
     },
+    /// The owner reopens its stream at a new epoch after a failed flush, so
+    /// that a commit of the failed incarnation still on its way is refused
+    /// and the reopened partition starts from a final committed end. Ignored
+    /// unless `owner` owns the stream at `epoch` (so a retry bumps once).
+    ReopenStream {
+        stream: StreamId,
+        owner: BrokerId,
+        epoch: u64,
+    },
     /// Moves a stream's start offset forward (retention, DeleteRecords):
     /// slices wholly below it leave the object map, and objects left with no
     /// slice are marked for deletion at `now_ms`.
@@ -298,6 +307,7 @@ impl MetadataCommand {
             MetadataCommand::AllocateProducerIds { .. } => "AllocateProducerIds",
             MetadataCommand::FenceBroker { .. } => "FenceBroker",
             MetadataCommand::MoveStream { .. } => "MoveStream",
+            MetadataCommand::ReopenStream { .. } => "ReopenStream",
             MetadataCommand::TrimStream { .. } => "TrimStream",
             MetadataCommand::DestroyObjects { .. } => "DestroyObjects",
             MetadataCommand::AlterTopicConfigs { .. } => "AlterTopicConfigs",
@@ -547,6 +557,20 @@ impl MetadataImage {
                 };
                 if s.owner != Some(*to) {
                     s.owner = Some(*to);
+                    s.epoch += 1;
+                    s.leader_epoch += 1;
+                }
+                CommandReply::Ok
+            }
+            MetadataCommand::ReopenStream {
+                stream,
+                owner,
+                epoch,
+            } => {
+                let Some(s) = self.streams.get_mut(stream) else {
+                    return CommandReply::UnknownTopic;
+                };
+                if s.owner == Some(*owner) && s.epoch == *epoch {
                     s.epoch += 1;
                     s.leader_epoch += 1;
                 }
@@ -907,6 +931,53 @@ mod tests {
         });
         assert_eq!(img.streams[&StreamId(0)].epoch, e + 1);
         assert_eq!(img.streams[&StreamId(0)].owner, Some(2));
+    }
+
+    #[test]
+    fn reopen_stream_bumps_the_owners_epoch_once() {
+        let mut img = image_with_topic(1);
+        register(&mut img, 2);
+        let s = &img.streams[&StreamId(0)];
+        let (owner, e) = (s.owner.expect("owned"), s.epoch);
+        let reopen = |img: &mut MetadataImage, owner, epoch| {
+            img.apply(&MetadataCommand::ReopenStream {
+                stream: StreamId(0),
+                owner,
+                epoch,
+            })
+        };
+        // Another broker, or a stale epoch: nothing changes.
+        let other = if owner == 1 { 2 } else { 1 };
+        reopen(&mut img, other, e);
+        reopen(&mut img, owner, e + 7);
+        assert_eq!(img.streams[&StreamId(0)].epoch, e);
+        // The owner at its epoch: one bump, and a retry does nothing more.
+        reopen(&mut img, owner, e);
+        reopen(&mut img, owner, e);
+        assert_eq!(img.streams[&StreamId(0)].epoch, e + 1);
+        assert_eq!(img.streams[&StreamId(0)].owner, Some(owner));
+        // A commit of the failed incarnation is now refused.
+        let reply = img.apply(&MetadataCommand::CommitObject {
+            broker: owner,
+            broker_epoch: img.brokers[&owner].epoch,
+            key: "late".into(),
+            size: 1,
+            ranges: vec![CommitRange {
+                stream: StreamId(0),
+                stream_epoch: e,
+                start_offset: img.streams[&StreamId(0)].end_offset,
+                end_offset: img.streams[&StreamId(0)].end_offset + 1,
+                max_timestamp: 0,
+                bytes: 1,
+            }],
+        });
+        assert_eq!(
+            reply,
+            CommandReply::ObjectCommitted {
+                object: None,
+                verdicts: vec![RangeVerdict::Fenced]
+            }
+        );
     }
 
     #[test]

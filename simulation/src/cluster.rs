@@ -227,6 +227,9 @@ fn broker_storage() -> StorageConfig {
         orphan_min_age: ORPHAN_MIN_AGE,
         orphan_scan_interval: Duration::from_secs(5),
         retention_check_interval: Duration::from_secs(5),
+        // Few attempts, so that store and controller faults fail flushes
+        // and the partitions' reopen path runs.
+        max_attempts: 3,
         ..StorageConfig::default()
     }
 }

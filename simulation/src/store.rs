@@ -168,8 +168,10 @@ fn injected(what: &str) -> object_store::Error {
     }
 }
 
-/// How long a request to an unreachable store or a hung one takes to fail.
+/// How long a hung request takes to fail (a client-side timeout).
 const HANG: Duration = Duration::from_secs(10);
+/// How long a request to an unreachable store takes to fail (connect timeout).
+const UNREACHABLE: Duration = Duration::from_secs(2);
 
 impl FaultyStore {
     /// Applies the drawn fault before the request: `Ok(lost)` means "go on",
@@ -186,7 +188,7 @@ impl FaultyStore {
                 Err(injected("request timed out (injected)"))
             }
             Fault::CutOff => {
-                tokio::time::sleep(HANG).await;
+                tokio::time::sleep(UNREACHABLE).await;
                 Err(injected("store unreachable (injected partition)"))
             }
         }

@@ -55,7 +55,6 @@ struct ShardInner {
 struct Shard {
     partition: i32,
     open: Arc<OpenPartition>,
-    metadata: Arc<MetadataView>,
     clock: GroupClock,
     entropy: Arc<dyn Entropy>,
     inner: Mutex<ShardInner>,
@@ -120,17 +119,11 @@ impl Shard {
         }
         let bytes = records::encode_batch(wall_ms, &records);
         let header = batch::parse_header(&bytes).map_err(|_| ErrorCode::UnknownServerError)?;
-        let committed_end = self.metadata.read(|img| {
-            img.streams
-                .get(&self.open.state.stream)
-                .map_or(0, |s| s.end_offset)
-        });
         let reply = self
             .open
             .actor
             .ask(Append {
                 batches: vec![IncomingBatch { header, bytes }],
-                committed_end,
             })
             .await
             .map_err(|_| ErrorCode::NotCoordinator)?;
@@ -322,7 +315,6 @@ impl GroupCoordinator {
         let shard = Arc::new(Shard {
             partition,
             open: open.clone(),
-            metadata: self.shared.metadata.clone(),
             clock: self.shared.clock.clone(),
             entropy: self.shared.entropy.clone(),
             inner: Mutex::new(ShardInner {

@@ -136,7 +136,7 @@ async fn append_partition(
     records: Option<bytes::Bytes>,
 ) -> Pending {
     let refuse = |code| Pending::Done(partition_response(index, code));
-    let Some((stream, committed_end, max_batch)) = broker.metadata.read(|img| {
+    let Some((stream, max_batch)) = broker.metadata.read(|img| {
         let s = img.stream_of(topic, index)?;
         let max = crate::config::topic_config(
             img.topics.get(topic).map(|t| &t.configs),
@@ -144,7 +144,7 @@ async fn append_partition(
         )
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(usize::MAX);
-        Some((s.id, s.end_offset, max))
+        Some((s.id, max))
     }) else {
         return refuse(ErrorCode::UnknownTopicOrPartition);
     };
@@ -182,14 +182,7 @@ async fn append_partition(
         metrics::counter!("oxbow_bytes_in_total").increment(bytes.len() as u64);
         incoming.push(IncomingBatch { header, bytes });
     }
-    let reply = match open
-        .actor
-        .ask(Append {
-            batches: incoming,
-            committed_end,
-        })
-        .await
-    {
+    let reply = match open.actor.ask(Append { batches: incoming }).await {
         Ok(r) => r,
         Err(_) => return refuse(ErrorCode::NotLeaderOrFollower),
     };

@@ -109,16 +109,6 @@ impl ProducerStateTable {
         }
     }
 
-    /// Forgets the batches at or above offset `end`: they were appended but
-    /// never committed, so a retry of one is new again, while a retry of a
-    /// committed batch below `end` is still answered as a duplicate.
-    pub fn forget_from(&mut self, end: u64) {
-        self.producers.retain(|_, entry| {
-            entry.batches.retain(|b| b.last_offset < end);
-            !entry.batches.is_empty()
-        });
-    }
-
     /// Records an appended batch (after `check` said `Append`).
     pub fn record(&mut self, pid: i64, epoch: i16, batch: BatchSeq) {
         if pid == NO_PRODUCER_ID {
@@ -219,28 +209,5 @@ mod tests {
     fn non_idempotent_batches_are_never_checked() {
         let t = ProducerStateTable::default();
         assert_eq!(t.check(-1, -1, -1, 3), SequenceVerdict::Append);
-    }
-
-    #[test]
-    fn forgetting_uncommitted_batches_keeps_committed_duplicates() {
-        let mut t = ProducerStateTable::default();
-        for i in 0..3u64 {
-            let seq = i as i32;
-            t.record(
-                7,
-                0,
-                BatchSeq {
-                    first_seq: seq,
-                    last_seq: seq,
-                    base_offset: i,
-                    last_offset: i,
-                },
-            );
-        }
-        t.forget_from(2);
-        assert!(matches!(t.check(7, 0, 1, 1), SequenceVerdict::Duplicate(b) if b.base_offset == 1));
-        assert_eq!(t.check(7, 0, 2, 1), SequenceVerdict::Append);
-        t.forget_from(0);
-        assert!(t.is_empty());
     }
 }
