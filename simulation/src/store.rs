@@ -1,8 +1,11 @@
 //! The object store every simulated broker shares: one in-memory bucket,
 //! reached by each broker through its own [`FaultyStore`] handle, which
 //! injects the seeded faults of real S3-compatible stores: latency, 503
-//! SlowDown, timeouts, a PUT that succeeded but whose answer was lost, and a
-//! broker cut off from the store.
+//! SlowDown, timeouts, a PUT that succeeded but whose answer was lost, a
+//! broker cut off from the store, and multipart uploads whose parts fail
+//! (an upload missing a part cannot complete, as S3 answers InvalidPart).
+//! (Oxbow's writer does not use multipart uploads today; the unit test
+//! below covers them.)
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -148,6 +151,72 @@ impl SharedStore {
     }
 }
 
+/// A multipart upload whose parts and completion draw faults like any
+/// request. A part that fails is not stored; completing an upload with a
+/// failed part fails and creates nothing.
+#[derive(Debug)]
+struct FaultyUpload {
+    shared: Arc<SharedStore>,
+    host: String,
+    location: Path,
+    inner: Box<dyn MultipartUpload>,
+    failed_part: bool,
+}
+
+#[async_trait]
+impl MultipartUpload for FaultyUpload {
+    fn put_part(&mut self, data: PutPayload) -> object_store::UploadPart {
+        let (fault, latency) = self.shared.draw(&self.host, false);
+        let stored = match fault {
+            Fault::None | Fault::LostResponse => Some(self.inner.put_part(data)),
+            _ => {
+                self.failed_part = true;
+                None
+            }
+        };
+        Box::pin(async move {
+            tokio::time::sleep(latency).await;
+            match stored {
+                Some(part) => part.await,
+                None => Err(injected("multipart part failed (injected)")),
+            }
+        })
+    }
+
+    async fn complete(&mut self) -> Result<PutResult> {
+        let lost = FaultyStore {
+            shared: self.shared.clone(),
+            host: self.host.clone(),
+        }
+        .before(true)
+        .await?;
+        if self.failed_part {
+            return Err(injected(
+                "InvalidPart: a part of this upload failed (injected)",
+            ));
+        }
+        let result = self.inner.complete().await?;
+        {
+            let now = proto::seams::Clock::now_ms(&SimClock {
+                epoch_ms: crate::seams::SIM_EPOCH_MS,
+            });
+            let mut s = self.shared.state();
+            s.put_ms.insert(self.location.clone(), now);
+            s.stats.puts += 1;
+        }
+        if lost {
+            return Err(injected(
+                "multipart completed but its answer was lost (injected)",
+            ));
+        }
+        Ok(result)
+    }
+
+    async fn abort(&mut self) -> Result<()> {
+        self.inner.abort().await
+    }
+}
+
 /// One host's view of the shared bucket.
 #[derive(Debug)]
 pub struct FaultyStore {
@@ -234,7 +303,18 @@ impl ObjectStore for FaultyStore {
         opts: PutMultipartOptions,
     ) -> Result<Box<dyn MultipartUpload>> {
         self.before(false).await?;
-        self.shared.bucket.put_multipart_opts(location, opts).await
+        let inner = self
+            .shared
+            .bucket
+            .put_multipart_opts(location, opts)
+            .await?;
+        Ok(Box::new(FaultyUpload {
+            shared: self.shared.clone(),
+            host: self.host.clone(),
+            location: location.clone(),
+            inner,
+            failed_part: false,
+        }))
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
@@ -312,5 +392,59 @@ impl ObjectStore for FaultyStore {
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
         self.before(false).await?;
         self.shared.bucket.copy_opts(from, to, options).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::ObjectStoreExt;
+
+    /// With flaky parts, an upload either completes whole or leaves nothing.
+    #[tokio::test(start_paused = true)]
+    async fn multipart_uploads_fail_partially_but_never_half_exist() {
+        let shared = SharedStore::new(7);
+        shared.set_rates(FaultRates {
+            slow_down: 0.15,
+            timeout: 0.0,
+            lost_put_response: 0.2,
+            latency_ms: (1, 5),
+        });
+        let store = shared.handle("b1");
+        let (mut whole, mut partial) = (0, 0);
+        for i in 0..40 {
+            let path = Path::from(format!("mp/{i}"));
+            let Ok(mut upload) = store.put_multipart(&path).await else {
+                continue;
+            };
+            let mut any_failed = false;
+            for p in 0..4u8 {
+                any_failed |= upload.put_part(PutPayload::from(vec![p; 8])).await.is_err();
+            }
+            let completed = upload.complete().await;
+            // Checked in the bucket itself, past the faults.
+            let exists = shared.bucket.head(&path).await.is_ok();
+            if any_failed {
+                partial += 1;
+                assert!(
+                    completed.is_err() && !exists,
+                    "upload {i} with a failed part"
+                );
+            } else if exists {
+                whole += 1;
+                let body = shared
+                    .bucket
+                    .get(&path)
+                    .await
+                    .unwrap()
+                    .bytes()
+                    .await
+                    .unwrap();
+                assert_eq!(body.len(), 32, "upload {i} is whole");
+            } else {
+                assert!(completed.is_err(), "upload {i}: no object but success");
+            }
+        }
+        assert!(whole > 0 && partial > 0, "whole {whole}, partial {partial}");
     }
 }
