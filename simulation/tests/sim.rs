@@ -97,21 +97,31 @@ fn the_same_seed_replays_the_same_run() {
     let mut config = SimConfig::new(4242);
     config.duration = Duration::from_secs(30);
     config.quiet = Duration::from_secs(12);
+    // One run after another, and three side by side on parallel threads
+    // (process-wide state shared between runs must not leak into them).
     let first = run_seeded(&config);
-    let second = run_seeded(&config);
+    let mut others = vec![run_seeded(&config)];
+    others.extend(std::thread::scope(|s| {
+        let runs: Vec<_> = (0..3).map(|_| s.spawn(|| run_seeded(&config))).collect();
+        runs.into_iter()
+            .map(|r| r.join().expect("run thread"))
+            .collect::<Vec<_>>()
+    }));
     assert!(first.acknowledged > 0, "{}", describe(&config, &first));
-    assert_eq!(
-        first.faults, second.faults,
-        "the fault schedule differs between two runs of one seed"
-    );
-    assert_eq!(
-        (first.fingerprint, first.acknowledged, first.polled),
-        (second.fingerprint, second.acknowledged, second.polled),
-        "two runs of seed {} differ:\n{}\n{}",
-        config.seed,
-        describe(&config, &first),
-        describe(&config, &second)
-    );
+    for other in &others {
+        assert_eq!(
+            first.faults, other.faults,
+            "the fault schedule differs between two runs of one seed"
+        );
+        assert_eq!(
+            (first.fingerprint, first.acknowledged, first.polled),
+            (other.fingerprint, other.acknowledged, other.polled),
+            "two runs of seed {} differ:\n{}\n{}",
+            config.seed,
+            describe(&config, &first),
+            describe(&config, other)
+        );
+    }
 }
 
 /// Each bug planted in the production code must be reported, with its
