@@ -272,21 +272,11 @@ impl Broker {
                 b.reconcile().await;
             }
         });
-        broker
-            .tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend([follower, reconciler]);
         let reopener = tokio::spawn(reopen_loop(
             broker.clone(),
             reopen_rx,
             broker.stop.subscribe(),
         ));
-        broker
-            .tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(reopener);
         let lifecycle = tokio::spawn(crate::lifecycle::run(
             broker.clone(),
             store,
@@ -296,7 +286,7 @@ impl Broker {
             .tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(lifecycle);
+            .extend([follower, reconciler, reopener, lifecycle]);
         Ok(broker)
     }
 

@@ -89,18 +89,15 @@ pub async fn collect_orphans(broker: &Broker, store: &dyn ObjectStore) {
             continue;
         }
         let key = meta.location.to_string();
-        let ended = key
+        let incarnation = key
             .strip_prefix(&broker.key_prefix)
-            .and_then(parse_object_key)
-            .is_some_and(|(owner, epoch)| {
-                broker.metadata.read(|img| epoch_ended(img, owner, epoch))
-            });
-        if (ended
-            && !broker
+            .and_then(parse_object_key);
+        let collectable = incarnation.is_some_and(|(owner, epoch)| {
+            broker
                 .metadata
-                .read(|img| img.object_keys.contains_key(&key)))
-            || proto::planted::active(proto::planted::Bug::DeleteReferencedObject)
-        {
+                .read(|img| epoch_ended(img, owner, epoch) && !img.object_keys.contains_key(&key))
+        });
+        if collectable || proto::planted::active(proto::planted::Bug::DeleteReferencedObject) {
             orphans.push(meta.location);
         }
         if orphans.len() >= MAX_DELETES_PER_PASS {

@@ -12,6 +12,8 @@ from __future__ import annotations
 import socket
 import struct
 
+from harness.wire import recv_exact
+
 RPC_PROTOCOL_VERSION = 1
 
 
@@ -149,20 +151,11 @@ class ControllerClient:
         body = pack(msg)
         self.sock.sendall(struct.pack(">I", len(body)) + body)
 
-    def _recv_exact(self, n: int) -> bytes:
-        buf = bytearray()
-        while len(buf) < n:
-            chunk = self.sock.recv(n - len(buf))
-            if not chunk:
-                raise ConnectionError(f"connection closed after {len(buf)} of {n} bytes")
-            buf += chunk
-        return bytes(buf)
-
     def _recv(self):
-        (n,) = struct.unpack(">I", self._recv_exact(4))
+        (n,) = struct.unpack(">I", recv_exact(self.sock, 4))
         if n > 16 * 1024 * 1024:
             raise ValueError(f"implausible frame length {n}")
-        return unpack(self._recv_exact(n))
+        return unpack(recv_exact(self.sock, n))
 
     def request(self, request: dict) -> dict:
         rid = self.next_id

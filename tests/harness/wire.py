@@ -76,6 +76,17 @@ def request_header(api_key: int, api_version: int, correlation_id: int, client_i
     return h
 
 
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    """Exactly `n` bytes from `sock`; ConnectionError if it closes first."""
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError(f"connection closed after {len(buf)} of {n} bytes")
+        buf += chunk
+    return bytes(buf)
+
+
 def frame(payload: bytes) -> bytes:
     return i32(len(payload)) + payload
 
@@ -203,13 +214,7 @@ class Connection:
         return cid
 
     def _read_exact(self, n: int) -> bytes:
-        buf = bytearray()
-        while len(buf) < n:
-            chunk = self.sock.recv(n - len(buf))
-            if not chunk:
-                raise ConnectionError(f"connection closed after {len(buf)} of {n} bytes")
-            buf += chunk
-        return bytes(buf)
+        return recv_exact(self.sock, n)
 
     def read_response(self, expect_correlation: int, flexible_header: bool = False) -> bytes:
         (size,) = struct.unpack(">i", self._read_exact(4))
