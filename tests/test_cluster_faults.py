@@ -14,8 +14,9 @@ one at the offset its acknowledgement gave.
 - Rolling restart (SIGTERM, start, wait until healthy) of every broker, then
   every controller.
 - Controller membership over the controller RPC: a fourth controller added,
-  a follower removed; and (xfail, a known bug) the leader removed while its
-  process keeps running.
+  a follower removed; and the leader removed while its process keeps
+  running (it steps down and answers `Removed`, so brokers move on and keep
+  their sessions with the new leader).
 
 Waits are generous and polled (a 2-core machine under load is slow); nothing
 here asserts how long something took, only that it happened within a bound.
@@ -282,19 +283,6 @@ def test_controller_added_and_removed_under_load(cluster, topic_name):
     assert set(live_brokers(bs)) == {b.node_id for b in cluster.brokers}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Bug: a controller removed from the voters (RemoveVoter) while it leads keeps acting as "
-    "the leader towards brokers. controller::service::Service::route (and heartbeat_local) "
-    "trust openraft's Raft::as_leader(), which only checks that the committed vote names this "
-    "node; a removed leader keeps its vote (T1-N1) because no member contacts it any more. So "
-    "it answers broker heartbeats itself (fenced: false, from its stale image) and holds their "
-    "CommitObjects unanswered. Logs: new leader 'leading' at t, 'fenced broker broker=1/2/3' "
-    "at t+6 s; brokers 'object commit failed; retrying ... controller <removed>: no answer' "
-    "about 15 s after the removal (the client's retry budget), then 'commit range refused "
-    "verdict=Fenced' and 're-registered after being fenced'; producer acknowledgements stop "
-    "about 1 s after the removal until then; the removed controller logs 'broker session "
-    "expired; fencing it' / 'fencing broker failed ... not the leader' every 250 ms; once a "
-    "broker then kept retrying NotLeader(None) and did not exit within 20 s of SIGTERM."))
 def test_removed_leader_left_running_keeps_brokers_alive(cluster, topic_name):
     """Removing the controller leader from the voters, then leaving the removed process
     running a while (the docs say to stop it "once the answer comes"; an operator may be

@@ -28,8 +28,9 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use proto::rpc::{
     encode_frame, BoxFuture, ControllerApi, ControllerRequest, ControllerResponse, FrameReader,
-    HeartbeatReply, Hello, HelloReply, MembershipChange, MetadataDeltas, RequestFrame,
-    ResponseFrame, RpcError, Voters, WriteOutcome, MAX_RPC_FRAME, RPC_PROTOCOL_VERSION,
+    HeartbeatReply, Hello, HelloReply, MembershipChange, MetadataDeltas, QuorumStatus,
+    RequestFrame, ResponseFrame, RpcError, Voters, WriteOutcome, MAX_RPC_FRAME,
+    RPC_PROTOCOL_VERSION,
 };
 use proto::seams::Net;
 use proto::{BrokerId, MetadataCommand};
@@ -135,6 +136,23 @@ impl RemoteController {
         }
     }
 
+    /// Admin: the view of the quorum of whichever controller answers (with
+    /// a single address: that controller's).
+    pub async fn describe_quorum(&self) -> Result<QuorumStatus, RpcError> {
+        match self
+            .call(
+                &self.requests,
+                ControllerRequest::DescribeQuorum,
+                self.config.request_timeout,
+                self.config.retry_for,
+            )
+            .await?
+        {
+            ControllerResponse::Quorum(status) => status,
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Admin: adds or removes a controller; answers the voters after.
     pub async fn change_membership(&self, change: MembershipChange) -> Result<Voters, RpcError> {
         let request = ControllerRequest::ChangeMembership(change);
@@ -207,9 +225,9 @@ impl RemoteController {
                             target.redirect(&conn, hint.clone());
                             RpcError::NotLeader(hint.clone())
                         }
-                        Some(RpcError::ShuttingDown) => {
+                        Some(e @ (RpcError::ShuttingDown | RpcError::Removed)) => {
                             target.rotate(&conn);
-                            RpcError::ShuttingDown
+                            e.clone()
                         }
                         Some(e) => e.clone(),
                     },
@@ -226,6 +244,9 @@ impl RemoteController {
                     // one only meant "try another controller".
                     RpcError::ShuttingDown => {
                         RpcError::Unavailable("controllers shutting down".into())
+                    }
+                    RpcError::Removed => {
+                        RpcError::Unavailable("controller removed from the quorum".into())
                     }
                     other => other,
                 });
@@ -260,7 +281,8 @@ fn response_error(response: &ControllerResponse) -> Option<&RpcError> {
         ControllerResponse::Written(Err(e))
         | ControllerResponse::Deltas(Err(e))
         | ControllerResponse::Heartbeat(Err(e))
-        | ControllerResponse::MembershipChanged(Err(e)) => Some(e),
+        | ControllerResponse::MembershipChanged(Err(e))
+        | ControllerResponse::Quorum(Err(e)) => Some(e),
         _ => None,
     }
 }
@@ -352,10 +374,12 @@ impl Target {
         }
     }
 
-    /// `failed` answered `NotLeader`: go to the hinted leader, if any.
+    /// `failed` answered `NotLeader`: go to the hinted leader, or, without
+    /// a hint, to the next controller (one that knows no leader may be cut
+    /// off from the others, or out of the quorum; another may know).
     fn redirect(&self, failed: &Arc<Connection>, hint: Option<String>) {
         let Some(hint) = hint.filter(|h| h.as_str() != failed.addr) else {
-            return;
+            return self.rotate(failed);
         };
         let mut state = self.lock();
         if state.conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, failed)) {

@@ -4,8 +4,9 @@
 //! afresh; then, every tick, propose `FenceBroker` for each broker whose
 //! session expired.
 //!
-//! Each node runs this task; it does nothing while the node follows. It
-//! reads the clock passed in, and changes metadata only through Raft writes.
+//! Each node runs this task; it does nothing while the node follows or
+//! after it was removed from the quorum. It reads the clock passed in, and
+//! changes metadata only through Raft writes.
 //! Fencing proposals go one at a time, so the same one is never in flight
 //! twice; one that lands after the broker re-registered is a no-op
 //! (`FenceBroker` names the epoch it fences).
@@ -38,8 +39,9 @@ pub(crate) async fn run(service: Arc<Service>, config: DutyConfig) {
     loop {
         ticks.tick().await;
         let leader = match service.raft.as_leader() {
-            Ok(leader) => leader.to_committed_leader_id(),
-            Err(_) => {
+            // A removed leader keeps its vote: it must not fence anyone.
+            Ok(leader) if !service.removed() => leader.to_committed_leader_id(),
+            _ => {
                 if ready_under.take().is_some() {
                     tracing::info!(node_id = service.node_id, "no longer leading");
                     service.sessions().reset();

@@ -42,15 +42,21 @@
 //!
 //! 1. Start the new controller with a fresh data directory, its own
 //!    `node_id` and `rpc_addr`, and `voters` set to the *current* voters
-//!    (without itself). It never initializes a cluster; it waits (up to
-//!    `join_wait`) to be contacted.
+//!    (in process it may leave itself out; the `oxbow controller` binary
+//!    wants itself included, with an id above the smallest voter's). It
+//!    never initializes a cluster; it waits (up to `join_wait`) to be
+//!    contacted.
 //! 2. Ask any controller for `AddVoter { id, addr }`. The leader adds it as
 //!    a learner, waits until it has caught up (by log or by snapshot), then
 //!    promotes it to voter through joint consensus. The answer lists the
 //!    voters after the change.
 //! 3. To remove one, ask for `RemoveVoter { id }`; once the answer comes,
 //!    stop that controller and delete its data directory. Removing the
-//!    leader is allowed: it steps down after the change commits.
+//!    leader is allowed: it steps down after the change commits (openraft's
+//!    `removed_leader_step_down`), and from the moment it is out of the
+//!    membership it answers every client request with `RpcError::Removed`
+//!    so that brokers go to another controller (its vote still names
+//!    itself, so `Raft::as_leader` alone would not tell).
 //!
 //! Change one voter at a time and keep an odd number of voters; a change
 //! that times out may still complete (ask again: the answer is the same).
@@ -368,22 +374,7 @@ pub enum ControllerError {
 }
 
 /// A node's view of the quorum, for status pages, admin tools and tests.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ControllerStatus {
-    pub node_id: u64,
-    /// The leader this node knows of, if any.
-    pub leader: Option<u64>,
-    pub term: u64,
-    /// Voters and learners of the membership this node knows, id → address.
-    pub voters: BTreeMap<u64, String>,
-    pub learners: BTreeMap<u64, String>,
-    /// Log index of the last entry applied to the image.
-    pub last_applied: Option<u64>,
-    /// Log index the latest snapshot covers.
-    pub snapshot: Option<u64>,
-    /// Log entries up to this index are purged.
-    pub purged: Option<u64>,
-}
+pub type ControllerStatus = proto::rpc::QuorumStatus;
 
 /// One controller node of the metadata quorum.
 pub struct Controller {
@@ -495,16 +486,17 @@ impl Controller {
                 .push(tokio::spawn(server::serve(listener, service, limits)));
             tracing::info!(node_id, addr = ?local_rpc_addr, "controller RPC server listening");
         }
-        let came_up = match controller.initialized().await {
+        let came_up = match controller.stored_membership().await {
             Err(e) => Err(e),
-            Ok(initialized) => {
-                // A stored membership outranks the config: a cluster grown
-                // from one voter restarts as the quorum it became.
-                let quorum = if initialized {
-                    controller.status().voters.keys().any(|id| *id != node_id)
-                } else {
-                    config.multi_voter()
-                };
+            Ok((initialized, stored_others)) => {
+                // A stored membership with other voters outranks the config:
+                // a cluster grown from one voter restarts as the quorum it
+                // became. A node configured with other voters always joins:
+                // its store may count as initialized only because a peer
+                // already contacted it (a vote request or the first entries
+                // arriving between our RPC server starting and this check),
+                // and such a node must never wait to lead alone.
+                let quorum = config.multi_voter() || (initialized && stored_others);
                 if quorum {
                     controller.join(&config, initialized).await
                 } else {
@@ -525,14 +517,30 @@ impl Controller {
         }
     }
 
-    async fn initialized(&self) -> Result<bool, ControllerError> {
-        self.raft()
-            .is_initialized()
-            .await
-            .map_err(|e| ControllerError::Initialize {
-                node_id: self.service.node_id,
-                message: e.to_string(),
+    /// Whether the store holds a cluster (openraft's `is_initialized`) and
+    /// whether its effective membership names voters other than this node,
+    /// read from Raft's own state rather than from the metrics, which may
+    /// lag behind entries that just arrived.
+    async fn stored_membership(&self) -> Result<(bool, bool), ControllerError> {
+        let node_id = self.service.node_id;
+        let initialized = self.raft().is_initialized().await;
+        let others = self
+            .raft()
+            .with_raft_state(move |st| {
+                st.membership_state
+                    .effective()
+                    .membership()
+                    .voter_ids()
+                    .any(|id| id != node_id)
             })
+            .await;
+        match (initialized, others) {
+            (Ok(initialized), Ok(others)) => Ok((initialized, others)),
+            (Err(e), _) | (_, Err(e)) => Err(ControllerError::Initialize {
+                node_id,
+                message: e.to_string(),
+            }),
+        }
     }
 
     fn start_duties(&mut self, config: &ControllerConfig) {
@@ -725,26 +733,7 @@ impl Controller {
 
     /// What this node knows of the quorum right now.
     pub fn status(&self) -> ControllerStatus {
-        use openraft::async_runtime::watch::WatchReceiver;
-        let metrics = self.raft().metrics();
-        let m = metrics.borrow_watched();
-        let membership = m.membership_config.membership();
-        let addr = |id: &u64| {
-            membership
-                .get_node(id)
-                .map(|n| n.rpc_addr.clone())
-                .unwrap_or_default()
-        };
-        ControllerStatus {
-            node_id: self.service.node_id,
-            leader: m.current_leader,
-            term: m.current_term,
-            voters: membership.voter_ids().map(|id| (id, addr(&id))).collect(),
-            learners: membership.learner_ids().map(|id| (id, addr(&id))).collect(),
-            last_applied: m.last_applied.map(|id| id.index),
-            snapshot: m.snapshot.map(|id| id.index),
-            purged: m.purged.map(|id| id.index),
-        }
+        self.service.status()
     }
 
     /// Answers `request` as the RPC server would (a follower forwards

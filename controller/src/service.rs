@@ -16,7 +16,7 @@ use openraft::error::{ChangeMembershipError, ClientWriteError, Fatal, RaftError}
 use openraft::ChangeMembers;
 use proto::rpc::{
     ControllerRequest, ControllerResponse, HeartbeatReply, MembershipChange, MetadataDeltas,
-    RpcError, Voters, WriteOutcome,
+    QuorumStatus, RpcError, Voters, WriteOutcome,
 };
 use proto::{BrokerId, MetadataCommand};
 
@@ -35,8 +35,13 @@ const FORWARD_RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// Where a leader-only request goes.
 enum Route {
     Local,
-    Leader { id: u64, addr: String },
+    Leader {
+        id: u64,
+        addr: String,
+    },
     Unknown,
+    /// This node is out of the quorum (see `Service::removed`).
+    Removed,
 }
 
 /// A controller node's request handling, shared by its server tasks, its
@@ -61,7 +66,23 @@ impl Service {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether this node was removed from the quorum: it holds a
+    /// membership and is neither a voter nor a learner of it. openraft steps
+    /// a removed leader down to a learner but leaves its vote (for itself)
+    /// in place, so `as_leader()` alone would still say it leads; and no
+    /// member replicates to it any more, so its image only grows stale.
+    pub(crate) fn removed(&self) -> bool {
+        use openraft::async_runtime::watch::WatchReceiver;
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        let membership = metrics.membership_config.membership();
+        membership.nodes().next().is_some() && membership.get_node(&self.node_id).is_none()
+    }
+
     fn route(&self) -> Route {
+        if self.removed() {
+            return Route::Removed;
+        }
         match self.raft.as_leader() {
             Ok(_) => Route::Local,
             Err(forward) => match forward.leader_id {
@@ -85,6 +106,10 @@ impl Service {
         may_forward: bool,
     ) -> ControllerResponse {
         match request {
+            ControllerRequest::DescribeQuorum => ControllerResponse::Quorum(Ok(self.status())),
+            ControllerRequest::DeltasSince { .. } if self.removed() => {
+                ControllerResponse::Deltas(Err(RpcError::Removed))
+            }
             ControllerRequest::DeltasSince { version, wait_ms } => {
                 let wait = Duration::from_millis(wait_ms).min(self.max_deltas_wait);
                 ControllerResponse::Deltas(Ok(self.deltas(version, wait).await))
@@ -142,6 +167,7 @@ impl Service {
                     return last
                         .unwrap_or_else(|| error_response(&request, RpcError::NotLeader(None)))
                 }
+                Route::Removed => return error_response(&request, RpcError::Removed),
             };
             if !(may_retry && is_not_leader(&response)) {
                 return response;
@@ -183,6 +209,7 @@ impl Service {
                 let wait = Duration::from_millis(*wait_ms).min(self.max_deltas_wait);
                 ControllerResponse::Deltas(Ok(self.deltas(*version, wait).await))
             }
+            ControllerRequest::DescribeQuorum => ControllerResponse::Quorum(Ok(self.status())),
         }
     }
 
@@ -197,6 +224,9 @@ impl Service {
     }
 
     fn heartbeat_local(&self, broker: BrokerId, epoch: u64) -> Result<HeartbeatReply, RpcError> {
+        if self.removed() {
+            return Err(RpcError::Removed);
+        }
         if let Err(forward) = self.raft.as_leader() {
             return Err(RpcError::NotLeader(
                 forward
@@ -267,20 +297,31 @@ impl Service {
 
     /// The voters of the membership this node knows, with their addresses.
     pub(crate) fn voters(&self) -> Voters {
+        self.status().voters
+    }
+
+    /// What this node knows of the quorum right now.
+    pub(crate) fn status(&self) -> QuorumStatus {
         use openraft::async_runtime::watch::WatchReceiver;
         let metrics = self.raft.metrics();
-        let metrics = metrics.borrow_watched();
-        let membership = metrics.membership_config.membership();
-        membership
-            .voter_ids()
-            .map(|id| {
-                let addr = membership
-                    .get_node(&id)
-                    .map(|n| n.rpc_addr.clone())
-                    .unwrap_or_default();
-                (id, addr)
-            })
-            .collect()
+        let m = metrics.borrow_watched();
+        let membership = m.membership_config.membership();
+        let addr = |id: &u64| {
+            membership
+                .get_node(id)
+                .map(|n| n.rpc_addr.clone())
+                .unwrap_or_default()
+        };
+        QuorumStatus {
+            node_id: self.node_id,
+            leader: m.current_leader,
+            term: m.current_term,
+            voters: membership.voter_ids().map(|id| (id, addr(&id))).collect(),
+            learners: membership.learner_ids().map(|id| (id, addr(&id))).collect(),
+            last_applied: m.last_applied.map(|id| id.index),
+            snapshot: m.snapshot.map(|id| id.index),
+            purged: m.purged.map(|id| id.index),
+        }
     }
 
     /// Commands applied after `version`, waiting up to `wait` for one.
@@ -353,7 +394,8 @@ fn response_error(response: &ControllerResponse) -> Option<&RpcError> {
         ControllerResponse::Written(Err(e))
         | ControllerResponse::Deltas(Err(e))
         | ControllerResponse::Heartbeat(Err(e))
-        | ControllerResponse::MembershipChanged(Err(e)) => Some(e),
+        | ControllerResponse::MembershipChanged(Err(e))
+        | ControllerResponse::Quorum(Err(e)) => Some(e),
         _ => None,
     }
 }
@@ -365,6 +407,7 @@ pub(crate) fn error_response(request: &ControllerRequest, error: RpcError) -> Co
         ControllerRequest::DeltasSince { .. } => ControllerResponse::Deltas(Err(error)),
         ControllerRequest::Heartbeat { .. } => ControllerResponse::Heartbeat(Err(error)),
         ControllerRequest::ChangeMembership(_) => ControllerResponse::MembershipChanged(Err(error)),
+        ControllerRequest::DescribeQuorum => ControllerResponse::Quorum(Err(error)),
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use broker::controller_client::{RemoteController, RemoteControllerConfig};
 use controller::{Controller, ControllerConfig};
 use proto::image::BrokerEndpoint;
-use proto::rpc::{ControllerApi, MetadataDeltas};
+use proto::rpc::{ControllerApi, ControllerRequest, ControllerResponse, MetadataDeltas, RpcError};
 use proto::{CommandReply, MetadataCommand, MetadataImage};
 
 /// Every test gives up after this long rather than hang.
@@ -467,6 +467,83 @@ async fn a_controller_is_added_and_removed() {
             .converged(outcome.version, Duration::from_secs(5))
             .await;
         assert_eq!(cluster.node(leader).status().voters.len(), 3);
+        cluster.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_leader_left_running_sends_clients_elsewhere() {
+    bounded(async {
+        let mut cluster = Cluster::start(3, no_tweak).await;
+        let old = cluster.agreed_leader(Duration::from_secs(5)).await;
+        let old_addr = cluster.voters[&old].clone();
+        // Clients that try the removed node first, for requests and polls.
+        let mut addrs = vec![old_addr.clone(), old_addr.clone()];
+        addrs.extend(cluster.addrs().into_iter().filter(|a| *a != old_addr));
+        let remote = RemoteController::new(
+            addrs,
+            RemoteControllerConfig::default(),
+            std::sync::Arc::new(proto::seams::TokioNet),
+        )
+        .expect("client");
+        let epoch = match remote.write(register(1)).await.expect("register").reply {
+            CommandReply::BrokerRegistered { epoch } => epoch,
+            other => panic!("unexpected reply {other:?}"),
+        };
+
+        let voters = remote
+            .change_membership(proto::rpc::MembershipChange::RemoveVoter { id: old })
+            .await
+            .expect("remove the leader");
+        assert!(!voters.contains_key(&old), "{voters:?}");
+        // Still running, but out of the quorum: it answers `Removed` to
+        // everything, never from its stale image.
+        let removed = cluster.nodes.remove(&old).expect("the old leader runs");
+        for request in [
+            ControllerRequest::Heartbeat {
+                broker: 1,
+                broker_epoch: epoch,
+            },
+            ControllerRequest::DeltasSince {
+                version: 0,
+                wait_ms: 0,
+            },
+            ControllerRequest::Write(register(2)),
+        ] {
+            let answer = removed.handle(request.clone()).await;
+            let refused = match &answer {
+                ControllerResponse::Heartbeat(Err(e))
+                | ControllerResponse::Written(Err(e))
+                | ControllerResponse::Deltas(Err(e)) => *e == RpcError::Removed,
+                _ => false,
+            };
+            assert!(refused, "{request:?} answered {answer:?}");
+        }
+        let leader = cluster.agreed_leader(Duration::from_secs(10)).await;
+        assert_ne!(leader, old);
+
+        // The client moves past the removed node: heartbeats keep the
+        // session, writes commit, polls see them.
+        assert!(!remote.heartbeat(1, epoch).await.expect("heartbeat").fenced);
+        let outcome = remote
+            .write(register(3))
+            .await
+            .expect("write after removal");
+        let mut seen = 0;
+        while seen < outcome.version {
+            match remote
+                .deltas_since(seen, Duration::from_millis(500))
+                .await
+                .expect("poll after removal")
+            {
+                MetadataDeltas::Deltas(commands) => {
+                    seen = commands.last().map_or(seen, |(v, _)| *v);
+                }
+                MetadataDeltas::Snapshot { version, .. } => seen = version,
+            }
+        }
+        removed.shutdown().await;
         cluster.shutdown().await;
     })
     .await;

@@ -38,6 +38,45 @@ pub enum Command {
     Broker(BrokerArgs),
     /// Run a controller: one voter of the metadata quorum.
     Controller(ControllerArgs),
+    /// Show or change the controller quorum (like kafka-metadata-quorum.sh).
+    MetadataQuorum(QuorumArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct QuorumArgs {
+    /// Controller RPC addresses, HOST:PORT,HOST:PORT,...
+    #[arg(
+        long,
+        env = "OXBOW_CONTROLLERS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub controllers: Vec<String>,
+    #[command(subcommand)]
+    pub action: QuorumAction,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum QuorumAction {
+    /// Ask each controller for its view: role, leader, term, applied index;
+    /// then the voters and learners.
+    Describe,
+    /// Add a running controller (started with a fresh data directory) as a
+    /// voter; prints the voters after the change.
+    AddController {
+        /// Its id (greater than the smallest voter id).
+        #[arg(long)]
+        id: u64,
+        /// Its RPC address, HOST:PORT, as the other controllers reach it.
+        #[arg(long)]
+        addr: String,
+    },
+    /// Remove a controller from the voters (the leader too: it steps down);
+    /// prints the voters after the change. Stop it once this returns.
+    RemoveController {
+        #[arg(long)]
+        id: u64,
+    },
 }
 
 #[derive(clap::Args, Debug)]

@@ -7,6 +7,7 @@
 mod alloc;
 mod config;
 mod metrics_http;
+mod quorum;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -53,6 +54,7 @@ fn main() -> ExitCode {
             Mode::Server(s) => run_server(s).await,
             Mode::Broker(s, controllers) => run_broker(s, controllers).await,
             Mode::Controller(c) => run_controller(c).await,
+            Mode::Quorum(controllers, action) => quorum::run(controllers, action).await,
         }
     });
     match result {
@@ -68,6 +70,7 @@ enum Mode {
     Server(config::Settings),
     Broker(config::Settings, Vec<String>),
     Controller(ControllerConfig),
+    Quorum(Vec<String>, config::QuorumAction),
 }
 
 impl Mode {
@@ -88,6 +91,15 @@ impl Mode {
                 config::split_host_port(&args.listen, "--listen")?;
                 c.rpc_addr = args.listen.clone();
                 Mode::Controller(c)
+            }
+            config::Command::MetadataQuorum(args) => {
+                for c in &args.controllers {
+                    config::split_host_port(c, "--controllers entry")?;
+                }
+                if let config::QuorumAction::AddController { addr, .. } = &args.action {
+                    config::split_host_port(addr, "--addr")?;
+                }
+                Mode::Quorum(args.controllers, args.action)
             }
         })
     }

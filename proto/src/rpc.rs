@@ -51,6 +51,10 @@ pub enum RpcError {
     Unavailable(String),
     #[error("controller is shutting down")]
     ShuttingDown,
+    /// This controller was removed from the quorum: it no longer learns of
+    /// new metadata and must not be asked anything; ask another one.
+    #[error("controller was removed from the quorum")]
+    Removed,
     /// The request itself is wrong (e.g. removing a voter that is not one);
     /// asking again, here or elsewhere, gets the same answer.
     #[error("request rejected: {0}")]
@@ -94,6 +98,9 @@ pub enum ControllerRequest {
     },
     /// Admin: adds or removes a controller of the quorum.
     ChangeMembership(MembershipChange),
+    /// Admin: the answering controller's own view of the quorum (never
+    /// forwarded, so each controller can be asked in turn).
+    DescribeQuorum,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,6 +109,26 @@ pub enum ControllerResponse {
     Deltas(Result<MetadataDeltas, RpcError>),
     Heartbeat(Result<HeartbeatReply, RpcError>),
     MembershipChanged(Result<Voters, RpcError>),
+    Quorum(Result<QuorumStatus, RpcError>),
+}
+
+/// One controller's view of the quorum (its own Raft state), for status
+/// pages, admin tools and tests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuorumStatus {
+    pub node_id: u64,
+    /// The leader this node knows of, if any.
+    pub leader: Option<u64>,
+    pub term: u64,
+    /// Voters and learners of the membership this node knows, id → address.
+    pub voters: Voters,
+    pub learners: Voters,
+    /// Log index of the last entry applied to the image.
+    pub last_applied: Option<u64>,
+    /// Log index the latest snapshot covers.
+    pub snapshot: Option<u64>,
+    /// Log entries up to this index are purged.
+    pub purged: Option<u64>,
 }
 
 /// The leader's answer to a broker heartbeat.

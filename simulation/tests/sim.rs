@@ -163,11 +163,18 @@ fn planted_bugs_are_caught() {
 }
 
 /// Seeds that found bugs, kept as regression tests, each with what it found.
-const REGRESSIONS: &[(u64, &str)] = &[(
-    1,
-    "the orphan collector, on a broker with a stale view, deleted an upload whose commit \
-     was still on its way; it was committed afterwards and its data was gone",
-)];
+const REGRESSIONS: &[(u64, &str)] = &[
+    (
+        1,
+        "the orphan collector, on a broker with a stale view, deleted an upload whose commit \
+         was still on its way; it was committed afterwards and its data was gone",
+    ),
+    (
+        183,
+        "the writer's commit loop panicked (JoinHandle polled after completion) when an \
+         object whose upload had failed was put back in the queue and awaited again",
+    ),
+];
 
 #[test]
 fn seeds_that_found_bugs_stay_fixed() {

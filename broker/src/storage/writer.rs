@@ -84,7 +84,36 @@ struct SealedObject {
     ranges: Vec<CommitRange>,
     /// For each range, the batches it covers.
     batches: Vec<Vec<PendingBatch>>,
-    upload: JoinHandle<bool>,
+    upload: Upload,
+}
+
+/// An object's upload: still running, or finished (and whether it stored
+/// the object). A task's result can be taken only once; this keeps it for
+/// an object looked at again after waiting in the commit queue.
+enum Upload {
+    Running(JoinHandle<bool>),
+    Done(bool),
+}
+
+impl Upload {
+    fn is_finished(&self) -> bool {
+        match self {
+            Upload::Running(task) => task.is_finished(),
+            Upload::Done(_) => true,
+        }
+    }
+
+    /// Waits for the upload; `true` if the object is in the store.
+    async fn succeeded(&mut self) -> bool {
+        match self {
+            Upload::Running(task) => {
+                let stored = task.await.unwrap_or(false);
+                *self = Upload::Done(stored);
+                stored
+            }
+            Upload::Done(stored) => *stored,
+        }
+    }
 }
 
 pub struct WriterIdentity {
@@ -286,7 +315,7 @@ fn seal(
         size,
         ranges,
         batches: groups,
-        upload,
+        upload: Upload::Running(upload),
     }
 }
 
@@ -365,7 +394,7 @@ async fn commit_loop(
         }
         let mut head = queue.pop_front().expect("queue holds an object");
         let mut group = Vec::new();
-        if !(&mut head.upload).await.unwrap_or(false) {
+        if !head.upload.succeeded().await {
             fail_all(head.batches, AckOutcome::Failed);
             pipeline.resolved();
             continue;
@@ -381,7 +410,7 @@ async fn commit_loop(
                 .is_some_and(|o| o.upload.is_finished() && o.broker_epoch == epoch)
         {
             let mut next = queue.pop_front().expect("front checked above");
-            if !(&mut next.upload).await.unwrap_or(false) {
+            if !next.upload.succeeded().await {
                 queue.push_front(next);
                 break;
             }
@@ -524,4 +553,24 @@ async fn commit_with_retries(
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The simulation (seed 183) found the commit loop panicking with
+    // "JoinHandle polled after completion": a queued object whose upload
+    // had failed was awaited once as a follower, put back, then awaited
+    // again as the head.
+    #[tokio::test]
+    async fn an_upload_outcome_can_be_asked_for_again() {
+        let mut failed = Upload::Running(tokio::spawn(async { false }));
+        assert!(!failed.succeeded().await);
+        assert!(failed.is_finished());
+        assert!(!failed.succeeded().await);
+        let mut stored = Upload::Running(tokio::spawn(async { true }));
+        assert!(stored.succeeded().await);
+        assert!(stored.succeeded().await);
+    }
 }
