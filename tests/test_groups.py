@@ -1,4 +1,5 @@
-"""Consumer groups (the classic protocol) and committed offsets, end to end.
+"""Consumer groups (the classic protocol, and KIP-848's consumer protocol where a test is
+parametrised with it) and committed offsets, end to end.
 
 confluent-kafka consumers in one group share a topic's partitions, commit by
 hand, survive a member leaving mid-way and a restart, and resume from their
@@ -32,10 +33,15 @@ def messages(n: int, partitions: int, tag: str) -> list[Msg]:
     return [Msg(i % partitions, f"k{i}".encode(), f"{tag}-{i}".encode()) for i in range(n)]
 
 
-def group_consumer(bootstrap: str, group: str, **extra) -> Consumer:
+def group_consumer(bootstrap: str, group: str, protocol: str = "classic", **extra) -> Consumer:
+    """A consumer of `group` with manual commits; protocol "consumer" is KIP-848's
+    (the coordinator assigns; session and heartbeat settings are the broker's)."""
     conf = {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
-            "auto.offset.reset": "earliest", "session.timeout.ms": 10000,
-            "heartbeat.interval.ms": 1000}
+            "auto.offset.reset": "earliest"}
+    if protocol == "consumer":
+        conf["group.protocol"] = "consumer"
+    else:
+        conf.update({"session.timeout.ms": 10000, "heartbeat.interval.ms": 1000})
     conf.update(extra)
     return Consumer(conf)
 
@@ -148,8 +154,11 @@ class Member(threading.Thread):
     def __init__(self, bootstrap: str, group: str, topic: str, name: str, strategy: str,
                  seen: Counter, lock: threading.Lock):
         super().__init__(name=name, daemon=True)
-        self.consumer = group_consumer(bootstrap, group, **{"client.id": name,
-                                                           "partition.assignment.strategy": strategy})
+        if strategy == "consumer":  # KIP-848: the coordinator's assignor
+            self.consumer = group_consumer(bootstrap, group, "consumer", **{"client.id": name})
+        else:
+            self.consumer = group_consumer(bootstrap, group, **{
+                "client.id": name, "partition.assignment.strategy": strategy})
         self.topic = topic
         self.seen = seen
         self.lock = lock
@@ -199,7 +208,7 @@ def wait_until(what: str, cond, timeout: float):
         time.sleep(0.1)
 
 
-@pytest.mark.parametrize("strategy", ["range", "cooperative-sticky"])
+@pytest.mark.parametrize("strategy", ["range", "cooperative-sticky", "consumer"])
 def test_three_consumers_share_partitions_exactly_once_through_a_leave(server, topic_name, strategy):
     partitions = 12
     create_topic(server.bootstrap, topic_name, partitions)
@@ -247,11 +256,12 @@ def test_three_consumers_share_partitions_exactly_once_through_a_leave(server, t
     assert duplicates <= failed, f"{duplicates} duplicates but only {failed} records lacked a commit"
 
 
-def test_restarted_consumer_resumes_from_committed_offsets(server, topic_name):
+@pytest.mark.parametrize("protocol", ["classic", "consumer"])
+def test_restarted_consumer_resumes_from_committed_offsets(server, topic_name, protocol):
     create_topic(server.bootstrap, topic_name, 3)
     produce_confluent(server.bootstrap, topic_name, messages(900, 3, "resume"))
     group = f"resume-{topic_name}"
-    c = group_consumer(server.bootstrap, group)
+    c = group_consumer(server.bootstrap, group, protocol)
     try:
         c.subscribe([topic_name])
         first = consume_n(c, 400, timeout=60)
@@ -260,7 +270,7 @@ def test_restarted_consumer_resumes_from_committed_offsets(server, topic_name):
         assert {tp.partition: tp.offset for tp in committed if tp.offset >= 0} == positions
     finally:
         c.close()
-    c = group_consumer(server.bootstrap, group)
+    c = group_consumer(server.bootstrap, group, protocol)
     try:
         c.subscribe([topic_name])
         rest = consume_n(c, 500, timeout=60)

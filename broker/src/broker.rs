@@ -150,9 +150,13 @@ pub async fn heartbeat_loop(
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(1000));
     loop {
+        if *stop.borrow_and_update() {
+            return;
+        }
         tokio::select! {
-            _ = tick.tick() => {}
+            biased;
             _ = stop.changed() => return,
+            _ = tick.tick() => {}
         }
         match remote.heartbeat(broker.id, broker.current_epoch()).await {
             Ok(reply) if reply.fenced => {
@@ -310,6 +314,11 @@ impl Broker {
     /// refused. Its streams were moved away when it was fenced; reconcile
     /// closes their actors.
     pub async fn reregister(&self) -> Result<u64, String> {
+        // A broker shutting down has handed its partitions off by fencing
+        // itself; registering again would make it live (and fenceable) anew.
+        if *self.stop.borrow() {
+            return Err("the broker is shutting down".to_string());
+        }
         let out = self
             .controller
             .write(MetadataCommand::RegisterBroker {

@@ -19,6 +19,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use bytes::Bytes;
 
 use super::config::GroupConfig;
+use super::consumer::{
+    self, ConsumerConfig, ConsumerGroup, HeartbeatError, HeartbeatReply,
+    HeartbeatRequest as ConsumerHeartbeat, TopicLookup,
+};
 use super::records::{GroupMetadataValue, MemberMetadata, OffsetValue};
 use crate::errors::ErrorCode;
 
@@ -327,7 +331,10 @@ pub struct DescribedGroup {
 pub struct ListedGroup {
     pub group_id: String,
     pub protocol_type: String,
-    pub state: GroupState,
+    /// Kafka's state name (classic or consumer-protocol states).
+    pub state: &'static str,
+    /// `classic` or `consumer`.
+    pub group_type: &'static str,
 }
 
 // ----------------------------------------------------------------- the group
@@ -646,6 +653,9 @@ pub fn parse_subscription_topics(b: &[u8]) -> Option<Vec<String>> {
 pub struct GroupSet {
     config: GroupConfig,
     groups: HashMap<String, ClassicGroup>,
+    /// Groups of the consumer protocol (KIP-848). A group id may also have
+    /// an empty classic entry, which only stands for its committed offsets.
+    consumer: HashMap<String, ConsumerGroup>,
     offsets: HashMap<String, BTreeMap<(String, i32), CommittedOffset>>,
 }
 
@@ -654,7 +664,76 @@ impl GroupSet {
         GroupSet {
             config,
             groups: HashMap::new(),
+            consumer: HashMap::new(),
             offsets: HashMap::new(),
+        }
+    }
+
+    pub fn consumer_group(&self, id: &str) -> Option<&ConsumerGroup> {
+        self.consumer.get(id)
+    }
+
+    fn consumer_config(&self) -> ConsumerConfig {
+        ConsumerConfig {
+            session_timeout_ms: self.config.consumer_session_timeout_ms,
+            heartbeat_interval_ms: self.config.consumer_heartbeat_interval_ms,
+            max_size: self.config.max_size,
+        }
+    }
+
+    /// One `ConsumerGroupHeartbeat` (KIP-848). A classic group with members
+    /// under the same id refuses it; an empty one (offsets only) is
+    /// taken over.
+    pub fn consumer_heartbeat(
+        &mut self,
+        now: Now,
+        req: &ConsumerHeartbeat,
+        new_member_id: String,
+        lookup: TopicLookup,
+    ) -> Result<HeartbeatReply, HeartbeatError> {
+        consumer::validate_request(req)?;
+        let id = req.group_id.as_str();
+        if self.groups.get(id).is_some_and(|g| !g.members.is_empty()) {
+            return Err(HeartbeatError {
+                code: ErrorCode::GroupIdNotFound,
+                message: Some(format!("Group {id} is not a consumer group.")),
+            });
+        }
+        if !self.consumer.contains_key(id) {
+            if req.member_epoch != 0 {
+                // Also after a coordinator move: the member joins again.
+                return Err(HeartbeatError {
+                    code: ErrorCode::UnknownMemberId,
+                    message: Some(format!("member {} is not in group {id}", req.member_id)),
+                });
+            }
+            if self.groups.len() + self.consumer.len() >= self.config.max_groups_per_partition {
+                return Err(HeartbeatError {
+                    code: ErrorCode::CoordinatorNotAvailable,
+                    message: None,
+                });
+            }
+            self.consumer.insert(id.to_string(), ConsumerGroup::new(id));
+        }
+        let cfg = self.consumer_config();
+        let group = self
+            .consumer
+            .get_mut(id)
+            .expect("present or inserted above");
+        group.heartbeat(&cfg, now, req, new_member_id, lookup)
+    }
+
+    /// OffsetFetch's member check (v9+): only consumer-protocol groups
+    /// have member epochs to check.
+    pub fn validate_fetch(
+        &self,
+        group_id: &str,
+        member_id: Option<&str>,
+        member_epoch: i32,
+    ) -> Result<(), ErrorCode> {
+        match self.consumer.get(group_id) {
+            Some(g) => g.validate_fetch(member_id, member_epoch),
+            None => Ok(()),
         }
     }
 
@@ -695,6 +774,20 @@ impl GroupSet {
         if req.group_id.is_empty() {
             fail(&mut out, ErrorCode::InvalidGroupId, &req.member_id);
             return out;
+        }
+        match self.consumer.get(&req.group_id) {
+            Some(g) if !g.members.is_empty() => {
+                fail(
+                    &mut out,
+                    ErrorCode::InconsistentGroupProtocol,
+                    &req.member_id,
+                );
+                return out;
+            }
+            Some(_) => {
+                self.consumer.remove(&req.group_id);
+            }
+            None => {}
         }
         if req.session_timeout_ms < self.config.min_session_timeout_ms
             || req.session_timeout_ms > self.config.max_session_timeout_ms
@@ -923,11 +1016,18 @@ impl GroupSet {
 
     /// The earliest deadline of any group, if any.
     pub fn next_deadline(&self) -> Option<u64> {
-        self.groups.values().filter_map(|g| g.next_deadline()).min()
+        self.groups
+            .values()
+            .filter_map(|g| g.next_deadline())
+            .chain(self.consumer.values().filter_map(|g| g.next_deadline()))
+            .min()
     }
 
     /// Fires every deadline at or before `now`.
     pub fn tick(&mut self, now: Now) -> Outcome {
+        for g in self.consumer.values_mut() {
+            g.expire(now);
+        }
         let mut out = Outcome::default();
         let due: Vec<String> = self
             .groups
@@ -1050,6 +1150,9 @@ impl GroupSet {
         generation: i32,
         version: i16,
     ) -> Result<(), ErrorCode> {
+        if let Some(g) = self.consumer.get(group_id) {
+            return g.validate_commit(member_id, generation);
+        }
         if !self.groups.contains_key(group_id) {
             if generation < 0 {
                 self.get_or_create(group_id, now)?;
@@ -1131,10 +1234,11 @@ impl GroupSet {
         group_id: &str,
         wanted: Option<&[(String, Vec<i32>)]>,
     ) -> FetchedOffsets {
-        let exists = self
-            .groups
-            .get(group_id)
-            .is_some_and(|g| !g.is_in(GroupState::Dead));
+        let exists = self.consumer.contains_key(group_id)
+            || self
+                .groups
+                .get(group_id)
+                .is_some_and(|g| !g.is_in(GroupState::Dead));
         let offsets = if exists {
             self.offsets.get(group_id)
         } else {
@@ -1177,6 +1281,14 @@ impl GroupSet {
 
     /// DeleteGroups for one group: marks it Dead and asks for the tombstones.
     pub fn delete_group(&mut self, now: Now, group_id: &str) -> Result<Persist, ErrorCode> {
+        if let Some(g) = self.consumer.get(group_id) {
+            if !g.members.is_empty() {
+                return Err(ErrorCode::NonEmptyGroup);
+            }
+            self.consumer.remove(group_id);
+            // What is left is its offsets, deleted like an empty classic group.
+            self.get_or_create(group_id, now)?;
+        }
         let tombstones = self.committed_partitions(group_id);
         let Some(group) = self.groups.get_mut(group_id) else {
             return Err(ErrorCode::GroupIdNotFound);
@@ -1207,6 +1319,19 @@ impl GroupSet {
         group_id: &str,
         topics: &[String],
     ) -> Result<Vec<Result<(), ErrorCode>>, ErrorCode> {
+        if let Some(g) = self.consumer.get(group_id) {
+            let subscribed = g.subscribed_topics();
+            return Ok(topics
+                .iter()
+                .map(|t| {
+                    if subscribed.contains(t) {
+                        Err(ErrorCode::GroupSubscribedToTopic)
+                    } else {
+                        Ok(())
+                    }
+                })
+                .collect());
+        }
         let Some(group) = self.groups.get(group_id) else {
             return Err(ErrorCode::GroupIdNotFound);
         };
@@ -1246,7 +1371,16 @@ impl GroupSet {
 
     // ------------------------------------------------------ describe, list
 
-    pub fn describe(&self, group_id: &str) -> Option<DescribedGroup> {
+    /// DescribeGroups: classic groups only (`Err(GROUP_ID_NOT_FOUND)` for a
+    /// consumer-protocol group, which ConsumerGroupDescribe answers).
+    pub fn describe(&self, group_id: &str) -> Result<Option<DescribedGroup>, ErrorCode> {
+        if self.consumer.contains_key(group_id) {
+            return Err(ErrorCode::GroupIdNotFound);
+        }
+        Ok(self.describe_classic(group_id))
+    }
+
+    fn describe_classic(&self, group_id: &str) -> Option<DescribedGroup> {
         let g = self.groups.get(group_id)?;
         let stable = g.is_in(GroupState::Stable);
         Some(DescribedGroup {
@@ -1284,11 +1418,19 @@ impl GroupSet {
         let mut out: Vec<ListedGroup> = self
             .groups
             .values()
+            .filter(|g| !self.consumer.contains_key(&g.id))
             .map(|g| ListedGroup {
                 group_id: g.id.clone(),
                 protocol_type: g.protocol_type.clone().unwrap_or_default(),
-                state: g.state,
+                state: g.state.name(),
+                group_type: "classic",
             })
+            .chain(self.consumer.values().map(|g| ListedGroup {
+                group_id: g.id.clone(),
+                protocol_type: "consumer".to_string(),
+                state: g.state_name(),
+                group_type: "consumer",
+            }))
             .collect();
         out.sort_by(|a, b| a.group_id.cmp(&b.group_id));
         out
@@ -2728,16 +2870,86 @@ mod tests {
     fn describe_and_list() {
         let mut h = Harness::new();
         h.stable_pair();
-        let d = h.set.describe("g").unwrap();
+        let d = h.set.describe("g").unwrap().unwrap();
         assert_eq!(d.state, GroupState::Stable);
         assert_eq!(d.protocol_type, "consumer");
         assert_eq!(d.protocol_data, "range");
         assert_eq!(d.members.len(), 2);
         assert!(d.members.iter().all(|m| !m.assignment.is_empty()));
-        assert!(h.set.describe("nope").is_none());
+        assert_eq!(h.set.describe("nope"), Ok(None));
         let l = h.set.list();
         assert_eq!(l.len(), 1);
-        assert_eq!(l[0].state.name(), "Stable");
+        assert_eq!((l[0].state, l[0].group_type), ("Stable", "classic"));
+    }
+
+    #[test]
+    fn consumer_protocol_groups_live_beside_classic_ones() {
+        use crate::group::consumer::HeartbeatRequest as Hb;
+        let mut h = Harness::new();
+        h.stable_pair();
+        let topic = uuid::Uuid::from_u128(1);
+        let lookup = |name: &str| (name == "t").then_some((topic, 4));
+        let join = |group: &str, member: &str| Hb {
+            version: 1,
+            group_id: group.into(),
+            member_id: member.into(),
+            member_epoch: 0,
+            rebalance_timeout_ms: 5_000,
+            subscribed_topic_names: Some(vec!["t".into()]),
+            owned: Some(Default::default()),
+            ..Default::default()
+        };
+        let now = h.now;
+        // A classic group with members is not a consumer group.
+        let err = h
+            .set
+            .consumer_heartbeat(now, &join("g", "m"), "x".into(), &lookup)
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::GroupIdNotFound);
+        // A new id becomes a consumer group; classic joins are refused.
+        let reply = h
+            .set
+            .consumer_heartbeat(now, &join("c", "m"), "x".into(), &lookup)
+            .unwrap();
+        assert_eq!(reply.member_epoch, 1);
+        let mut classic = h.join_req("", None, 5);
+        classic.group_id = "c".into();
+        let out = h.set.join(now, classic, "n".into(), 77);
+        assert!(
+            format!("{out:?}").contains("InconsistentGroupProtocol"),
+            "{out:?}"
+        );
+        // Offsets: member epochs are checked, DescribeGroups points elsewhere.
+        assert_eq!(h.set.validate_commit(now, "c", "m", None, 1, 9), Ok(()));
+        assert_eq!(
+            h.set.validate_commit(now, "c", "m", None, 0, 9),
+            Err(ErrorCode::StaleMemberEpoch)
+        );
+        assert_eq!(h.set.describe("c"), Err(ErrorCode::GroupIdNotFound));
+        let listed: Vec<_> = h
+            .set
+            .list()
+            .into_iter()
+            .map(|l| (l.group_id, l.group_type))
+            .collect();
+        assert!(
+            listed.contains(&("c".to_string(), "consumer")),
+            "{listed:?}"
+        );
+        assert_eq!(
+            h.set.delete_group(now, "c").unwrap_err(),
+            ErrorCode::NonEmptyGroup
+        );
+        // An unknown member of a group this coordinator does not know (as
+        // after a coordinator move) is told to join again.
+        let mut lost = join("other", "m");
+        lost.member_epoch = 3;
+        lost.rebalance_timeout_ms = -1;
+        let err = h
+            .set
+            .consumer_heartbeat(now, &lost, "x".into(), &lookup)
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::UnknownMemberId);
     }
 
     #[test]

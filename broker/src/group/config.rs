@@ -32,6 +32,10 @@ pub struct GroupConfig {
     pub max_groups_per_partition: usize,
     /// Bound on the bytes read in one step when loading a partition.
     pub load_read_bytes: usize,
+    /// `group.consumer.session.timeout.ms` (KIP-848 groups).
+    pub consumer_session_timeout_ms: i32,
+    /// `group.consumer.heartbeat.interval.ms` (KIP-848 groups).
+    pub consumer_heartbeat_interval_ms: i32,
 }
 
 impl Default for GroupConfig {
@@ -47,6 +51,8 @@ impl Default for GroupConfig {
             tick: Duration::from_millis(50),
             max_groups_per_partition: 100_000,
             load_read_bytes: 4 * 1024 * 1024,
+            consumer_session_timeout_ms: 45_000,
+            consumer_heartbeat_interval_ms: 5_000,
         }
     }
 }

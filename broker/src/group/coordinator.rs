@@ -26,6 +26,9 @@ use super::classic::{
     ListedGroup, Now, Outcome, Persist, Reply, SyncRequest, SyncResponse, WaiterId,
 };
 use super::config::{GroupConfig, OFFSETS_TOPIC};
+use super::consumer::{
+    ConsumerGroup, HeartbeatError, HeartbeatReply, HeartbeatRequest as ConsumerHeartbeat,
+};
 use super::records::{self, OffsetValue, RecordKey};
 use super::{partition_for, GroupClock};
 use crate::broker::OpenPartition;
@@ -494,6 +497,66 @@ impl GroupCoordinator {
             .heartbeat(now, group_id, generation, member_id, instance_id)
     }
 
+    /// ConsumerGroupHeartbeat (KIP-848). Topics are looked up in this
+    /// broker's metadata as of the heartbeat.
+    pub async fn consumer_heartbeat(
+        &self,
+        req: ConsumerHeartbeat,
+    ) -> Result<HeartbeatReply, HeartbeatError> {
+        let plain = |code| HeartbeatError {
+            code,
+            message: None,
+        };
+        if req.group_id.is_empty() {
+            return Err(plain(ErrorCode::InvalidGroupId));
+        }
+        let shard = self.shard_for(&req.group_id).map_err(plain)?;
+        let mut inner = shard.inner.lock().await;
+        serving(&shard, &inner).map_err(plain)?;
+        let now = shard.now();
+        let new_member_id = shard.entropy.uuid().to_string();
+        let topics: HashMap<String, (uuid::Uuid, u32)> = self.shared.metadata.read(|img| {
+            img.topics
+                .values()
+                .map(|t| {
+                    let n = u32::try_from(t.partitions.len()).unwrap_or(u32::MAX);
+                    (t.name.clone(), (t.id, n))
+                })
+                .collect()
+        });
+        let lookup = |name: &str| topics.get(name).copied();
+        inner
+            .groups
+            .consumer_heartbeat(now, &req, new_member_id, &lookup)
+    }
+
+    /// ConsumerGroupDescribe for one group: `Ok(None)` if there is no
+    /// consumer-protocol group of that id.
+    pub async fn describe_consumer_group(
+        &self,
+        group_id: &str,
+    ) -> Result<Option<ConsumerGroup>, ErrorCode> {
+        let shard = self.shard_for(group_id)?;
+        let inner = shard.inner.lock().await;
+        serving(&shard, &inner)?;
+        Ok(inner.groups.consumer_group(group_id).cloned())
+    }
+
+    /// OffsetFetch's member check for consumer-protocol groups (v9+).
+    pub async fn validate_fetch(
+        &self,
+        group_id: &str,
+        member_id: Option<&str>,
+        member_epoch: i32,
+    ) -> Result<(), ErrorCode> {
+        let shard = self.shard_for(group_id)?;
+        let inner = shard.inner.lock().await;
+        serving(&shard, &inner)?;
+        inner
+            .groups
+            .validate_fetch(group_id, member_id, member_epoch)
+    }
+
     /// Returns the top-level error and one error per member.
     pub async fn leave(
         &self,
@@ -650,7 +713,7 @@ impl GroupCoordinator {
         let shard = self.shard_for(group_id)?;
         let inner = shard.inner.lock().await;
         serving(&shard, &inner)?;
-        Ok(inner.groups.describe(group_id))
+        inner.groups.describe(group_id)
     }
 
     /// Writes a persist and waits for it; the state machine learns the

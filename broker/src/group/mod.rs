@@ -18,6 +18,7 @@
 
 pub mod classic;
 pub mod config;
+pub mod consumer;
 pub mod coordinator;
 pub mod records;
 

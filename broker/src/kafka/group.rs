@@ -1,6 +1,7 @@
 //! The group APIs on the wire: FindCoordinator, JoinGroup, SyncGroup,
 //! Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch, ListGroups,
-//! DescribeGroups, DeleteGroups, OffsetDelete. Each handler turns a
+//! DescribeGroups, DeleteGroups, OffsetDelete, and the consumer protocol's
+//! ConsumerGroupHeartbeat and ConsumerGroupDescribe. Each handler turns a
 //! request into calls on `group::GroupCoordinator` and encodes the answer
 //! exactly as its version defines (Kafka's `KafkaApis` and request/response
 //! classes decide the per-version shapes). No group decision is made here.
@@ -26,12 +27,14 @@ use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
 use kafka_protocol::messages::{
-    BrokerId, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest,
-    DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
-    HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
-    LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, OffsetCommitRequest,
-    OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest,
-    OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
+    BrokerId, ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse,
+    ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse, DeleteGroupsRequest,
+    DeleteGroupsResponse, DescribeGroupsRequest, DescribeGroupsResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
+    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
+    ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest,
+    OffsetDeleteResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest,
+    SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use proto::image::{CommandReply, MetadataCommand};
@@ -40,13 +43,12 @@ use tracing::warn;
 use crate::broker::Broker;
 use crate::errors::ErrorCode;
 use crate::group::classic::{JoinRequest, Protocol, SyncRequest};
+use crate::group::consumer::{Assignment, HeartbeatRequest as ConsumerHeartbeat};
 use crate::group::records::OffsetValue;
 use crate::group::{partition_for, OFFSETS_TOPIC};
 
 const KEY_TYPE_GROUP: i8 = 0;
 const KEY_TYPE_TRANSACTION: i8 = 1;
-/// Kafka's `Group.GroupType.CLASSIC` as ListGroups v5 names it.
-const GROUP_TYPE_CLASSIC: &str = "classic";
 /// How long FindCoordinator waits for the metadata view after creating
 /// `__consumer_offsets`.
 const VIEW_WAIT: Duration = Duration::from_secs(10);
@@ -399,14 +401,29 @@ pub async fn offset_commit(
 async fn fetch_group(
     broker: &Broker,
     group_id: GroupId,
+    member: Option<(String, i32)>,
     topics: Option<Vec<(String, Vec<i32>)>>,
     require_stable: bool,
 ) -> OffsetFetchResponseGroup {
     let mut g = OffsetFetchResponseGroup::default();
-    let result = broker
-        .groups
-        .fetch_offsets(group_id.0.as_str(), topics.clone(), require_stable)
-        .await;
+    let checked = match &member {
+        Some((id, epoch)) => {
+            broker
+                .groups
+                .validate_fetch(group_id.0.as_str(), Some(id.as_str()), *epoch)
+                .await
+        }
+        None => Ok(()),
+    };
+    let result = match checked {
+        Ok(()) => {
+            broker
+                .groups
+                .fetch_offsets(group_id.0.as_str(), topics.clone(), require_stable)
+                .await
+        }
+        Err(code) => Err(code),
+    };
     g.group_id = group_id;
     match result {
         Err(code) => {
@@ -482,8 +499,13 @@ pub async fn offset_fetch(
                     .map(|t| (t.name.0.as_str().to_string(), t.partition_indexes))
                     .collect()
             });
+            // v9+: a consumer-protocol member names itself and its epoch.
+            let member = g
+                .member_id
+                .as_ref()
+                .map(|m| (m.as_str().to_string(), g.member_epoch));
             resp.groups
-                .push(fetch_group(broker, g.group_id, topics, require_stable).await);
+                .push(fetch_group(broker, g.group_id, member, topics, require_stable).await);
         }
         return resp;
     }
@@ -492,7 +514,7 @@ pub async fn offset_fetch(
             .map(|t| (t.name.0.as_str().to_string(), t.partition_indexes))
             .collect()
     });
-    let g = fetch_group(broker, req.group_id, topics, require_stable).await;
+    let g = fetch_group(broker, req.group_id, None, topics, require_stable).await;
     let group_error = g.error_code;
     if version >= 2 {
         resp.error_code = group_error;
@@ -611,18 +633,16 @@ pub async fn list_groups(
     } else {
         Vec::new()
     };
-    if !types.is_empty() && !types.iter().any(|t| t == GROUP_TYPE_CLASSIC) {
-        return resp;
-    }
     resp.groups = groups
         .into_iter()
-        .filter(|g| states.is_empty() || states.contains(&g.state.name().to_lowercase()))
+        .filter(|g| states.is_empty() || states.contains(&g.state.to_lowercase()))
+        .filter(|g| types.is_empty() || types.iter().any(|t| t == g.group_type))
         .map(|g| {
             let mut l = ListedGroup::default();
             l.group_id = GroupId(s(&g.group_id));
             l.protocol_type = s(&g.protocol_type);
-            l.group_state = s(g.state.name());
-            l.group_type = s(GROUP_TYPE_CLASSIC);
+            l.group_state = s(g.state);
+            l.group_type = s(g.group_type);
             l
         })
         .collect();
@@ -637,7 +657,16 @@ pub async fn describe_groups(
     for id in req.groups {
         let mut d = DescribedGroup::default();
         match broker.groups.describe(id.0.as_str()).await {
-            Err(code) => d.error_code = code.code(),
+            Err(code) => {
+                d.error_code = code.code();
+                if code == ErrorCode::GroupIdNotFound {
+                    d.group_state = s("Dead");
+                    d.error_message = Some(s(&format!(
+                        "Group {} is not a classic group.",
+                        id.0.as_str()
+                    )));
+                }
+            }
             Ok(None) => d.group_state = s("Dead"),
             Ok(Some(g)) => {
                 d.group_state = s(g.state.name());
@@ -676,6 +705,153 @@ pub async fn delete_groups(broker: &Arc<Broker>, req: DeleteGroupsRequest) -> De
         r.error_code = broker.groups.delete_group(id.0.as_str()).await.code();
         r.group_id = id;
         resp.results.push(r);
+    }
+    resp
+}
+
+// ------------------------------------------- the consumer protocol (KIP-848)
+
+fn to_assignment(
+    topics: Vec<kafka_protocol::messages::consumer_group_heartbeat_request::TopicPartitions>,
+) -> Assignment {
+    let mut out = Assignment::new();
+    for t in topics {
+        out.entry(t.topic_id).or_default().extend(t.partitions);
+    }
+    out
+}
+
+pub async fn consumer_group_heartbeat(
+    broker: &Arc<Broker>,
+    req: ConsumerGroupHeartbeatRequest,
+    version: i16,
+    client_id: Option<StrBytes>,
+) -> ConsumerGroupHeartbeatResponse {
+    use kafka_protocol::messages::consumer_group_heartbeat_response::{
+        Assignment as WireAssignment, TopicPartitions,
+    };
+    let request = ConsumerHeartbeat {
+        version,
+        group_id: req.group_id.0.as_str().to_string(),
+        member_id: req.member_id.as_str().to_string(),
+        member_epoch: req.member_epoch,
+        instance_id: opt(&req.instance_id),
+        rack_id: opt(&req.rack_id),
+        rebalance_timeout_ms: req.rebalance_timeout_ms,
+        subscribed_topic_names: req
+            .subscribed_topic_names
+            .map(|ts| ts.into_iter().map(|t| t.0.as_str().to_string()).collect()),
+        subscribed_topic_regex: opt(&req.subscribed_topic_regex),
+        server_assignor: opt(&req.server_assignor),
+        owned: req.topic_partitions.map(to_assignment),
+        client_id: opt(&client_id).unwrap_or_default(),
+        // The connection's peer address does not reach the handlers.
+        client_host: String::new(),
+    };
+    let client_log = request.client_id.clone();
+    let mut resp = ConsumerGroupHeartbeatResponse::default();
+    match broker.groups.consumer_heartbeat(request).await {
+        Ok(reply) => {
+            resp.member_id = Some(s(&reply.member_id));
+            resp.member_epoch = reply.member_epoch;
+            resp.heartbeat_interval_ms = reply.heartbeat_interval_ms;
+            resp.assignment = reply.assignment.map(|a| {
+                let mut w = WireAssignment::default();
+                w.topic_partitions = a
+                    .into_iter()
+                    .map(|(id, ps)| {
+                        let mut tp = TopicPartitions::default();
+                        tp.topic_id = id;
+                        tp.partitions = ps.into_iter().collect();
+                        tp
+                    })
+                    .collect();
+                w
+            });
+        }
+        Err(e) => {
+            if e.code == ErrorCode::InvalidRequest {
+                warn!(client = ?client_log, message = ?e.message, "ConsumerGroupHeartbeat refused");
+            }
+            resp.error_code = e.code.code();
+            resp.error_message = e.message.as_deref().map(s);
+        }
+    }
+    resp
+}
+
+pub async fn consumer_group_describe(
+    broker: &Arc<Broker>,
+    req: ConsumerGroupDescribeRequest,
+) -> ConsumerGroupDescribeResponse {
+    use kafka_protocol::messages::consumer_group_describe_response::{
+        Assignment as WireAssignment, DescribedGroup as Described, Member, TopicPartitions,
+    };
+    let names: std::collections::HashMap<uuid::Uuid, String> = broker.metadata.read(|img| {
+        img.topics
+            .values()
+            .map(|t| (t.id, t.name.clone()))
+            .collect()
+    });
+    let wire = |a: &Assignment| {
+        let mut w = WireAssignment::default();
+        w.topic_partitions = a
+            .iter()
+            .map(|(id, ps)| {
+                let mut tp = TopicPartitions::default();
+                tp.topic_id = *id;
+                tp.topic_name = TopicName(s(names.get(id).map_or("", |n| n.as_str())));
+                tp.partitions = ps.iter().copied().collect();
+                tp
+            })
+            .collect();
+        w
+    };
+    let mut resp = ConsumerGroupDescribeResponse::default();
+    for id in req.group_ids {
+        let mut d = Described::default();
+        match broker.groups.describe_consumer_group(id.0.as_str()).await {
+            Err(code) => d.error_code = code.code(),
+            Ok(None) => {
+                d.error_code = ErrorCode::GroupIdNotFound.code();
+                d.error_message = Some(s(&format!(
+                    "Group {} not found or is not a consumer group.",
+                    id.0.as_str()
+                )));
+                d.group_state = s("Dead");
+            }
+            Ok(Some(g)) => {
+                d.group_state = s(g.state_name());
+                d.group_epoch = g.epoch;
+                d.assignment_epoch = g.assignment_epoch;
+                d.assignor_name = s(&g.assignor);
+                // Kafka's AclOperation set is not built: no ACLs here.
+                d.authorized_operations = i32::MIN;
+                d.members = g
+                    .members
+                    .values()
+                    .map(|m| {
+                        let mut dm = Member::default();
+                        dm.member_id = s(&m.id);
+                        dm.instance_id = m.instance_id.as_deref().map(s);
+                        dm.rack_id = m.rack_id.as_deref().map(s);
+                        dm.member_epoch = m.epoch;
+                        dm.client_id = s(&m.client_id);
+                        dm.client_host = s(&m.client_host);
+                        dm.subscribed_topic_names =
+                            m.subscribed.iter().map(|t| TopicName(s(t))).collect();
+                        dm.assignment = wire(&m.assigned);
+                        dm.target_assignment =
+                            wire(g.target.get(&m.id).unwrap_or(&Assignment::new()));
+                        // 1: the consumer protocol (0 would be classic).
+                        dm.member_type = 1;
+                        dm
+                    })
+                    .collect();
+            }
+        }
+        d.group_id = id;
+        resp.groups.push(d);
     }
     resp
 }

@@ -339,6 +339,16 @@ async fn dispatch(
                 group::offset_fetch(&broker, req, version).await,
             ))
         }),
+        RequestKind::ConsumerGroupHeartbeat(req) => Box::pin(async move {
+            Some(ResponseKind::ConsumerGroupHeartbeat(
+                group::consumer_group_heartbeat(&broker, req, version, header.client_id).await,
+            ))
+        }),
+        RequestKind::ConsumerGroupDescribe(req) => Box::pin(async move {
+            Some(ResponseKind::ConsumerGroupDescribe(
+                group::consumer_group_describe(&broker, req).await,
+            ))
+        }),
         RequestKind::ListGroups(req) => Box::pin(async move {
             Some(ResponseKind::ListGroups(
                 group::list_groups(&broker, req, version).await,

@@ -29,6 +29,8 @@ const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::ConsumerGroupHeartbeat, 0, 1),
+    (ApiKey::ConsumerGroupDescribe, 0, 1),
     (ApiKey::AlterPartitionReassignments, 0, 1),
     (ApiKey::DeleteRecords, 0, 2),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
@@ -67,6 +69,8 @@ pub fn name(key: ApiKey) -> &'static str {
         ApiKey::DescribeGroups => "describe_groups",
         ApiKey::DeleteGroups => "delete_groups",
         ApiKey::OffsetDelete => "offset_delete",
+        ApiKey::ConsumerGroupHeartbeat => "consumer_group_heartbeat",
+        ApiKey::ConsumerGroupDescribe => "consumer_group_describe",
         ApiKey::AlterPartitionReassignments => "alter_partition_reassignments",
         ApiKey::DeleteRecords => "delete_records",
         ApiKey::IncrementalAlterConfigs => "incremental_alter_configs",
@@ -126,6 +130,8 @@ mod tests {
                 ApiKey::DescribeGroups => range::<DescribeGroupsRequest>(),
                 ApiKey::DeleteGroups => range::<DeleteGroupsRequest>(),
                 ApiKey::OffsetDelete => range::<OffsetDeleteRequest>(),
+                ApiKey::ConsumerGroupHeartbeat => range::<ConsumerGroupHeartbeatRequest>(),
+                ApiKey::ConsumerGroupDescribe => range::<ConsumerGroupDescribeRequest>(),
                 ApiKey::AlterPartitionReassignments => {
                     range::<AlterPartitionReassignmentsRequest>()
                 }
