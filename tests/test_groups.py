@@ -92,11 +92,12 @@ def test_consumer_performance_in_a_group_then_list(server, topic_name):
     assert group in r.stdout.split(), r.describe()
 
 
-def test_consumer_groups_cli_describe_lag_reset_and_delete(server, topic_name):
+@pytest.mark.parametrize("protocol", ["classic", "consumer"])
+def test_consumer_groups_cli_describe_lag_reset_and_delete(server, topic_name, protocol):
     create_topic(server.bootstrap, topic_name, 2)
     produce_confluent(server.bootstrap, topic_name, messages(100, 2, "cli"))
     group = f"cli-{topic_name}"
-    c = group_consumer(server.bootstrap, group)
+    c = group_consumer(server.bootstrap, group, protocol)
     try:
         c.subscribe([topic_name])
         got = consume_n(c, 60, timeout=60)
@@ -127,7 +128,7 @@ def test_consumer_groups_cli_describe_lag_reset_and_delete(server, topic_name):
         r.describe()
 
     # A consumer of the group now reads everything again from offset 0.
-    c = group_consumer(server.bootstrap, group)
+    c = group_consumer(server.bootstrap, group, protocol)
     try:
         c.subscribe([topic_name])
         again = consume_n(c, 100, timeout=60)
@@ -145,6 +146,26 @@ def test_consumer_groups_cli_describe_lag_reset_and_delete(server, topic_name):
     assert "successful" in r.stdout.lower(), r.describe()
     r = consumer_groups(server, "--list", timeout=120)
     assert group not in r.stdout.split(), r.describe()
+
+
+def test_consumer_protocol_group_described_with_members_and_state(server, topic_name):
+    """A live KIP-848 group through kafka-consumer-groups: ConsumerGroupDescribe answers
+    the members, their partitions, the assignor and the state."""
+    create_topic(server.bootstrap, topic_name, 4)
+    produce_confluent(server.bootstrap, topic_name, messages(40, 4, "live"))
+    group = f"live-{topic_name}"
+    c = group_consumer(server.bootstrap, group, "consumer", **{"client.id": "live-member"})
+    try:
+        c.subscribe([topic_name])
+        consume_n(c, 40, timeout=60)
+        r = consumer_groups(server, "--describe", "--group", group, "--members", timeout=120)
+        rows = [line.split() for line in r.stdout.splitlines() if line.startswith(group + " ")]
+        assert len(rows) == 1, r.describe()
+        assert "live-member" in rows[0] and rows[0][-1] == "4", r.describe()
+        r = consumer_groups(server, "--describe", "--group", group, "--state", timeout=120)
+        assert re.search(r"\buniform\s+Stable\s+1\b", r.stdout), r.describe()
+    finally:
+        c.close()
 
 
 # -------------------------------------------------------------- confluent-kafka
