@@ -161,6 +161,7 @@ def coordinator_of(bootstrap: str, group: str) -> int:
     return parts[index].leader
 
 
+@pytest.mark.oxbow_only
 @pytest.mark.parametrize("protocol", ["classic", "consumer"])
 def test_kill9_of_the_coordinator_broker(cluster, topic_name, tmp_path, member_classes, protocol):
     bootstrap = cluster.bootstrap()
