@@ -168,6 +168,49 @@ def test_consumer_protocol_group_described_with_members_and_state(server, topic_
         c.close()
 
 
+@pytest.mark.oxbow_only
+def test_offsets_of_an_idle_group_expire_after_the_retention(server_factory, tmp_path, topic_name):
+    """offsets.retention.minutes ([groups] in the config file): an empty group's committed
+    offsets and the group itself go once it has been idle that long; a group that keeps
+    committing keeps them."""
+    cfg = tmp_path / "oxbow.toml"
+    cfg.write_text("[groups]\noffsets_retention_minutes = 1\noffsets_retention_check_interval_ms = 1000\n")
+    srv = server_factory(extra_args=["--config", str(cfg)])
+    create_topic(srv.bootstrap, topic_name, 1)
+    produce_confluent(srv.bootstrap, topic_name, messages(10, 1, "ret"))
+    idle, busy = f"idle-{topic_name}", f"busy-{topic_name}"
+    started = time.monotonic()
+    for group in (idle, busy):
+        c = group_consumer(srv.bootstrap, group)
+        try:
+            c.subscribe([topic_name])
+            consume_n(c, 10, timeout=60)
+        finally:
+            c.close()
+
+    def committed(group: str) -> int:
+        c = group_consumer(srv.bootstrap, group)
+        try:
+            return c.committed([TopicPartition(topic_name, 0)], timeout=30)[0].offset
+        finally:
+            c.close()
+
+    assert committed(idle) == committed(busy) == 10
+    # The busy group commits (standalone, generation -1) every 10 s.
+    while committed(idle) == 10:
+        assert time.monotonic() - started < 150, "the idle group's offsets did not expire"
+        c = Consumer({"bootstrap.servers": srv.bootstrap, "group.id": busy, "enable.auto.commit": False})
+        try:
+            c.commit(offsets=[TopicPartition(topic_name, 0, 10)], asynchronous=False)
+        finally:
+            c.close()
+        time.sleep(10)
+    assert time.monotonic() - started >= 55, "expired before the retention time"
+    assert committed(busy) == 10
+    r = consumer_groups(srv, "--list", timeout=120)
+    assert idle not in r.stdout.split() and busy in r.stdout.split(), r.describe()
+
+
 # -------------------------------------------------------------- confluent-kafka
 class Member(threading.Thread):
     """One consumer of the group in its own thread, committing after each batch."""

@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use crate::config::BrokerConfig;
 use crate::controller_client::RemoteController;
-use crate::group::{GroupClock, GroupConfig, GroupCoordinator};
+use crate::group::{GroupClock, GroupCoordinator};
 use crate::metadata::{self, MetadataView};
 use crate::partition::{Close, Partition, PartitionArgs, ReopenRequests, StreamTail};
 use crate::storage::log_cache::LogCache;
@@ -223,7 +223,7 @@ impl Broker {
             config.storage.block_cache_bytes,
         ));
         let groups = Arc::new(GroupCoordinator::new(
-            GroupConfig::default(),
+            config.groups.clone(),
             GroupClock::new(seams.clock.clone()),
             seams.entropy.clone(),
             view.clone(),

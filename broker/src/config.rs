@@ -119,6 +119,7 @@ pub struct BrokerConfig {
     pub max_inflight_requests_per_connection: usize,
     pub max_connections: usize,
     pub storage: StorageConfig,
+    pub groups: crate::group::GroupConfig,
 }
 
 impl Default for BrokerConfig {
@@ -134,6 +135,7 @@ impl Default for BrokerConfig {
             max_inflight_requests_per_connection: 16,
             max_connections: 10_000,
             storage: StorageConfig::default(),
+            groups: crate::group::GroupConfig::default(),
         }
     }
 }

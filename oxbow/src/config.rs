@@ -175,6 +175,18 @@ struct FileConfig {
     default_partitions: Option<u32>,
     max_request_bytes: Option<usize>,
     storage: Option<FileStorage>,
+    groups: Option<FileGroups>,
+}
+
+/// The `[groups]` section: Kafka's group coordinator settings.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileGroups {
+    offsets_retention_minutes: Option<u64>,
+    offsets_retention_check_interval_ms: Option<u64>,
+    consumer_session_timeout_ms: Option<u32>,
+    consumer_heartbeat_interval_ms: Option<u32>,
+    max_size: Option<usize>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -245,7 +257,7 @@ pub fn split_host_port(s: &str, what: &str) -> Result<(String, u16)> {
 
 fn positive(v: usize, name: &str) -> Result<usize> {
     if v == 0 {
-        bail!("storage.{name} must be greater than 0");
+        bail!("{name} must be greater than 0");
     }
     Ok(v)
 }
@@ -299,16 +311,16 @@ impl Settings {
                 storage.linger = Duration::from_millis(v);
             }
             if let Some(v) = st.flush_bytes {
-                storage.flush_bytes = positive(v, "flush_bytes")?;
+                storage.flush_bytes = positive(v, "storage.flush_bytes")?;
             }
             if let Some(v) = st.max_inflight_puts {
-                storage.max_inflight_puts = positive(v, "max_inflight_puts")?;
+                storage.max_inflight_puts = positive(v, "storage.max_inflight_puts")?;
             }
             if let Some(v) = st.max_unflushed_bytes {
-                storage.max_unflushed_bytes = positive(v, "max_unflushed_bytes")?;
+                storage.max_unflushed_bytes = positive(v, "storage.max_unflushed_bytes")?;
             }
             if let Some(v) = st.block_bytes {
-                storage.block_bytes = positive(v, "block_bytes")?;
+                storage.block_bytes = positive(v, "storage.block_bytes")?;
             }
             if let Some(v) = st.log_cache_bytes {
                 storage.log_cache_bytes = v;
@@ -317,8 +329,10 @@ impl Settings {
                 storage.block_cache_bytes = v;
             }
             if let Some(v) = st.retention_check_ms {
-                storage.retention_check_interval =
-                    Duration::from_millis(positive(v as usize, "retention_check_ms")? as u64);
+                storage.retention_check_interval = Duration::from_millis(positive(
+                    v as usize,
+                    "storage.retention_check_ms",
+                )? as u64);
             }
             if let Some(v) = st.object_delete_grace_ms {
                 storage.object_delete_grace = Duration::from_millis(v);
@@ -330,12 +344,49 @@ impl Settings {
                 storage.orphan_scan_interval = Duration::from_millis(v);
             }
         }
+        let mut groups = broker::group::GroupConfig::default();
+        if let Some(g) = file.groups {
+            if let Some(v) = g.offsets_retention_minutes {
+                let minutes = positive(
+                    usize::try_from(v).unwrap_or(usize::MAX),
+                    "groups.offsets_retention_minutes",
+                )?;
+                groups.offsets_retention_ms = i64::try_from(minutes)
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(60_000);
+            }
+            if let Some(v) = g.offsets_retention_check_interval_ms {
+                groups.offsets_retention_check_ms = positive(
+                    usize::try_from(v).unwrap_or(usize::MAX),
+                    "groups.offsets_retention_check_interval_ms",
+                )? as u64;
+            }
+            if let Some(v) = g.consumer_session_timeout_ms {
+                groups.consumer_session_timeout_ms =
+                    i32::try_from(positive(v as usize, "groups.consumer_session_timeout_ms")?)
+                        .unwrap_or(i32::MAX);
+            }
+            if let Some(v) = g.consumer_heartbeat_interval_ms {
+                groups.consumer_heartbeat_interval_ms = i32::try_from(positive(
+                    v as usize,
+                    "groups.consumer_heartbeat_interval_ms",
+                )?)
+                .unwrap_or(i32::MAX);
+            }
+            if let Some(v) = g.max_size {
+                groups.max_size = positive(v, "groups.max_size")?;
+            }
+            if groups.consumer_heartbeat_interval_ms >= groups.consumer_session_timeout_ms {
+                bail!("groups.consumer_heartbeat_interval_ms must be less than groups.consumer_session_timeout_ms");
+            }
+        }
         let mut broker = BrokerConfig {
             node_id: file.node_id.unwrap_or(1),
             advertised_host: adv_host,
             advertised_port: adv_port,
             rack: file.rack,
             storage,
+            groups,
             ..BrokerConfig::default()
         };
         if let Some(v) = file.auto_create_topics {

@@ -1312,6 +1312,44 @@ impl GroupSet {
         })
     }
 
+    /// Offsets retention (`offsets.retention.minutes`): every group that has
+    /// been Empty, with no commit, for the retention time is deleted with
+    /// its offsets (a tombstone each), as DeleteGroups would. A KIP-848
+    /// group counts as empty once it has no members.
+    pub fn expire_offsets(&mut self, now: Now) -> Outcome {
+        let retention = self.config.offsets_retention_ms;
+        let due: Vec<String> = self
+            .groups
+            .values()
+            .filter(|g| g.is_in(GroupState::Empty))
+            .filter(|g| {
+                self.consumer
+                    .get(&g.id)
+                    .is_none_or(|c| c.members.is_empty())
+            })
+            .filter(|g| {
+                let newest_commit = self
+                    .offsets
+                    .get(&g.id)
+                    .and_then(|o| o.values().map(|c| c.commit_timestamp).max())
+                    .unwrap_or(i64::MIN);
+                now.wall_ms
+                    .saturating_sub(g.state_timestamp.max(newest_commit))
+                    >= retention
+            })
+            .map(|g| g.id.clone())
+            .collect();
+        let mut out = Outcome::default();
+        for id in due {
+            self.consumer.remove(&id);
+            if let Ok(p) = self.delete_group(now, &id) {
+                tracing::info!(group = %id, offsets = p.offset_tombstones.len(), "group expired after offsets.retention.minutes");
+                out.persist.push(p);
+            }
+        }
+        out
+    }
+
     /// OffsetDelete: the group-level check, then per topic whether its
     /// offsets may go (`Err(GROUP_SUBSCRIBED_TO_TOPIC)` otherwise).
     pub fn check_offset_delete(
@@ -2392,6 +2430,43 @@ mod tests {
         assert_eq!(h.generation(), 2);
         assert_eq!(h.persists.len(), 1);
         assert!(h.persists[0].value.as_ref().unwrap().members.is_empty());
+    }
+
+    #[test]
+    fn offsets_of_a_long_empty_group_expire_with_the_group() {
+        let mut cfg = config();
+        cfg.offsets_retention_ms = 60_000;
+        let mut h = Harness::with(cfg);
+        let commit = |at: i64| CommittedOffset {
+            offset: 5,
+            leader_epoch: -1,
+            metadata: String::new(),
+            commit_timestamp: at,
+            expire_timestamp: -1,
+            log_offset: 1,
+        };
+        // A group with live members and a standalone one (commits only).
+        h.stable_pair();
+        h.set.apply_offset(h.now, "g", "t", 0, Some(commit(h.now.wall_ms)));
+        let now = h.now;
+        h.set.validate_commit(now, "solo", "", None, -1, 9).unwrap();
+        h.set.apply_offset(now, "solo", "t", 0, Some(commit(now.wall_ms)));
+        h.now.wall_ms += 59_000;
+        assert!(h.set.expire_offsets(h.now).persist.is_empty(), "not yet");
+        h.now.wall_ms += 2_000;
+        let out = h.set.expire_offsets(h.now);
+        assert_eq!(out.persist.len(), 1, "only the empty group: {out:?}");
+        let p = &out.persist[0];
+        assert_eq!((p.group_id.as_str(), p.value.is_none()), ("solo", true));
+        assert_eq!(p.offset_tombstones, vec![("t".to_string(), 0)]);
+        let after = h.set.after_persist(h.now, "solo", p.then.clone(), Ok(()));
+        assert!(after.is_empty());
+        assert!(h.set.fetch_offsets("solo", None).is_empty());
+        assert!(h.set.list().iter().all(|l| l.group_id != "solo"));
+        // A commit restarts the clock.
+        h.set.apply_offset(h.now, "solo2", "t", 1, Some(commit(h.now.wall_ms)));
+        h.now.wall_ms += 30_000;
+        assert!(h.set.expire_offsets(h.now).persist.is_empty());
     }
 
     #[test]

@@ -36,6 +36,12 @@ pub struct GroupConfig {
     pub consumer_session_timeout_ms: i32,
     /// `group.consumer.heartbeat.interval.ms` (KIP-848 groups).
     pub consumer_heartbeat_interval_ms: i32,
+    /// `offsets.retention.minutes`, in ms: the committed offsets of a group
+    /// that has been empty this long (and not committed to since) are
+    /// deleted, and the group with them.
+    pub offsets_retention_ms: i64,
+    /// `offsets.retention.check.interval.ms`.
+    pub offsets_retention_check_ms: u64,
 }
 
 impl Default for GroupConfig {
@@ -53,6 +59,8 @@ impl Default for GroupConfig {
             load_read_bytes: 4 * 1024 * 1024,
             consumer_session_timeout_ms: 45_000,
             consumer_heartbeat_interval_ms: 5_000,
+            offsets_retention_ms: 7 * 24 * 60 * 60 * 1000,
+            offsets_retention_check_ms: 600_000,
         }
     }
 }

@@ -396,8 +396,14 @@ impl GroupCoordinator {
         *t = Some(tokio::spawn(async move {
             let mut interval = tokio::time::interval(shared.config.tick);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let retention_every = Duration::from_millis(shared.config.offsets_retention_check_ms);
+            let mut next_retention = tokio::time::Instant::now() + retention_every;
             loop {
                 interval.tick().await;
+                let check_retention = tokio::time::Instant::now() >= next_retention;
+                if check_retention {
+                    next_retention = tokio::time::Instant::now() + retention_every;
+                }
                 let shards: Vec<Arc<Shard>> = shared
                     .shards
                     .read()
@@ -408,9 +414,14 @@ impl GroupCoordinator {
                 for shard in shards {
                     let mut inner = shard.inner.lock().await;
                     let now = shard.now();
-                    if serving(&shard, &inner).is_err()
-                        || inner.groups.next_deadline().is_none_or(|d| d > now.mono_ms)
-                    {
+                    if serving(&shard, &inner).is_err() {
+                        continue;
+                    }
+                    if check_retention {
+                        let outcome = inner.groups.expire_offsets(now);
+                        shard.apply(&mut inner, outcome).await;
+                    }
+                    if inner.groups.next_deadline().is_none_or(|d| d > now.mono_ms) {
                         continue;
                     }
                     let outcome = inner.groups.tick(now);
