@@ -26,6 +26,7 @@ from harness.clients import Msg, create_topic, produce_confluent
 
 CONSUMER_GROUPS = "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand"
 SHARE_RECORDS = env.env_int("OXBOW_TEST_GROUP_RECORDS", 30_000)
+KILL_RECORDS = env.env_int("OXBOW_TEST_GROUP_KILL_RECORDS", 300_000)
 PERF_RECORDS = env.env_int("OXBOW_TEST_GROUP_PERF_RECORDS", 20_000)
 
 
@@ -419,10 +420,14 @@ _KILLED_MEMBER = r"""
 import sys
 import time
 from confluent_kafka import Consumer
-bootstrap, group, topic = sys.argv[1:4]
-c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
-              "auto.offset.reset": "earliest", "session.timeout.ms": 10000,
-              "heartbeat.interval.ms": 1000, "client.id": "doomed"})
+bootstrap, group, topic, protocol = sys.argv[1:5]
+conf = {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
+        "auto.offset.reset": "earliest", "client.id": "doomed"}
+if protocol == "consumer":
+    conf["group.protocol"] = "consumer"
+else:
+    conf.update({"session.timeout.ms": 10000, "heartbeat.interval.ms": 1000})
+c = Consumer(conf)
 c.subscribe([topic])
 while True:
     batch = c.consume(num_messages=200, timeout=0.2)
@@ -440,18 +445,23 @@ while True:
 """
 
 
-def test_killed_member_is_expired_and_the_group_finishes(server, topic_name, tmp_path):
+@pytest.mark.parametrize("protocol", ["range", "consumer"])
+def test_killed_member_is_expired_and_the_group_finishes(server, topic_name, tmp_path, protocol):
+    """Three members (one in its own process) share 12 partitions of KILL_RECORDS records;
+    that one is killed with SIGKILL mid-way. Its session expires (10 s classic, the
+    coordinator's 45 s with KIP-848) and the others read the rest."""
     partitions = 12
     create_topic(server.bootstrap, topic_name, partitions)
-    produce_confluent(server.bootstrap, topic_name, messages(SHARE_RECORDS, partitions, "kill"))
+    produce_confluent(server.bootstrap, topic_name, messages(KILL_RECORDS, partitions, "kill"), timeout=300)
     group = f"crash-{topic_name}"
     seen: Counter = Counter()
     lock = threading.Lock()
     out_path = tmp_path / "doomed.out"
     with open(out_path, "w") as out:
-        doomed = subprocess.Popen([sys.executable, "-c", _KILLED_MEMBER, server.bootstrap, group, topic_name],
+        doomed = subprocess.Popen([sys.executable, "-c", _KILLED_MEMBER, server.bootstrap, group, topic_name,
+                                   "consumer" if protocol == "consumer" else "classic"],
                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    members = [Member(server.bootstrap, group, topic_name, f"m{i}", "range", seen, lock) for i in range(2)]
+    members = [Member(server.bootstrap, group, topic_name, f"m{i}", protocol, seen, lock) for i in range(2)]
     try:
         def doomed_records() -> int:
             return sum(1 for line in out_path.read_text().splitlines() if line.startswith("R "))
@@ -466,8 +476,8 @@ def test_killed_member_is_expired_and_the_group_finishes(server, topic_name, tmp
         wait_until("the others to join while the doomed member holds partitions", three_members, 90)
         doomed.send_signal(signal.SIGKILL)
         doomed.wait(10)
-        # The session timeout (10 s) expires the member; the others take over.
-        wait_until("every record", lambda: len(set(seen) | doomed_set(out_path)) >= SHARE_RECORDS, 180)
+        # The session timeout expires the member; the others take over.
+        wait_until("every record", lambda: len(set(seen) | doomed_set(out_path)) >= KILL_RECORDS, 240)
         time.sleep(1)
     finally:
         if doomed.poll() is None:
@@ -484,11 +494,11 @@ def test_killed_member_is_expired_and_the_group_finishes(server, topic_name, tmp
     uncommitted = sum(1 for line in lines[last_commit + 1:] if line.startswith("R "))
     doomed_seen = Counter(doomed_list(out_path))
     total = seen + doomed_seen
-    expected = {(p, o) for p in range(partitions) for o in range(SHARE_RECORDS // partitions)}
+    expected = {(p, o) for p in range(partitions) for o in range(KILL_RECORDS // partitions)}
     assert set(total) == expected, f"missing {len(expected - set(total))}"
     duplicates = sum(n - 1 for n in total.values())
     failed = sum(m.failed_commits for m in members)
-    print(f"kill -9 of a member: {duplicates} duplicates, {uncommitted} records uncommitted at the kill")
+    print(f"{protocol}: kill -9 of a member, {KILL_RECORDS} records: {duplicates} duplicates, {uncommitted} records uncommitted at the kill")
     assert duplicates <= uncommitted + failed, (duplicates, uncommitted, failed)
 
 
