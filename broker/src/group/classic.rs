@@ -266,6 +266,9 @@ pub struct Persist {
 pub struct Outcome {
     pub replies: Vec<Reply>,
     pub persist: Vec<Persist>,
+    /// Consumer-protocol groups whose record must be written: the group's
+    /// snapshot, or `None` for a tombstone. Nobody waits for these.
+    pub consumer_writes: Vec<(String, Option<Bytes>)>,
 }
 
 impl Outcome {
@@ -280,6 +283,7 @@ impl Outcome {
     fn merge(&mut self, other: Outcome) {
         self.replies.extend(other.replies);
         self.persist.extend(other.persist);
+        self.consumer_writes.extend(other.consumer_writes);
     }
 }
 
@@ -684,13 +688,15 @@ impl GroupSet {
     /// One `ConsumerGroupHeartbeat` (KIP-848). A classic group with members
     /// under the same id refuses it; an empty one (offsets only) is
     /// taken over.
+    /// With the answer comes the group's new record when the heartbeat
+    /// changed what is persisted; the answer must wait until it is written.
     pub fn consumer_heartbeat(
         &mut self,
         now: Now,
         req: &ConsumerHeartbeat,
         new_member_id: String,
         lookup: TopicLookup,
-    ) -> Result<HeartbeatReply, HeartbeatError> {
+    ) -> Result<(HeartbeatReply, Option<Bytes>), HeartbeatError> {
         consumer::validate_request(req)?;
         let id = req.group_id.as_str();
         if self.groups.get(id).is_some_and(|g| !g.members.is_empty()) {
@@ -720,7 +726,37 @@ impl GroupSet {
             .consumer
             .get_mut(id)
             .expect("present or inserted above");
-        group.heartbeat(&cfg, now, req, new_member_id, lookup)
+        let before = group.snapshot();
+        let result = group.heartbeat(&cfg, now, req, new_member_id, lookup);
+        let after = group.snapshot();
+        if group.members.is_empty() && group.epoch == 0 {
+            // A join refused before it changed anything: no group.
+            self.consumer.remove(id);
+        }
+        let reply = result?;
+        Ok((reply, (after != before).then_some(after)))
+    }
+
+    /// Replays a consumer-protocol group's record (`None`: tombstone).
+    pub fn replay_consumer(&mut self, now: Now, group_id: &str, value: Option<&[u8]>) {
+        let Some(bytes) = value else {
+            self.consumer.remove(group_id);
+            return;
+        };
+        let cfg = self.consumer_config();
+        match ConsumerGroup::from_snapshot(bytes, &cfg, now) {
+            Ok(g) => {
+                if !g.members.is_empty() {
+                    // The id was taken over from a classic group.
+                    self.groups
+                        .retain(|id, c| id != group_id || c.members.is_empty());
+                }
+                self.consumer.insert(group_id.to_string(), g);
+            }
+            Err(e) => {
+                tracing::warn!(group = %group_id, error = %e, "skipping a consumer group record")
+            }
+        }
     }
 
     /// OffsetFetch's member check (v9+): only consumer-protocol groups
@@ -786,6 +822,7 @@ impl GroupSet {
             }
             Some(_) => {
                 self.consumer.remove(&req.group_id);
+                out.consumer_writes.push((req.group_id.clone(), None));
             }
             None => {}
         }
@@ -1025,10 +1062,12 @@ impl GroupSet {
 
     /// Fires every deadline at or before `now`.
     pub fn tick(&mut self, now: Now) -> Outcome {
-        for g in self.consumer.values_mut() {
-            g.expire(now);
-        }
         let mut out = Outcome::default();
+        for (id, g) in self.consumer.iter_mut() {
+            if g.next_deadline().is_some_and(|d| d <= now.mono_ms) && g.expire(now) {
+                out.consumer_writes.push((id.clone(), Some(g.snapshot())));
+            }
+        }
         let due: Vec<String> = self
             .groups
             .iter()
@@ -1517,6 +1556,9 @@ impl GroupSet {
             };
             g.add_member(member);
         }
+        if !g.members.is_empty() {
+            self.consumer.remove(group_id);
+        }
         g.leader = v.leader.clone();
         if g.leader
             .as_ref()
@@ -1530,6 +1572,10 @@ impl GroupSet {
     /// After loading: members from the log must heartbeat within their
     /// session timeout, as after a coordinator move in Kafka.
     pub fn start_sessions(&mut self, now: Now) {
+        let cfg = self.consumer_config();
+        for g in self.consumer.values_mut() {
+            g.start_sessions(&cfg, now);
+        }
         for g in self.groups.values_mut() {
             let ids: Vec<String> = g.members.keys().cloned().collect();
             for id in ids {
@@ -2100,7 +2146,7 @@ fn tick_group(group: &mut ClassicGroup, cfg: &GroupConfig, now: Now, out: &mut O
 
 impl Outcome {
     pub fn is_empty(&self) -> bool {
-        self.replies.is_empty() && self.persist.is_empty()
+        self.replies.is_empty() && self.persist.is_empty() && self.consumer_writes.is_empty()
     }
 
     pub fn extend(&mut self, other: Outcome) {
@@ -2447,10 +2493,12 @@ mod tests {
         };
         // A group with live members and a standalone one (commits only).
         h.stable_pair();
-        h.set.apply_offset(h.now, "g", "t", 0, Some(commit(h.now.wall_ms)));
+        h.set
+            .apply_offset(h.now, "g", "t", 0, Some(commit(h.now.wall_ms)));
         let now = h.now;
         h.set.validate_commit(now, "solo", "", None, -1, 9).unwrap();
-        h.set.apply_offset(now, "solo", "t", 0, Some(commit(now.wall_ms)));
+        h.set
+            .apply_offset(now, "solo", "t", 0, Some(commit(now.wall_ms)));
         h.now.wall_ms += 59_000;
         assert!(h.set.expire_offsets(h.now).persist.is_empty(), "not yet");
         h.now.wall_ms += 2_000;
@@ -2464,7 +2512,8 @@ mod tests {
         assert!(h.set.fetch_offsets("solo", None).is_empty());
         assert!(h.set.list().iter().all(|l| l.group_id != "solo"));
         // A commit restarts the clock.
-        h.set.apply_offset(h.now, "solo2", "t", 1, Some(commit(h.now.wall_ms)));
+        h.set
+            .apply_offset(h.now, "solo2", "t", 1, Some(commit(h.now.wall_ms)));
         h.now.wall_ms += 30_000;
         assert!(h.set.expire_offsets(h.now).persist.is_empty());
     }
@@ -2982,11 +3031,34 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.code, ErrorCode::GroupIdNotFound);
         // A new id becomes a consumer group; classic joins are refused.
-        let reply = h
+        let (reply, record) = h
             .set
             .consumer_heartbeat(now, &join("c", "m"), "x".into(), &lookup)
             .unwrap();
         assert_eq!(reply.member_epoch, 1);
+        // Its record brings it back on another coordinator, epochs and all.
+        let record = record.expect("a new member changes the group");
+        let mut elsewhere = GroupSet::new(config());
+        elsewhere.replay_consumer(now, "c", Some(&record));
+        let back = elsewhere.consumer_group("c").expect("replayed");
+        assert_eq!(back.members["m"].epoch, 1);
+        assert_eq!(
+            back.members["m"].assigned,
+            h.set.consumer_group("c").unwrap().members["m"].assigned
+        );
+        elsewhere.replay_consumer(now, "c", None);
+        assert!(elsewhere.consumer_group("c").is_none());
+        // A heartbeat that changes nothing writes nothing.
+        let mut steady = join("c", "m");
+        steady.member_epoch = 1;
+        steady.rebalance_timeout_ms = -1;
+        steady.subscribed_topic_names = None;
+        steady.owned = Some(reply.assignment.clone().unwrap());
+        let (_, record) = h
+            .set
+            .consumer_heartbeat(now, &steady, "x".into(), &lookup)
+            .unwrap();
+        assert!(record.is_none());
         let mut classic = h.join_req("", None, 5);
         classic.group_id = "c".into();
         let out = h.set.join(now, classic, "n".into(), 77);

@@ -23,13 +23,18 @@
 //!   assignment for the session timeout, and a new incarnation with the
 //!   same instance id takes it over without a rebalance.
 //!
-//! Departure from Kafka: the group's members, epochs and assignments are not
-//! written to `__consumer_offsets` (committed offsets are). After the
-//! coordinator moves, members are told UNKNOWN_MEMBER_ID, give up their
-//! partitions and join again; their committed offsets carry on.
+//! Every change of what must survive (members, epochs, subscriptions,
+//! assignments; not timers) is written to `__consumer_offsets` as one record
+//! per group holding its whole state (`snapshot`), under a key of Oxbow's own
+//! (compaction keeps the latest); a heartbeat is answered once its record is
+//! committed. The new owner of the partition replays the latest record of
+//! each group, so members keep their epochs and partitions through a
+//! coordinator move and only have to heartbeat within a fresh session.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::classic::Now;
@@ -48,7 +53,7 @@ pub const STATIC_LEAVE_EPOCH: i32 = -2;
 /// Server-side assignors, the first the default (Kafka's order).
 pub const ASSIGNORS: &[&str] = &["uniform", "range"];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MemberState {
     /// Owns exactly its target (or has nothing left to do).
     Stable,
@@ -58,7 +63,7 @@ pub enum MemberState {
     UnreleasedPartitions,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConsumerMember {
     pub id: String,
     pub instance_id: Option<String>,
@@ -75,11 +80,14 @@ pub struct ConsumerMember {
     pub assigned: Assignment,
     /// What it must give up before it moves on.
     pub revoking: Assignment,
+    /// Timers are this coordinator's own: not persisted, restarted on load.
+    #[serde(skip)]
     session_deadline: u64,
+    #[serde(skip)]
     revocation_deadline: Option<u64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConsumerGroup {
     pub id: String,
     pub epoch: i32,
@@ -192,6 +200,31 @@ impl ConsumerGroup {
                 && (m.assigned.get(topic).is_some_and(|s| s.contains(&p))
                     || m.revoking.get(topic).is_some_and(|s| s.contains(&p)))
         })
+    }
+
+    /// What is written to `__consumer_offsets`: the whole group, timers
+    /// left out.
+    pub fn snapshot(&self) -> Bytes {
+        // Plain data: encoding it cannot fail.
+        Bytes::from(rmp_serde::to_vec_named(self).unwrap_or_default())
+    }
+
+    /// A group read back from its record; its members' timers start at
+    /// `now` (a fresh session each, and a fresh rebalance timeout for those
+    /// still revoking), as after a coordinator move in Kafka.
+    pub fn from_snapshot(bytes: &[u8], cfg: &ConsumerConfig, now: Now) -> Result<Self, String> {
+        let mut g: ConsumerGroup = rmp_serde::from_slice(bytes).map_err(|e| e.to_string())?;
+        g.start_sessions(cfg, now);
+        Ok(g)
+    }
+
+    pub fn start_sessions(&mut self, cfg: &ConsumerConfig, now: Now) {
+        let session = u64::try_from(cfg.session_timeout_ms.max(0)).unwrap_or(0);
+        for m in self.members.values_mut() {
+            m.session_deadline = now.mono_ms + session;
+            m.revocation_deadline = (!m.revoking.is_empty())
+                .then(|| now.mono_ms + u64::try_from(m.rebalance_timeout_ms.max(0)).unwrap_or(0));
+        }
     }
 
     pub fn next_deadline(&self) -> Option<u64> {
@@ -1040,6 +1073,26 @@ mod tests {
             .heartbeat(&cfg(), at(3), &thief, "x".into(), &lookup)
             .unwrap_err();
         assert_eq!(err.code, ErrorCode::UnreleasedInstanceId);
+    }
+
+    #[test]
+    fn a_group_survives_its_snapshot() {
+        let mut g = ConsumerGroup::new("g");
+        let a = hb(&mut g, 0, join("a")).assignment.unwrap();
+        hb(&mut g, 1, join("b"));
+        hb(&mut g, 2, beat("a", 1, &a));
+        let bytes = g.snapshot();
+        let back = ConsumerGroup::from_snapshot(&bytes, &cfg(), at(100)).unwrap();
+        assert_eq!(back.members.keys().collect::<Vec<_>>(), vec!["a", "b"]);
+        assert_eq!(
+            (back.epoch, back.assignment_epoch),
+            (g.epoch, g.assignment_epoch)
+        );
+        assert_eq!(back.members["a"].revoking, g.members["a"].revoking);
+        assert_eq!(back.snapshot(), bytes, "timers are not part of it");
+        // Fresh timers: a session from the load, a revocation deadline for a.
+        assert_eq!(back.next_deadline(), Some(100 + 10_000));
+        assert!(ConsumerGroup::from_snapshot(b"\xff\x00garbage", &cfg(), at(0)).is_err());
     }
 
     #[test]

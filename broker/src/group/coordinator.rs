@@ -156,6 +156,23 @@ impl Shard {
                     }
                 }
             }
+            if !outcome.consumer_writes.is_empty() {
+                let records: Vec<(Bytes, Option<Bytes>)> = outcome
+                    .consumer_writes
+                    .into_iter()
+                    .map(|(group, value)| {
+                        (
+                            records::encode_key(&RecordKey::ConsumerGroup { group }),
+                            value,
+                        )
+                    })
+                    .collect();
+                // Timer-driven changes: nobody waits; a lost write is
+                // repaired by the group's next record (a whole snapshot).
+                if let Err(code) = self.append(records, self.now().wall_ms).await {
+                    debug!(?code, "writing consumer group records failed");
+                }
+            }
             for p in outcome.persist {
                 let now = self.now();
                 match self.append(persist_records(&p), now.wall_ms).await {
@@ -236,6 +253,15 @@ fn persist_records(p: &Persist) -> Vec<(Bytes, Option<Bytes>)> {
             )
         })
         .collect();
+    if p.value.is_none() {
+        // The group is gone whatever protocol it spoke.
+        out.push((
+            records::encode_key(&RecordKey::ConsumerGroup {
+                group: p.group_id.clone(),
+            }),
+            None,
+        ));
+    }
     out.push((
         records::encode_key(&RecordKey::Group {
             group: p.group_id.clone(),
@@ -536,9 +562,23 @@ impl GroupCoordinator {
                 .collect()
         });
         let lookup = |name: &str| topics.get(name).copied();
-        inner
+        let (reply, record) = inner
             .groups
-            .consumer_heartbeat(now, &req, new_member_id, &lookup)
+            .consumer_heartbeat(now, &req, new_member_id, &lookup)?;
+        let Some(snapshot) = record else {
+            return Ok(reply);
+        };
+        // Answered once the group's new state is committed, as Kafka does.
+        let key = records::encode_key(&RecordKey::ConsumerGroup {
+            group: req.group_id.clone(),
+        });
+        let (_, acks) = shard
+            .append(vec![(key, Some(snapshot))], now.wall_ms)
+            .await
+            .map_err(|code| plain(map_append_error(code)))?;
+        drop(inner);
+        wait_acks(acks).await.map_err(plain)?;
+        Ok(reply)
     }
 
     /// ConsumerGroupDescribe for one group: `Ok(None)` if there is no
@@ -902,6 +942,9 @@ fn replay(groups: &mut GroupSet, now: Now, rec: records::LogRecord) {
                 warn!(offset = rec.offset, error = %e, "skipping group metadata record");
             }
         },
+        RecordKey::ConsumerGroup { group } => {
+            groups.replay_consumer(now, &group, rec.value.as_deref());
+        }
         RecordKey::Other(version) => {
             debug!(
                 offset = rec.offset,

@@ -40,8 +40,13 @@ pub enum RecordKey {
     Group {
         group: String,
     },
-    /// A key version this coordinator does not handle (KIP-848 consumer
-    /// groups, share groups): skipped on load.
+    /// Oxbow's record of a KIP-848 consumer group: its whole state
+    /// (`consumer::ConsumerGroup::snapshot`), not Kafka's per-part records.
+    ConsumerGroup {
+        group: String,
+    },
+    /// A key version this coordinator does not handle (Kafka's own KIP-848
+    /// and share group records): skipped on load.
     Other(i16),
 }
 
@@ -80,6 +85,8 @@ pub struct GroupMetadataValue {
 
 const OFFSET_KEY_VERSION: i16 = 1;
 const GROUP_KEY_VERSION: i16 = 2;
+/// Far above Kafka's key versions (0-11 so far), so the two never meet.
+const CONSUMER_GROUP_KEY_VERSION: i16 = 0x4f58;
 const OFFSET_VALUE_VERSION: i16 = 3;
 const OFFSET_VALUE_VERSION_WITH_EXPIRY: i16 = 1;
 const GROUP_VALUE_VERSION: i16 = 3;
@@ -121,6 +128,10 @@ pub fn encode_key(key: &RecordKey) -> Bytes {
         }
         RecordKey::Group { group } => {
             out.put_i16(GROUP_KEY_VERSION);
+            put_string(&mut out, group);
+        }
+        RecordKey::ConsumerGroup { group } => {
+            out.put_i16(CONSUMER_GROUP_KEY_VERSION);
             put_string(&mut out, group);
         }
         RecordKey::Other(v) => out.put_i16(*v),
@@ -333,6 +344,7 @@ pub fn decode_key(b: &[u8]) -> Result<RecordKey, DecodeError> {
             partition: r.i32()?,
         }),
         2 => Ok(RecordKey::Group { group: r.string()? }),
+        CONSUMER_GROUP_KEY_VERSION => Ok(RecordKey::ConsumerGroup { group: r.string()? }),
         v => Ok(RecordKey::Other(v)),
     }
 }
