@@ -707,10 +707,11 @@ impl GroupSet {
         }
         if !self.consumer.contains_key(id) {
             if req.member_epoch != 0 {
-                // Also after a coordinator move: the member joins again.
+                // As Kafka: only a join creates a group. (A coordinator move
+                // keeps groups: their records are replayed.)
                 return Err(HeartbeatError {
-                    code: ErrorCode::UnknownMemberId,
-                    message: Some(format!("member {} is not in group {id}", req.member_id)),
+                    code: ErrorCode::GroupIdNotFound,
+                    message: Some(format!("Consumer group {id} not found.")),
                 });
             }
             if self.groups.len() + self.consumer.len() >= self.config.max_groups_per_partition {
@@ -3087,8 +3088,7 @@ mod tests {
             h.set.delete_group(now, "c").unwrap_err(),
             ErrorCode::NonEmptyGroup
         );
-        // An unknown member of a group this coordinator does not know (as
-        // after a coordinator move) is told to join again.
+        // A heartbeat to a group that does not exist.
         let mut lost = join("other", "m");
         lost.member_epoch = 3;
         lost.rebalance_timeout_ms = -1;
@@ -3096,7 +3096,7 @@ mod tests {
             .set
             .consumer_heartbeat(now, &lost, "x".into(), &lookup)
             .unwrap_err();
-        assert_eq!(err.code, ErrorCode::UnknownMemberId);
+        assert_eq!(err.code, ErrorCode::GroupIdNotFound);
     }
 
     #[test]

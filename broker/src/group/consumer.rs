@@ -651,10 +651,7 @@ fn check_epoch(
 pub fn validate_request(req: &HeartbeatRequest) -> Result<(), HeartbeatError> {
     let invalid = |m: &str| Err(HeartbeatError::new(ErrorCode::InvalidRequest, m));
     if req.group_id.is_empty() {
-        return Err(HeartbeatError::new(
-            ErrorCode::InvalidGroupId,
-            "GroupId can't be empty.",
-        ));
+        return invalid("GroupId can't be empty.");
     }
     if req.instance_id.as_deref() == Some("") {
         return invalid("InstanceId can't be empty.");
@@ -999,7 +996,7 @@ mod tests {
         let code = |req: HeartbeatRequest| validate_request(&req).unwrap_err().code;
         let mut r = join("a");
         r.group_id.clear();
-        assert_eq!(code(r), ErrorCode::InvalidGroupId);
+        assert_eq!(code(r), ErrorCode::InvalidRequest);
         let mut r = join("a");
         r.rebalance_timeout_ms = -1;
         assert_eq!(code(r), ErrorCode::InvalidRequest);

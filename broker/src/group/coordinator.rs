@@ -544,9 +544,8 @@ impl GroupCoordinator {
             code,
             message: None,
         };
-        if req.group_id.is_empty() {
-            return Err(plain(ErrorCode::InvalidGroupId));
-        }
+        // Kafka's request checks come before the coordinator's.
+        super::consumer::validate_request(&req)?;
         let shard = self.shard_for(&req.group_id).map_err(plain)?;
         let mut inner = shard.inner.lock().await;
         serving(&shard, &inner).map_err(plain)?;
