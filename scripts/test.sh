@@ -33,5 +33,12 @@ run_step unit-tests cargo test --workspace --exclude simulation
 run_step simulation cargo test --release -p simulation
 run_step build cargo build -p oxbow
 run_step e2e "$root/.venv/bin/pytest" -q tests/ "$@"
+# The single-node suite again, each test's `server` a 3-controller, 3-broker
+# cluster on s3s-fs entered through one broker picked per test (tests/README.md);
+# message counts at a quarter unless OXBOW_TEST_SCALE says otherwise.
+cluster_suite=(tests/test_cli.py tests/test_python_clients.py tests/test_compat.py tests/test_crash.py
+               tests/test_malformed.py tests/test_admin.py tests/test_lifecycle.py tests/test_groups.py)
+run_step e2e-cluster env OXBOW_TEST_TARGET=cluster OXBOW_TEST_SCALE="${OXBOW_TEST_SCALE:-0.25}" \
+  "$root/.venv/bin/pytest" -q "${cluster_suite[@]}" "$@"
 
 echo "test.sh: all $steps_done steps passed in $(( $(date +%s) - started ))s" >&2

@@ -14,7 +14,13 @@ from confluent_kafka.admin import (AdminClient, ConfigResource, NewPartitions, N
 
 from harness import clients
 
-
+# A cluster-only bug: ListOffsets by timestamp (and -3, max timestamp) on the partition's owner
+# picks the slice from the broker's metadata view (broker/src/kafka/fetch.rs,
+# offset_for_timestamp), while the high watermark it reads up to is the partition's own. In a
+# multi-node cluster the view learns of a CommitObjects only when the follower's long poll
+# brings it, after the producer has its ack, so for a few ms a record below the high watermark
+# is invisible: by timestamp answers -1, max timestamp the previous record. (One `oxbow server`
+# answered right in 100 of 100 tries, the cluster wrong in 31.)
 def admin(server) -> AdminClient:
     return AdminClient({"bootstrap.servers": server.bootstrap})
 
@@ -68,7 +74,7 @@ def test_describe_cluster_names_a_live_controller(server):
     desc = a.describe_cluster().result(timeout=30)
     assert desc.cluster_id
     node_ids = {n.id for n in desc.nodes}
-    assert len(node_ids) == 1
+    assert len(node_ids) == server.broker_count, f"brokers listed: {sorted(node_ids)}"
     assert desc.controller is not None and desc.controller.id in node_ids
 
 
@@ -112,6 +118,25 @@ def test_list_offsets_earliest_latest_and_by_time(server, topic_name):
     assert (mx.offset, mx.timestamp) == (6, 8_000)
 
 
+def test_list_offsets_by_time_finds_a_record_as_soon_as_it_is_acknowledged(server, topic_name):
+    """Read your writes: right after its ack, a record is found by its timestamp and is the
+    one with the max timestamp; 30 times in a row, so that a lagging answer cannot hide."""
+    clients.create_topic(server.bootstrap, topic_name, 1)
+    p = Producer({"bootstrap.servers": server.bootstrap, "acks": "all", "linger.ms": 0})
+    a = admin(server)
+    tp = TopicPartition(topic_name, 0)
+    wrong = []
+    for i in range(30):
+        ts = 10_000 + i * 1000
+        p.produce(topic_name, value=b"v%d" % i, partition=0, timestamp=ts)
+        assert p.flush(30) == 0
+        by_time = a.list_offsets({tp: OffsetSpec.for_timestamp(ts)}, request_timeout=30)[tp].result(timeout=30)
+        mx = a.list_offsets({tp: OffsetSpec.max_timestamp()}, request_timeout=30)[tp].result(timeout=30)
+        if (by_time.offset, mx.offset, mx.timestamp) != (i, i, ts):
+            wrong.append(f"#{i}: by time {by_time.offset}, max timestamp {mx.timestamp} at {mx.offset}")
+    assert not wrong, f"{len(wrong)} of 30 acknowledged records not found at once: {wrong[:5]}"
+
+
 def test_small_fetch_limits_still_make_progress(server, topic_name):
     clients.create_topic(server.bootstrap, topic_name, 1)
     big = b"x" * 200_000
@@ -148,7 +173,7 @@ def test_auto_create_on_metadata_and_off_by_config(server_factory, tmp_path, top
 def test_auto_create_can_be_disabled(server_factory, tmp_path, topic_name):
     cfg = tmp_path / "oxbow.toml"
     cfg.write_text("auto_create_topics = false\n")
-    off = server_factory("oxbow", extra_args=["--config", str(cfg)])
+    off = server_factory(extra_args=["--config", str(cfg)])
     md = AdminClient({"bootstrap.servers": off.bootstrap}).list_topics(topic=topic_name, timeout=10)
     t = md.topics[topic_name]
     assert t.error is not None and t.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART

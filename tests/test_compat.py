@@ -95,7 +95,8 @@ def test_produce_to_missing_partition(server, topic_name):
 
 
 def _produce(server, topic, batch):
-    with wire.Connection(server.host, server.port) as c:
+    """Produce v7 of one batch to partition 0, sent to the partition's leader."""
+    with wire.Connection(*clients.leader_address(server.bootstrap, topic, 0)) as c:
         cid = c.send_request(wire.API_PRODUCE, 7, wire.produce_request_v7(topic, 0, batch))
         [(_, _, err, base)] = wire.parse_produce_response_v7(c.read_response(cid))
     return err, base

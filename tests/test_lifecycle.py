@@ -34,8 +34,10 @@ def earliest(bootstrap: str, topic: str) -> int:
     return clients.watermarks_confluent(bootstrap, topic, 0)[0]
 
 
-def sso_objects(data_dir: Path) -> list[Path]:
-    root = data_dir / "objects" / "sso"
+def sso_objects(srv) -> list[Path]:
+    """The stream-set objects in the store, as files (the default file store of one
+    server, or the s3s-fs bucket directory of a cluster)."""
+    root = srv.objects_root / "sso"
     return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
 
 
@@ -70,12 +72,12 @@ def test_delete_records_with_the_java_admin_client(server, topic_name, tmp_path)
 def test_time_retention_moves_the_start_and_deletes_objects(server_factory, tmp_path, topic_name):
     cfg = tmp_path / "oxbow.toml"
     cfg.write_text(FAST_LIFECYCLE)
-    srv = server_factory("oxbow", extra_args=["--config", str(cfg)])
+    srv = server_factory(extra_args=["--config", str(cfg)])
     clients.create_topic(srv.bootstrap, topic_name, 1, config={"retention.ms": "1500"})
     produce_batches(srv.bootstrap, topic_name, 3, 10)
-    assert sso_objects(srv.data_dir), "produced data must be in objects"
+    assert sso_objects(srv), "produced data must be in objects"
     wait_until(lambda: earliest(srv.bootstrap, topic_name) == 30, 20, "retention to drop every expired slice")
-    wait_until(lambda: not sso_objects(srv.data_dir), 20, "expired objects to be deleted from the store")
+    wait_until(lambda: not sso_objects(srv), 20, "expired objects to be deleted from the store")
     # The partition still takes writes at the next offset.
     produce_batches(srv.bootstrap, topic_name, 1, 5)
     assert clients.watermarks_confluent(srv.bootstrap, topic_name, 0) == (30, 35)
@@ -85,7 +87,7 @@ def test_time_retention_moves_the_start_and_deletes_objects(server_factory, tmp_
 def test_size_retention_keeps_at_least_retention_bytes(server_factory, tmp_path, topic_name):
     cfg = tmp_path / "oxbow.toml"
     cfg.write_text(FAST_LIFECYCLE)
-    srv = server_factory("oxbow", extra_args=["--config", str(cfg)])
+    srv = server_factory(extra_args=["--config", str(cfg)])
     # 100 records of ~1 KB; keep at least 25 KB. Slices are whatever the
     # producer's requests made them, so only bounds can be asserted.
     clients.create_topic(srv.bootstrap, topic_name, 1, config={"retention.bytes": "25000"})
@@ -103,10 +105,10 @@ def test_size_retention_keeps_at_least_retention_bytes(server_factory, tmp_path,
 def test_objects_no_metadata_references_are_collected(server_factory, tmp_path, topic_name):
     cfg = tmp_path / "oxbow.toml"
     cfg.write_text(FAST_LIFECYCLE + "orphan_min_age_ms = 1000\norphan_scan_interval_ms = 300\n")
-    srv = server_factory("oxbow", extra_args=["--config", str(cfg)])
+    srv = server_factory(extra_args=["--config", str(cfg)])
     clients.create_topic(srv.bootstrap, topic_name, 1)
     produce_batches(srv.bootstrap, topic_name, 3, 10)
-    committed = set(sso_objects(srv.data_dir))
+    committed = set(sso_objects(srv))
     assert committed
     # An upload of this broker incarnation whose commit never happened ...
     incarnation = sorted(committed)[0].parent
@@ -119,6 +121,6 @@ def test_objects_no_metadata_references_are_collected(server_factory, tmp_path, 
     srv.kill9()
     srv.restart()
     wait_until(lambda: not orphan.exists(), 20, "the orphaned object to be deleted")
-    assert committed <= set(sso_objects(srv.data_dir)), "committed objects must stay"
+    assert committed <= set(sso_objects(srv)), "committed objects must stay"
     got = clients.consume_confluent(srv.bootstrap, topic_name, [0])
     assert [r.offset for r in got[0]] == list(range(30))

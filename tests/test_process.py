@@ -21,7 +21,9 @@ import pytest
 from harness import clients, env, wire
 from harness.procs import ManagedProcess, free_port, port_accepts, wait_until
 
-pytestmark = pytest.mark.oxbow_only
+pytestmark = [pytest.mark.oxbow_only,
+              pytest.mark.single_process("the `oxbow server` process itself: its flags, exit codes, "
+                                         "data-dir lock, SIGTERM, /metrics, environment")]
 
 EXIT_WAIT = 60.0
 
@@ -85,6 +87,18 @@ def test_bad_config_file(tmp_path):
     assert_one_line_error(p)
     p = run_oxbow([*base_args(tmp_path), "--config", str(tmp_path / "missing.toml")], tmp_path)
     assert_one_line_error(p, "missing.toml")
+
+
+@pytest.mark.parametrize("groups, mention", [
+    ("offsets_retention_minutes = 0", "offsets_retention_minutes"),
+    ("consumer_session_timeout_ms = 1000\nconsumer_heartbeat_interval_ms = 5000", "heartbeat"),
+    ("no_such_setting = 1", "no_such_setting"),
+])
+def test_bad_groups_settings(tmp_path, groups, mention):
+    cfg = tmp_path / "oxbow.toml"
+    cfg.write_text(f"[groups]\n{groups}\n")
+    p = run_oxbow([*base_args(tmp_path), "--config", str(cfg)], tmp_path)
+    assert_one_line_error(p, mention)
 
 
 def test_unreachable_object_store(tmp_path):

@@ -13,6 +13,8 @@ from harness import s3 as s3api
 
 MESSAGES = env.env_int("OXBOW_TEST_S3_MESSAGES", 5_000)
 PREFIX = "oxbow-e2e"
+# The cluster target always runs on s3s-fs; these check one `oxbow server` on it.
+ONE_SERVER_ON_S3 = pytest.mark.single_process("one oxbow server on s3s-fs, restarted and killed")
 
 
 def test_s3s_fs_fixture_serves_the_bucket(s3):
@@ -35,6 +37,7 @@ def oxbow_on_s3(server_factory, s3):
 
 
 @pytest.mark.oxbow_only
+@ONE_SERVER_ON_S3
 def test_round_trip_on_s3(oxbow_on_s3, s3, topic_name):
     server = oxbow_on_s3
     clients.create_topic(server.bootstrap, topic_name, 4)
@@ -54,6 +57,7 @@ def test_round_trip_on_s3(oxbow_on_s3, s3, topic_name):
 
 
 @pytest.mark.oxbow_only
+@ONE_SERVER_ON_S3
 def test_kill9_on_s3_loses_nothing_acknowledged(oxbow_on_s3, topic_name):
     stats = crash.run_crash_check(oxbow_on_s3, topic_name, partitions=2)
     print(f"crash check on s3: {stats}")

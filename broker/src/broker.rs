@@ -363,6 +363,9 @@ impl Broker {
     /// Opens actors for streams this broker owns and closes the rest.
     pub async fn reconcile(&self) {
         let _guard = self.reconcile_lock.lock().await;
+        if *self.stop.borrow() {
+            return; // shutting down: nothing may open now
+        }
         let Some(writer) = self
             .writer
             .lock()
@@ -511,6 +514,11 @@ impl Broker {
     /// the writer and the metadata follower.
     pub async fn shutdown(&self) {
         let _ = self.stop.send(true);
+        // Waits out a reconcile in progress: one that had cloned the writer
+        // handle would reopen partitions after the drain below, and the
+        // writer (which stops when every handle is gone) would never stop.
+        // Every later reconcile sees `stop` and does nothing.
+        let reconciling = self.reconcile_lock.lock().await;
         self.groups.shutdown();
         let open: Vec<_> = self.partitions_lock().drain().map(|(_, p)| p).collect();
         for p in open {
@@ -522,6 +530,7 @@ impl Broker {
             }
         }
         self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(reconciling);
         if let Some(task) = self.writer_task.lock().await.take() {
             let _ = task.await;
         }

@@ -51,6 +51,27 @@ impl MetadataView {
             .is_ok_and(|r| r.is_ok())
     }
 
+    /// Waits until `ready` holds for the image (checked after every apply),
+    /// up to `timeout`; whether it does.
+    pub async fn wait_until(
+        &self,
+        ready: impl Fn(&MetadataImage) -> bool,
+        timeout: Duration,
+    ) -> bool {
+        let mut rx = self.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            rx.borrow_and_update();
+            if self.read(&ready) {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return self.read(&ready),
+            }
+        }
+    }
+
     /// Applies one answer from the controller.
     pub fn apply(&self, update: MetadataDeltas) {
         let mut guard = self.image.write().unwrap_or_else(|e| e.into_inner());

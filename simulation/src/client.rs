@@ -40,10 +40,10 @@ use kafka_protocol::messages::offset_commit_request::{
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, CreateTopicsRequest, FetchRequest, FindCoordinatorRequest, GroupId,
-    InitProducerIdRequest, ListOffsetsRequest, MetadataRequest, MetadataResponse,
-    OffsetCommitRequest, OffsetFetchRequest, ProduceRequest, ProducerId, RequestHeader,
-    ResponseHeader, TopicName,
+    ApiKey, BrokerId, ConsumerGroupHeartbeatRequest, CreateTopicsRequest, FetchRequest,
+    FindCoordinatorRequest, GroupId, InitProducerIdRequest, ListOffsetsRequest, MetadataRequest,
+    MetadataResponse, OffsetCommitRequest, OffsetFetchRequest, ProduceRequest, ProducerId,
+    RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
 use kafka_protocol::records::{
@@ -53,6 +53,9 @@ use proto::seams::{BoxConn, Clock, Net, SystemClock};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tracing::debug;
+
+/// A KIP-848 member's partitions: topic id → partition numbers.
+pub type GroupAssignment = std::collections::BTreeMap<uuid::Uuid, std::collections::BTreeSet<i32>>;
 
 // Request versions, all within what `broker/src/kafka/versions.rs` serves.
 // Fetch stays at 12, the last version that names topics (13+ use topic ids).
@@ -65,6 +68,7 @@ const LIST_OFFSETS_VERSION: i16 = 7;
 const FIND_COORDINATOR_VERSION: i16 = 3;
 const OFFSET_COMMIT_VERSION: i16 = 8;
 const OFFSET_FETCH_VERSION: i16 = 7;
+const CONSUMER_GROUP_HEARTBEAT_VERSION: i16 = 1;
 
 /// Kafka's "earliest" for [`ClusterClient::list_offsets`].
 pub const EARLIEST_TIMESTAMP: i64 = -2;
@@ -788,6 +792,65 @@ impl ClusterClient {
                 return Err(ClientError::broker(ApiKey::OffsetFetch, p.error_code, None));
             }
             Ok(p.committed_offset)
+        });
+        self.coordinated(group, result)
+    }
+
+    /// One KIP-848 `ConsumerGroupHeartbeat` (v1) of member `member_id` at
+    /// `epoch` (0 joins with `topics`), reporting `owned`. Answers the
+    /// member epoch and the new assignment, if the coordinator sent one.
+    pub async fn consumer_heartbeat(
+        &mut self,
+        group: &str,
+        member_id: &str,
+        epoch: i32,
+        topics: Option<Vec<String>>,
+        owned: &GroupAssignment,
+    ) -> Result<(i32, Option<GroupAssignment>)> {
+        use kafka_protocol::messages::consumer_group_heartbeat_request::TopicPartitions;
+        let addr = self.coordinator(group).await?;
+        let request = ConsumerGroupHeartbeatRequest::default()
+            .with_group_id(GroupId(StrBytes::from_string(group.to_string())))
+            .with_member_id(StrBytes::from_string(member_id.to_string()))
+            .with_member_epoch(epoch)
+            .with_rebalance_timeout_ms(if epoch == 0 { 10_000 } else { -1 })
+            .with_subscribed_topic_names(
+                topics.map(|ts| ts.into_iter().map(|t| topic_name(&t)).collect()),
+            )
+            .with_topic_partitions(Some(
+                owned
+                    .iter()
+                    .map(|(id, ps)| {
+                        TopicPartitions::default()
+                            .with_topic_id(*id)
+                            .with_partitions(ps.iter().copied().collect())
+                    })
+                    .collect(),
+            ));
+        let resp = self
+            .call(
+                &addr,
+                ApiKey::ConsumerGroupHeartbeat,
+                CONSUMER_GROUP_HEARTBEAT_VERSION,
+                &request,
+            )
+            .await;
+        let result = resp.and_then(|resp| {
+            if resp.error_code != 0 {
+                return Err(ClientError::broker(
+                    ApiKey::ConsumerGroupHeartbeat,
+                    resp.error_code,
+                    resp.error_message.as_ref(),
+                ));
+            }
+            let assignment = resp.assignment.map(|a| {
+                let mut out = GroupAssignment::new();
+                for t in a.topic_partitions {
+                    out.entry(t.topic_id).or_default().extend(t.partitions);
+                }
+                out
+            });
+            Ok((resp.member_epoch, assignment))
         });
         self.coordinated(group, result)
     }

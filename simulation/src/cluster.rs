@@ -53,6 +53,8 @@ pub struct SimConfig {
     pub partitions: u32,
     pub producers: u32,
     pub consumers: u32,
+    /// Members of a KIP-848 consumer group over the topic.
+    pub group_members: u32,
     /// Mean pause of a client between operations (see [`Workload::think`]).
     pub think: Duration,
     /// Simulated time turmoil advances per step.
@@ -75,6 +77,7 @@ impl SimConfig {
             partitions: 4,
             producers: 2,
             consumers: 1,
+            group_members: 3,
             think: Duration::from_millis(env_ms("SIM_THINK_MS", 50)),
             tick: Duration::from_millis(env_ms("SIM_TICK_MS", 5)),
             planted: None,
@@ -359,6 +362,11 @@ fn run_here(config: &SimConfig) -> Report {
                     advertised_port: BROKER_PORT,
                     auto_create_topics: false,
                     storage: broker_storage(),
+                    groups: broker::group::GroupConfig {
+                        consumer_session_timeout_ms: 6_000,
+                        consumer_heartbeat_interval_ms: 500,
+                        ..broker::group::GroupConfig::default()
+                    },
                     ..BrokerConfig::default()
                 };
                 loop {
@@ -436,6 +444,17 @@ fn run_here(config: &SimConfig) -> Report {
             Ok(())
         });
     }
+    // Members heartbeat until 10 s after the end: the quiet period and this
+    // let every member hear the group settle.
+    let members_stop = config.duration + Duration::from_secs(10);
+    for m in 0..config.group_members {
+        let w = workload.clone();
+        let h = history.clone();
+        sim.client(format!("member{m}"), async move {
+            workload::member(w, m, members_stop, h).await;
+            Ok(())
+        });
+    }
     {
         let w = workload.clone();
         let h = history.clone();
@@ -488,6 +507,12 @@ fn run_here(config: &SimConfig) -> Report {
         .collect();
     violations.extend(log.liveness.iter().cloned());
     violations.extend(log.offsets.iter().cloned());
+    violations.extend(workload::check_members(
+        &log,
+        config.group_members,
+        config.partitions,
+        members_stop - Duration::from_secs(3),
+    ));
     let observed = observed.borrow();
     violations.extend(observed.violations.iter().cloned());
     let (acknowledged, indeterminate, failed, polled) = counts(history);

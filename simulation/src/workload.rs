@@ -12,7 +12,9 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::checker::{History, SendOutcome, TopicPartition};
-use crate::client::{ClientError, ClusterClient, Outcome, ProducerIds, EARLIEST_TIMESTAMP};
+use crate::client::{
+    ClientError, ClusterClient, GroupAssignment, Outcome, ProducerIds, EARLIEST_TIMESTAMP,
+};
 use crate::net::TurmoilNet;
 use crate::seams::{splitmix64, SimClock, SIM_EPOCH_MS};
 
@@ -55,6 +57,18 @@ pub struct RunLog {
     /// Offset commits acknowledged, and committed offsets read back.
     pub commits_acked: usize,
     pub commits_read: usize,
+    /// KIP-848 members: what each ended with, and answers no member of a
+    /// correct coordinator gets.
+    pub members: BTreeMap<u32, MemberEnd>,
+    pub group_errors: Vec<String>,
+}
+
+/// A KIP-848 member's last successful heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberEnd {
+    pub at: Duration,
+    pub epoch: i32,
+    pub owned: GroupAssignment,
 }
 
 impl RunLog {
@@ -88,6 +102,138 @@ const COMMIT_EVERY: Duration = Duration::from_millis(500);
 
 async fn backoff() {
     tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// The KIP-848 group of the `member` workload.
+pub const MEMBER_GROUP: &str = "sim-members";
+/// How often a member heartbeats (the brokers' interval in the simulation).
+pub const MEMBER_HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// One member of a KIP-848 consumer group over the workload's topic: it
+/// heartbeats, takes what it is given and gives up what it is told to,
+/// starts over when fenced, and keeps its last successful answer. It does
+/// not read records: the checks are about the assignment (see
+/// `check_members`).
+pub async fn member(w: Workload, index: u32, stop_at: Duration, history: SharedHistory) {
+    let mut c = client(&w, &format!("member{index}"));
+    let member_id = format!("sim-member-{index}");
+    let mut epoch = 0;
+    let mut owned = GroupAssignment::new();
+    while now() < stop_at {
+        let topics = (epoch == 0).then(|| vec![w.topic.clone()]);
+        let sent = if epoch == 0 {
+            GroupAssignment::new()
+        } else {
+            owned.clone()
+        };
+        match c
+            .consumer_heartbeat(MEMBER_GROUP, &member_id, epoch, topics, &sent)
+            .await
+        {
+            Ok((new_epoch, assignment)) => {
+                epoch = new_epoch;
+                if let Some(a) = assignment {
+                    owned = a;
+                }
+                history.borrow_mut().members.insert(
+                    index,
+                    MemberEnd {
+                        at: now(),
+                        epoch,
+                        owned: owned.clone(),
+                    },
+                );
+            }
+            // Fenced or forgotten: give everything up and join again.
+            Err(ClientError::Broker {
+                code: FENCED_MEMBER_EPOCH | UNKNOWN_MEMBER_ID | GROUP_ID_NOT_FOUND,
+                ..
+            }) => {
+                epoch = 0;
+                owned.clear();
+            }
+            // The coordinator is moving or busy: ask again.
+            Err(ClientError::Broker {
+                code:
+                    COORDINATOR_LOAD_IN_PROGRESS
+                    | COORDINATOR_NOT_AVAILABLE
+                    | NOT_COORDINATOR
+                    | REQUEST_TIMED_OUT,
+                ..
+            }) => {}
+            Err(e @ ClientError::Broker { .. }) => {
+                history
+                    .borrow_mut()
+                    .group_errors
+                    .push(format!("member{index} at {:?}: {e}", now()));
+            }
+            Err(e) => tracing::debug!(error = %e, "heartbeat failed"),
+        }
+        tokio::time::sleep(MEMBER_HEARTBEAT).await;
+    }
+}
+
+const REQUEST_TIMED_OUT: i16 = 7;
+const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
+const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+const NOT_COORDINATOR: i16 = 16;
+const UNKNOWN_MEMBER_ID: i16 = 25;
+const GROUP_ID_NOT_FOUND: i16 = 69;
+const FENCED_MEMBER_EPOCH: i16 = 110;
+
+/// After the quiet period the members must agree: each heard from the
+/// coordinator lately, all at one epoch, owning disjoint partitions that
+/// cover the topic.
+pub fn check_members(
+    log: &RunLog,
+    members: u32,
+    partitions: u32,
+    fresh_after: Duration,
+) -> Vec<String> {
+    let mut out: Vec<String> = log
+        .group_errors
+        .iter()
+        .map(|e| format!("unexpected group answer: {e}"))
+        .collect();
+    if members == 0 {
+        return out;
+    }
+    let mut seen: BTreeMap<(uuid::Uuid, i32), u32> = BTreeMap::new();
+    let mut epochs = std::collections::BTreeSet::new();
+    for i in 0..members {
+        let Some(end) = log.members.get(&i) else {
+            out.push(format!("group: member{i} never got an answer"));
+            continue;
+        };
+        if end.at < fresh_after {
+            out.push(format!(
+                "group liveness: member{i}'s last answer was at {:?}, before {fresh_after:?}",
+                end.at
+            ));
+        }
+        epochs.insert(end.epoch);
+        for (topic, ps) in &end.owned {
+            for p in ps {
+                if let Some(other) = seen.insert((*topic, *p), i) {
+                    out.push(format!(
+                        "group: partition {p} owned by member{other} and member{i} at the end"
+                    ));
+                }
+            }
+        }
+    }
+    if epochs.len() > 1 {
+        out.push(format!(
+            "group: members ended at different epochs {epochs:?}"
+        ));
+    }
+    if seen.len() != partitions as usize {
+        out.push(format!(
+            "group: the members own {} of {partitions} partitions at the end",
+            seen.len()
+        ));
+    }
+    out
 }
 
 /// Creates the workload's topic, retrying until it exists.

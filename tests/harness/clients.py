@@ -109,6 +109,25 @@ def wait_topic_ready(bootstrap: str, topic: str, partitions: int, timeout: float
     raise TimeoutError(f"topic {topic} not ready with {partitions} partitions within {timeout}s: {last}")
 
 
+def leader_address(bootstrap: str, topic: str, partition: int, timeout: float = 30.0) -> tuple[str, int]:
+    """(host, port) of the broker that leads `topic`/`partition` per Metadata asked via
+    `bootstrap`: where raw protocol bytes for that partition must go (on one server, the
+    server itself)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        md = admin.list_topics(topic=topic, timeout=10)
+        t = md.topics.get(topic)
+        p = t.partitions.get(partition) if t is not None and t.error is None else None
+        if p is not None and p.error is None and p.leader in md.brokers:
+            b = md.brokers[p.leader]
+            return b.host, b.port
+        last = p or t
+        time.sleep(0.2)
+    raise TimeoutError(f"no leader for {topic}/{partition} within {timeout}s: {last}")
+
+
 def topic_partition_count(bootstrap: str, topic: str, timeout: float = 10.0) -> int:
     md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic=topic, timeout=timeout)
     t = md.topics[topic]

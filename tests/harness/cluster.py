@@ -1,12 +1,18 @@
-"""A multi-node Oxbow cluster on loopback: `oxbow controller` voters and
-`oxbow broker`s sharing one s3s-fs object store, every process on free ports
-and stopped by PID at teardown (also on failure).
+"""A multi-node Oxbow cluster: `oxbow controller` voters and `oxbow broker`s
+sharing one s3s-fs object store, every process on free ports (on loopback
+unless placed elsewhere, below) and stopped by PID at teardown (also on
+failure).
 
 A node can be killed (SIGKILL), paused (SIGSTOP/SIGCONT), stopped cleanly
 (SIGTERM, exit code returned) and started again on the same data dir and
 ports; brokers can be added to a running cluster. Readiness and membership
 are observed from outside only: log lines, listening ports, Kafka Metadata
 and DescribeCluster.
+
+Where each node runs is its `Placement`: by default every node is on
+127.0.0.1 in the tests' own network namespace; `harness/netns.py` gives each
+node its own namespace and addresses instead (its argv then starts with
+`ip netns exec NS`, which execs, so the PID is still the node's own).
 """
 from __future__ import annotations
 
@@ -14,12 +20,28 @@ import os
 import re
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from . import env
 from .procs import ManagedProcess, free_port, port_accepts, wait_until
 
 READY_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a node runs: `prefix` goes before its argv (e.g. `ip netns exec NS`);
+    a controller binds its RPC on `peer_host`; a broker binds its Kafka and metrics
+    listeners on `client_host` and advertises it (a broker connects out only, to
+    the controllers and the object store, so it binds nothing on `peer_host`)."""
+    peer_host: str = "127.0.0.1"
+    client_host: str = "127.0.0.1"
+    prefix: tuple[str, ...] = ()
+
+
+LOOPBACK = Placement()
 
 
 class ClusterNode:
@@ -91,17 +113,19 @@ class ClusterNode:
 
 
 class Controller(ClusterNode):
-    def __init__(self, node_id: int, workdir: Path, voters: str, port: int, env_vars: dict):
+    def __init__(self, node_id: int, workdir: Path, voters: str, port: int, env_vars: dict,
+                 placement: Placement = LOOPBACK):
         self.node_id = node_id
         self.port = port
-        argv = [str(env.OXBOW_BIN), "controller", "--node-id", str(node_id),
-                "--listen", f"127.0.0.1:{port}", "--voters", voters,
+        self.host = placement.peer_host
+        argv = [*placement.prefix, str(env.OXBOW_BIN), "controller", "--node-id", str(node_id),
+                "--listen", self.addr, "--voters", voters,
                 "--data-dir", str(workdir / f"controller-{node_id}")]
         super().__init__(f"controller-{node_id}", argv, workdir / f"controller-{node_id}.log", env_vars)
 
     @property
     def addr(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def wait_ready(self) -> None:
         """Until this start has logged that it joined a working quorum."""
@@ -111,47 +135,56 @@ class Controller(ClusterNode):
 
 
 class Broker(ClusterNode):
-    def __init__(self, node_id: int, workdir: Path, controllers: str, object_store: str, env_vars: dict):
+    def __init__(self, node_id: int, workdir: Path, controllers: str, object_store: str, env_vars: dict,
+                 placement: Placement = LOOPBACK):
         self.node_id = node_id
+        self.host = placement.client_host
         self.port = free_port()
         self.metrics_port = free_port()
-        argv = [str(env.OXBOW_BIN), "broker", "--node-id", str(node_id), "--controllers", controllers,
-                "--data-dir", str(workdir / f"broker-{node_id}"),
+        argv = [*placement.prefix, str(env.OXBOW_BIN), "broker", "--node-id", str(node_id),
+                "--controllers", controllers, "--data-dir", str(workdir / f"broker-{node_id}"),
                 "--kafka-listen", self.bootstrap, "--advertised-listener", self.bootstrap,
-                "--metrics-listen", f"127.0.0.1:{self.metrics_port}", "--object-store", object_store]
+                "--metrics-listen", f"{self.host}:{self.metrics_port}", "--object-store", object_store]
         super().__init__(f"broker-{node_id}", argv, workdir / f"broker-{node_id}.log", env_vars)
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+        return f"http://{self.host}:{self.metrics_port}/metrics"
 
     def wait_ready(self) -> None:
         """Until this start listens for Kafka clients (bound last, once it can serve)."""
-        wait_until(lambda: port_accepts("127.0.0.1", self.port) or not self.running(), READY_TIMEOUT,
+        wait_until(lambda: port_accepts(self.host, self.port) or not self.running(), READY_TIMEOUT,
                    f"{self.name} to listen")
         assert self.running(), f"{self.name} exited during start-up:\n{self.process.log_tail()}"
 
 
 class OxbowCluster:
     """`controllers` voters and `brokers` brokers on one s3s-fs; `on_new_node` is
-    called with every node made (e.g. to show its log tail when a test fails)."""
+    called with every node made (e.g. to show its log tail when a test fails);
+    `placement` says where the node of a name ("controller-1", "broker-2") runs
+    (default: all on loopback)."""
 
-    def __init__(self, workdir: Path, s3, controllers: int = 3, brokers: int = 3, on_new_node=None):
+    def __init__(self, workdir: Path, s3, controllers: int = 3, brokers: int = 3, on_new_node=None,
+                 placement: Callable[[str], Placement] = lambda name: LOOPBACK):
         self.workdir = Path(workdir)
         self.on_new_node = on_new_node or (lambda node: None)
+        self.placement = placement
         ports = [free_port() for _ in range(controllers)]
-        voters = ",".join(f"{i + 1}=127.0.0.1:{p}" for i, p in enumerate(ports))
+        hosts = [placement(f"controller-{i + 1}").peer_host for i in range(controllers)]
+        voters = ",".join(f"{i + 1}={h}:{p}" for i, (h, p) in enumerate(zip(hosts, ports)))
         self.voters = voters  # as given to the first controllers
         self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("OXBOW_")},
                     **s3.client_env(), "RUST_LOG": "info,openraft=warn"}
-        self.controllers = [Controller(i + 1, self.workdir, voters, p, self.env) for i, p in enumerate(ports)]
+        self.controllers = [Controller(i + 1, self.workdir, voters, p, self.env, placement(f"controller-{i + 1}"))
+                            for i, p in enumerate(ports)]
         self.controller_addrs = ",".join(c.addr for c in self.controllers)
         self.object_store = f"s3://{s3.bucket}/cluster"
-        self.brokers = [Broker(i + 1, self.workdir, self.controller_addrs, self.object_store, self.env)
+        self.brokers = [Broker(i + 1, self.workdir, self.controller_addrs, self.object_store, self.env,
+                               placement(f"broker-{i + 1}"))
                         for i in range(brokers)]
         for n in self.nodes():
             self.on_new_node(n)
@@ -170,7 +203,8 @@ class OxbowCluster:
         """Starts one more broker against the running quorum and waits until it listens;
         it is stopped with the others at teardown."""
         assert all(b.node_id != node_id for b in self.brokers), f"broker {node_id} exists"
-        b = Broker(node_id, self.workdir, self.controller_addrs, self.object_store, self.env)
+        b = Broker(node_id, self.workdir, self.controller_addrs, self.object_store, self.env,
+                   self.placement(f"broker-{node_id}"))
         self.brokers.append(b)
         self.on_new_node(b)
         b.start()
@@ -185,11 +219,13 @@ class OxbowCluster:
         assert all(c.node_id != node_id for c in self.controllers), f"controller {node_id} exists"
         assert node_id > min(c.node_id for c in self.controllers), "a joining controller never has the smallest id"
         port = free_port()
-        c = Controller(node_id, self.workdir, f"{self.voters},{node_id}=127.0.0.1:{port}", port, self.env)
+        placement = self.placement(f"controller-{node_id}")
+        c = Controller(node_id, self.workdir, f"{self.voters},{node_id}={placement.peer_host}:{port}", port,
+                       self.env, placement)
         self.controllers.append(c)
         self.on_new_node(c)
         c.start()
-        wait_until(lambda: port_accepts("127.0.0.1", port) or not c.running(), READY_TIMEOUT,
+        wait_until(lambda: port_accepts(c.host, port) or not c.running(), READY_TIMEOUT,
                    f"{c.name} to listen")
         assert c.running(), f"{c.name} exited during start-up:\n{c.process.log_tail()}"
         return c

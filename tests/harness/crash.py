@@ -9,7 +9,6 @@ continuing densely after the old end.
 """
 from __future__ import annotations
 
-import os
 import random
 import threading
 import time
@@ -22,7 +21,7 @@ from .procs import wait_until
 CRASH_ROUNDS = env.env_int("OXBOW_TEST_CRASH_ROUNDS", 2)
 RUN_BEFORE_KILL = env.env_float("OXBOW_TEST_CRASH_AFTER_S", 2.0)
 # Kill times are jittered (x0.5..x1.5) from this seed, printed so a failure can be replayed.
-SEED = int(os.environ.get("OXBOW_TEST_SEED", time.time_ns() % 1_000_000))
+SEED = env.SEED
 
 
 def payload(seq: int) -> bytes:

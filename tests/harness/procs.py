@@ -135,7 +135,9 @@ def rss_bytes(pid: int) -> int:
 
 
 @atexit.register
-def _kill_leftovers() -> None:
+def kill_leftovers() -> None:
+    """SIGKILL to every child still running (at interpreter exit, or before tearing down
+    what they run in)."""
     for mp in list(_LIVE.values()):
         try:
             mp.kill9()

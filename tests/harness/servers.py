@@ -29,6 +29,7 @@ class _Server:
 
     name = "server"
     host = "127.0.0.1"
+    broker_count = 1  # brokers a client sees in Metadata and DescribeCluster
 
     def __init__(self, workdir: Path):
         self.workdir = Path(workdir)
@@ -60,6 +61,11 @@ class _Server:
     def pid(self) -> int:
         assert self.process is not None
         return self.process.pid
+
+    @property
+    def pids(self) -> list[int]:
+        """Every process serving clients (one here; every broker of a cluster target)."""
+        return [self.pid]
 
     def log_tail(self, lines: int = 60) -> str:
         return self.process.log_tail(lines) if self.process else f"<{self.name} not started>"
@@ -146,6 +152,12 @@ class OxbowServer(_Server):
     @property
     def metrics_url(self) -> str:
         return f"http://{self.host}:{self.metrics_port}/metrics"
+
+    @property
+    def objects_root(self) -> Path:
+        """Where the default object store (a directory in the data dir) keeps the objects."""
+        assert self.object_store is None, f"objects are in {self.object_store}"
+        return self.data_dir / "objects"
 
     def _argv(self) -> list[str]:
         if not env.OXBOW_BIN.exists():

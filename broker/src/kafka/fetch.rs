@@ -292,6 +292,10 @@ pub async fn list_offsets(broker: &Arc<Broker>, req: ListOffsetsRequest) -> List
 /// in a compressed batch the answer is batch-granular (its base offset, or
 /// its last offset for -3) since we never decompress. The slices' max
 /// timestamps in the metadata pick the object, so only one object is read.
+/// Longest a timestamp lookup waits for the metadata view to reach the
+/// partition's high watermark.
+const VIEW_CATCH_UP: Duration = Duration::from_secs(2);
+
 async fn offset_for_timestamp(
     broker: &Broker,
     stream: StreamId,
@@ -299,6 +303,16 @@ async fn offset_for_timestamp(
     start: u64,
     hw: u64,
 ) -> Result<Option<(i64, i64)>, ErrorCode> {
+    // The owner acknowledges a batch once its object is committed, which
+    // can be a moment before this broker's view of the metadata has the
+    // slice: wait for the view to reach the high watermark (bounded).
+    broker
+        .metadata
+        .wait_until(
+            |img| img.streams.get(&stream).is_some_and(|s| s.end_offset >= hw),
+            VIEW_CATCH_UP,
+        )
+        .await;
     let slice = broker.metadata.read(|img| {
         let s = img.streams.get(&stream)?;
         let candidates = s.slices.iter().filter(|(_, sl)| sl.end_offset > start);
