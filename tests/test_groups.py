@@ -413,6 +413,52 @@ def test_kafka_python_group_commits_are_seen_by_confluent(server, topic_name):
         c.close()
 
 
+def test_aiokafka_members_share_a_topic_and_commit(server, topic_name):
+    """Two aiokafka members (asyncio, the classic protocol) in one group share a 6-partition
+    topic; together they read everything once and commit; confluent-kafka sees the commits."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer
+
+    create_topic(server.bootstrap, topic_name, 6)
+    produce_confluent(server.bootstrap, topic_name, messages(600, 6, "aio"))
+    group = f"aio-{topic_name}"
+
+    async def run() -> Counter:
+        seen: Counter = Counter()
+        consumers = [AIOKafkaConsumer(topic_name, bootstrap_servers=server.bootstrap, group_id=group,
+                                      enable_auto_commit=False, auto_offset_reset="earliest",
+                                      session_timeout_ms=10000, heartbeat_interval_ms=1000)
+                     for _ in range(2)]
+        for c in consumers:
+            await c.start()
+        try:
+            deadline = time.monotonic() + 90
+            while sum(seen.values()) < 600 or not all(c.assignment() for c in consumers):
+                assert time.monotonic() < deadline, f"aiokafka read {sum(seen.values())} of 600"
+                for c in consumers:
+                    batch = await c.getmany(timeout_ms=200)
+                    for tp, recs in batch.items():
+                        seen.update((tp.partition, r.offset) for r in recs)
+                    if batch:
+                        await c.commit()
+            assert {p for c in consumers for p in (tp.partition for tp in c.assignment())} == set(range(6))
+            assert all(c.assignment() for c in consumers), "both members hold partitions"
+        finally:
+            for c in consumers:
+                await c.stop()
+        return seen
+
+    seen = asyncio.run(run())
+    assert set(seen) == {(p, o) for p in range(6) for o in range(100)}
+    c = group_consumer(server.bootstrap, group)
+    try:
+        committed = c.committed([TopicPartition(topic_name, p) for p in range(6)], timeout=30)
+        assert {tp.partition: tp.offset for tp in committed} == {p: 100 for p in range(6)}
+    finally:
+        c.close()
+
+
 # A group member in its own process, so that it can be killed -9. It prints
 # "R partition offset" for every record it processes and "K" after each
 # successful commit.

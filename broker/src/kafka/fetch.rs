@@ -242,7 +242,11 @@ const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
 
-pub async fn list_offsets(broker: &Arc<Broker>, req: ListOffsetsRequest) -> ListOffsetsResponse {
+pub async fn list_offsets(
+    broker: &Arc<Broker>,
+    req: ListOffsetsRequest,
+    version: i16,
+) -> ListOffsetsResponse {
     let mut resp = ListOffsetsResponse::default();
     for t in req.topics {
         let mut tr = ListOffsetsTopicResponse::default();
@@ -262,7 +266,10 @@ pub async fn list_offsets(broker: &Arc<Broker>, req: ListOffsetsRequest) -> List
                 Some((sid, leader_epoch)) => match broker.partition(sid) {
                     None => pr.error_code = ErrorCode::NotLeaderOrFollower.code(),
                     Some(open) => {
-                        pr.leader_epoch = leader_epoch;
+                        // v4+ carry it; older versions cannot encode one.
+                        if version >= 4 {
+                            pr.leader_epoch = leader_epoch;
+                        }
                         let hw = open.state.high_watermark();
                         let start = open.state.log_start();
                         match p.timestamp {
@@ -287,15 +294,15 @@ pub async fn list_offsets(broker: &Arc<Broker>, req: ListOffsetsRequest) -> List
     resp
 }
 
+/// Longest a timestamp lookup waits for the metadata view to reach the
+/// partition's high watermark.
+const VIEW_CATCH_UP: Duration = Duration::from_secs(2);
+
 /// The first record whose timestamp reaches `ts` (or, for -3, the record
 /// holding the largest timestamp). Records are read in uncompressed batches;
 /// in a compressed batch the answer is batch-granular (its base offset, or
 /// its last offset for -3) since we never decompress. The slices' max
 /// timestamps in the metadata pick the object, so only one object is read.
-/// Longest a timestamp lookup waits for the metadata view to reach the
-/// partition's high watermark.
-const VIEW_CATCH_UP: Duration = Duration::from_secs(2);
-
 async fn offset_for_timestamp(
     broker: &Broker,
     stream: StreamId,

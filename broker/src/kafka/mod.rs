@@ -249,7 +249,7 @@ async fn dispatch(
         }),
         RequestKind::ListOffsets(req) => Box::pin(async move {
             Some(ResponseKind::ListOffsets(
-                fetch::list_offsets(&broker, req).await,
+                fetch::list_offsets(&broker, req, version).await,
             ))
         }),
         RequestKind::Metadata(req) => Box::pin(async move {
