@@ -212,6 +212,32 @@ def test_offsets_of_an_idle_group_expire_after_the_retention(server_factory, tmp
     assert idle not in r.stdout.split() and busy in r.stdout.split(), r.describe()
 
 
+@pytest.mark.parametrize("protocol", ["classic", "consumer"])
+def test_regex_subscription_reads_every_matching_topic(server, topic_name, protocol):
+    """A subscription by regular expression (with KIP-848 the coordinator resolves it) reads
+    every matching topic and nothing else."""
+    for suffix, n in (("a", 20), ("b", 30), ("other", 5)):
+        t = f"{topic_name}-{suffix}"
+        create_topic(server.bootstrap, t, 2)
+        produce_confluent(server.bootstrap, t, messages(n, 2, suffix))
+    c = group_consumer(server.bootstrap, f"re-{topic_name}", protocol)
+    try:
+        c.subscribe([f"^{re.escape(topic_name)}-[ab]$"])
+        got: Counter = Counter()
+        deadline = time.monotonic() + 90
+        while sum(got.values()) < 50:
+            assert time.monotonic() < deadline, f"read {dict(got)} within 90s"
+            for m in c.consume(num_messages=100, timeout=0.5):
+                if m.error():
+                    raise KafkaException(m.error())
+                got[m.topic()] += 1
+        extra = c.consume(num_messages=10, timeout=2)
+        assert not extra, f"{len(extra)} records beyond the matching topics"
+    finally:
+        c.close()
+    assert got == {f"{topic_name}-a": 20, f"{topic_name}-b": 30}
+
+
 # -------------------------------------------------------------- confluent-kafka
 class Member(threading.Thread):
     """One consumer of the group in its own thread, committing after each batch."""

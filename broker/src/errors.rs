@@ -35,6 +35,7 @@ pub enum ErrorCode {
     UnreleasedInstanceId = 111,
     UnsupportedAssignor = 112,
     StaleMemberEpoch = 113,
+    InvalidRegularExpression = 128,
     InvalidTopicException = 17,
     RecordListTooLarge = 18,
     InvalidRequiredAcks = 21,

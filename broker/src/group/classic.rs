@@ -3013,7 +3013,7 @@ mod tests {
         let mut h = Harness::new();
         h.stable_pair();
         let topic = uuid::Uuid::from_u128(1);
-        let lookup = |name: &str| (name == "t").then_some((topic, 4));
+        let lookup = crate::group::consumer::Topics::from([("t".to_string(), (topic, 4))]);
         let join = |group: &str, member: &str| Hb {
             version: 1,
             group_id: group.into(),

@@ -43,8 +43,9 @@ use crate::errors::ErrorCode;
 /// Topic id → partitions.
 pub type Assignment = BTreeMap<Uuid, BTreeSet<i32>>;
 
-/// What the caller knows of a topic: its id and partition count.
-pub type TopicLookup<'a> = &'a dyn Fn(&str) -> Option<(Uuid, u32)>;
+/// Every topic the caller knows: name → (id, partition count).
+pub type Topics = BTreeMap<String, (Uuid, u32)>;
+pub type TopicLookup<'a> = &'a Topics;
 
 /// Epoch a member sends to leave for good.
 pub const LEAVE_EPOCH: i32 = -1;
@@ -74,6 +75,12 @@ pub struct ConsumerMember {
     pub previous_epoch: i32,
     pub state: MemberState,
     pub subscribed: BTreeSet<String>,
+    /// A regular-expression subscription (whole names must match), and the
+    /// topics it matched when last resolved.
+    #[serde(default)]
+    pub regex: Option<String>,
+    #[serde(default)]
+    pub regex_matches: BTreeSet<String>,
     pub assignor: Option<String>,
     pub rebalance_timeout_ms: i32,
     /// What it may consume now.
@@ -183,7 +190,7 @@ impl ConsumerGroup {
     pub fn subscribed_topics(&self) -> BTreeSet<String> {
         self.members
             .values()
-            .flat_map(|m| m.subscribed.iter().cloned())
+            .flat_map(|m| m.subscribed.iter().chain(&m.regex_matches).cloned())
             .collect()
     }
 
@@ -264,8 +271,29 @@ impl ConsumerGroup {
     fn topics_now(&self, lookup: TopicLookup) -> BTreeMap<String, (Uuid, u32)> {
         self.subscribed_topics()
             .into_iter()
-            .filter_map(|t| lookup(&t).map(|v| (t, v)))
+            .filter_map(|t| lookup.get(&t).map(|v| (t, *v)))
             .collect()
+    }
+
+    /// Re-resolves every member's regular expression against the topics
+    /// (internal ones never match, as in Kafka); whether any match changed.
+    fn resolve_regexes(&mut self, lookup: TopicLookup) -> bool {
+        let mut changed = false;
+        for m in self.members.values_mut() {
+            let matches: BTreeSet<String> = match m.regex.as_deref().map(compile_regex) {
+                Some(Ok(re)) => lookup
+                    .keys()
+                    .filter(|t| !t.starts_with("__") && re.is_match(t))
+                    .cloned()
+                    .collect(),
+                _ => BTreeSet::new(),
+            };
+            if matches != m.regex_matches {
+                m.regex_matches = matches;
+                changed = true;
+            }
+        }
+        changed
     }
 
     /// The assignor most members ask for (ties: Kafka's order), else the
@@ -296,6 +324,7 @@ impl ConsumerGroup {
                 let ids = m
                     .subscribed
                     .iter()
+                    .chain(&m.regex_matches)
                     .filter_map(|t| self.topics.get(t).map(|(id, _)| *id))
                     .collect();
                 (m.id.clone(), ids)
@@ -411,8 +440,9 @@ impl ConsumerGroup {
             req.member_id.clone()
         };
         let before = self.members[&member_id].assigned.clone();
-        let new_member =
-            self.members[&member_id].epoch == 0 && self.members[&member_id].subscribed.is_empty();
+        let new_member = self.members[&member_id].epoch == 0
+            && self.members[&member_id].subscribed.is_empty()
+            && self.members[&member_id].regex.is_none();
         {
             let m = self
                 .members
@@ -423,6 +453,14 @@ impl ConsumerGroup {
                 let names: BTreeSet<String> = names.iter().cloned().collect();
                 if names != m.subscribed {
                     m.subscribed = names;
+                    bump = true;
+                }
+            }
+            if let Some(r) = &req.subscribed_topic_regex {
+                // An empty one clears it (librdkafka sends one with names).
+                let r = (!r.is_empty()).then(|| r.clone());
+                if r != m.regex {
+                    m.regex = r;
                     bump = true;
                 }
             }
@@ -438,6 +476,9 @@ impl ConsumerGroup {
             }
             m.client_id = req.client_id.clone();
             m.client_host = req.client_host.clone();
+        }
+        if self.resolve_regexes(lookup) {
+            bump = true;
         }
         let topics = self.topics_now(lookup);
         if topics != self.topics {
@@ -535,6 +576,8 @@ impl ConsumerGroup {
                         previous_epoch: 0,
                         state: MemberState::Stable,
                         subscribed: BTreeSet::new(),
+                        regex: None,
+                        regex_matches: BTreeSet::new(),
                         assignor: None,
                         rebalance_timeout_ms: req.rebalance_timeout_ms,
                         assigned: Assignment::new(),
@@ -662,13 +705,17 @@ pub fn validate_request(req: &HeartbeatRequest) -> Result<(), HeartbeatError> {
     if req.version >= 1 && req.member_id.is_empty() {
         return invalid("MemberId can't be empty.");
     }
-    // librdkafka sends an empty regex along with plain topic names.
-    if req
+    if let Some(r) = req
         .subscribed_topic_regex
         .as_deref()
-        .is_some_and(|r| !r.is_empty())
+        .filter(|r| !r.is_empty())
     {
-        return invalid("SubscribedTopicRegex is not supported by this broker.");
+        if let Err(e) = compile_regex(r) {
+            return Err(HeartbeatError::new(
+                ErrorCode::InvalidRegularExpression,
+                format!("SubscribedTopicRegex `{r}` is not a valid regular expression: {e}"),
+            ));
+        }
     }
     match req.member_epoch {
         0 => {
@@ -678,8 +725,14 @@ pub fn validate_request(req: &HeartbeatRequest) -> Result<(), HeartbeatError> {
             if req.owned.as_ref().is_none_or(|o| !o.is_empty()) {
                 return invalid("TopicPartitions must be empty when (re-)joining.");
             }
-            if req.subscribed_topic_names.is_none() {
-                return invalid("SubscribedTopicNames must be set in first request.");
+            let has_regex = req
+                .subscribed_topic_regex
+                .as_deref()
+                .is_some_and(|r| !r.is_empty());
+            if req.subscribed_topic_names.is_none() && !has_regex {
+                return invalid(
+                    "SubscribedTopicNames or SubscribedTopicRegex must be set in first request.",
+                );
             }
         }
         e if e > 0 || e == LEAVE_EPOCH || e == STATIC_LEAVE_EPOCH => {
@@ -703,6 +756,14 @@ pub fn validate_request(req: &HeartbeatRequest) -> Result<(), HeartbeatError> {
         }
     }
     Ok(())
+}
+
+/// A subscription regex, anchored: Kafka matches whole topic names.
+/// Compilation is bounded by the regex crate's size limits.
+fn compile_regex(r: &str) -> Result<regex::Regex, regex::Error> {
+    regex::RegexBuilder::new(&format!("^(?:{r})$"))
+        .size_limit(1 << 20)
+        .build()
 }
 
 fn intersects(a: &Assignment, b: &Assignment) -> bool {
@@ -872,8 +933,8 @@ mod tests {
 
     const T: Uuid = Uuid::from_u128(7);
 
-    fn lookup(name: &str) -> Option<(Uuid, u32)> {
-        (name == "t").then_some((T, 6))
+    fn topics() -> Topics {
+        Topics::from([("t".to_string(), (T, 6))])
     }
 
     fn join(id: &str) -> HeartbeatRequest {
@@ -907,7 +968,7 @@ mod tests {
 
     fn hb(g: &mut ConsumerGroup, now: u64, req: HeartbeatRequest) -> HeartbeatReply {
         validate_request(&req).expect("valid request");
-        g.heartbeat(&cfg(), at(now), &req, "server-id".into(), &lookup)
+        g.heartbeat(&cfg(), at(now), &req, "server-id".into(), &topics())
             .expect("heartbeat accepted")
     }
 
@@ -962,7 +1023,7 @@ mod tests {
         let a = hb(&mut g, 0, join("a"));
         let owned = a.assignment.unwrap();
         let err = |g: &mut ConsumerGroup, req: HeartbeatRequest| {
-            g.heartbeat(&cfg(), at(1), &req, "x".into(), &lookup)
+            g.heartbeat(&cfg(), at(1), &req, "x".into(), &topics())
                 .unwrap_err()
                 .code
         };
@@ -1067,9 +1128,43 @@ mod tests {
         let mut thief = join("c");
         thief.instance_id = Some("i1".into());
         let err = g
-            .heartbeat(&cfg(), at(3), &thief, "x".into(), &lookup)
+            .heartbeat(&cfg(), at(3), &thief, "x".into(), &topics())
             .unwrap_err();
         assert_eq!(err.code, ErrorCode::UnreleasedInstanceId);
+    }
+
+    #[test]
+    fn a_regex_subscription_follows_the_topics() {
+        let t2 = Uuid::from_u128(11);
+        let mut all = topics();
+        all.insert("other".into(), (t2, 2));
+        all.insert("__consumer_offsets".into(), (Uuid::from_u128(12), 50));
+        let mut g = ConsumerGroup::new("g");
+        let mut req = join("a");
+        req.subscribed_topic_names = None;
+        req.subscribed_topic_regex = Some("t|t2|__.*".into());
+        validate_request(&req).unwrap();
+        let reply = g.heartbeat(&cfg(), at(0), &req, "x".into(), &all).unwrap();
+        assert_eq!(
+            parts(reply.assignment.as_ref().unwrap()).len(),
+            6,
+            "only t matches"
+        );
+        // A new topic that matches joins the subscription on the next heartbeat.
+        all.insert("t2".into(), (t2, 2));
+        let mut beat_req = beat("a", reply.member_epoch, reply.assignment.as_ref().unwrap());
+        beat_req.subscribed_topic_regex = None;
+        let next = g
+            .heartbeat(&cfg(), at(1), &beat_req, "x".into(), &all)
+            .unwrap();
+        assert!(next.member_epoch > reply.member_epoch);
+        assert_eq!(next.assignment.unwrap()[&t2].len(), 2);
+        let mut bad = join("b");
+        bad.subscribed_topic_regex = Some("(unclosed".into());
+        assert_eq!(
+            validate_request(&bad).unwrap_err().code,
+            ErrorCode::InvalidRegularExpression
+        );
     }
 
     #[test]

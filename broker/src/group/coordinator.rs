@@ -551,7 +551,7 @@ impl GroupCoordinator {
         serving(&shard, &inner).map_err(plain)?;
         let now = shard.now();
         let new_member_id = shard.entropy.uuid().to_string();
-        let topics: HashMap<String, (uuid::Uuid, u32)> = self.shared.metadata.read(|img| {
+        let topics: super::consumer::Topics = self.shared.metadata.read(|img| {
             img.topics
                 .values()
                 .map(|t| {
@@ -560,10 +560,9 @@ impl GroupCoordinator {
                 })
                 .collect()
         });
-        let lookup = |name: &str| topics.get(name).copied();
         let (reply, record) = inner
             .groups
-            .consumer_heartbeat(now, &req, new_member_id, &lookup)?;
+            .consumer_heartbeat(now, &req, new_member_id, &topics)?;
         let Some(snapshot) = record else {
             return Ok(reply);
         };

@@ -840,6 +840,7 @@ pub async fn consumer_group_describe(
                         dm.client_host = s(&m.client_host);
                         dm.subscribed_topic_names =
                             m.subscribed.iter().map(|t| TopicName(s(t))).collect();
+                        dm.subscribed_topic_regex = m.regex.as_deref().map(s);
                         dm.assignment = wire(&m.assigned);
                         dm.target_assignment =
                             wire(g.target.get(&m.id).unwrap_or(&Assignment::new()));
