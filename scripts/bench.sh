@@ -4,17 +4,35 @@
 # Central jars) on this machine, one system at a time. A benchmark, not a test:
 # it asserts nothing about timings. Prints a table of medians over RUNS runs with
 # Oxbow's ratio to Kafka and writes it to bench-out/results-<timestamp>.txt.
+# Figures (FIGURES selects them):
+#   throughput  produce and consume (assign(), and in a group with ConsumerPerformance --group
+#               for the classic and the KIP-848 consumer protocol), restart, RSS, metadata size
+#   rebalance   time until a group consumes again after a member joins or leaves, with
+#               REBALANCE_MEMBERS members, eager / cooperative-sticky / KIP-848
+#               (scripts/bench/RebalanceBench.java: every member a thread of one JVM)
+#   groupmem    the broker's memory before and after MEM_GROUPS groups are created (one offset
+#               commit each, scripts/bench/GroupOffsets.java)
+# rebalance and groupmem run on fresh servers of their own (one each per system and run).
 #
-#   scripts/bench.sh                 # RUNS=3, full counts (~15 min on a busy 2-core machine)
-#   QUICK=1 scripts/bench.sh         # RUNS=1, small counts: checks the script (~4 min)
+#   scripts/bench.sh                 # RUNS=3, full counts (~80 min on a busy 2-core machine)
+#   QUICK=1 scripts/bench.sh         # RUNS=1, small counts: checks the script (~15 min)
 #
 # Knobs (environment):
 #   RUNS=3                runs per system; every figure is the median over runs
-#   QUICK=1               RUNS=1 and counts / 10 unless set explicitly
+#   QUICK=1               RUNS=1, counts / 10, 10 members only, 1,000 groups (unless set explicitly)
 #   RECORDS_3P=250000     records produced to the 3-partition topic per run
 #   RECORDS_1000P=150000  records produced to the 1000-partition topic per run
 #   RECORD_SIZE=1024      bytes per record
 #   SYSTEMS="oxbow kafka" which systems to run (in this order within each run)
+#   FIGURES="throughput rebalance groupmem"  which parts to run (see above)
+#   GROUP_PROTOCOLS="classic consumer"  group.protocol values for ConsumerPerformance --group
+#   REBALANCE_MEMBERS="10 100" (QUICK: 10)  group sizes; the topic has 2 x members partitions
+#   REBALANCE_MODES="eager cooperative consumer"  see RebalanceBench.java
+#   REBALANCE_TIMEOUT_S=120  bound per join/leave (formation: twice); beyond it: "timeout"
+#   REBALANCE_INTERVAL_MS=100  the feeding producer writes to every partition this often
+#   MEM_GROUPS=10000 (QUICK: 1000)  groups created for the memory figure
+#   MEM_SETTLE_S=10       seconds of quiet before each memory reading
+#   OXBOW_BIN             the oxbow binary (default target/release/oxbow)
 #   BENCH_NO_BUILD=1      do not run `cargo build --release -p oxbow` first
 #   BENCH_KEEP=1          keep the temporary directory (data dirs) at the end
 #   OXBOW_TOOLS           tools cache (default ~/.cache/oxbow-tools), as for setup.sh
@@ -28,15 +46,23 @@ bench_dir="$root/scripts/bench"
 tools="${OXBOW_TOOLS:-$HOME/.cache/oxbow-tools}"
 client_libs="$tools/kafka-libs"
 server_libs="$tools/bench-kafka-server-libs"
-oxbow_bin="$root/target/release/oxbow"
+oxbow_bin="${OXBOW_BIN:-$root/target/release/oxbow}"
 lib="python3 $bench_dir/benchlib.py"
 
 QUICK=${QUICK:-0}
 if [ "$QUICK" = 1 ]; then
   RUNS=${RUNS:-1}; RECORDS_3P=${RECORDS_3P:-25000}; RECORDS_1000P=${RECORDS_1000P:-15000}
+  REBALANCE_MEMBERS=${REBALANCE_MEMBERS:-10}; MEM_GROUPS=${MEM_GROUPS:-1000}
 else
   RUNS=${RUNS:-3}; RECORDS_3P=${RECORDS_3P:-250000}; RECORDS_1000P=${RECORDS_1000P:-150000}
+  REBALANCE_MEMBERS=${REBALANCE_MEMBERS:-"10 100"}; MEM_GROUPS=${MEM_GROUPS:-10000}
 fi
+FIGURES=${FIGURES:-"throughput rebalance groupmem"}
+GROUP_PROTOCOLS=${GROUP_PROTOCOLS:-"classic consumer"}
+REBALANCE_MODES=${REBALANCE_MODES:-"eager cooperative consumer"}
+REBALANCE_TIMEOUT_S=${REBALANCE_TIMEOUT_S:-120}
+REBALANCE_INTERVAL_MS=${REBALANCE_INTERVAL_MS:-100}
+MEM_SETTLE_S=${MEM_SETTLE_S:-10}
 RECORD_SIZE=${RECORD_SIZE:-1024}
 SYSTEMS=${SYSTEMS:-"oxbow kafka"}
 PRODUCER_PROPS=(acks=all linger.ms=5)
@@ -120,7 +146,8 @@ prepare() {
     cp "$bench_dir/pom.xml" "$server_libs/.pom"
   fi
   mkdir -p "$work/classes"
-  javac -nowarn -d "$work/classes" -cp "$client_libs/*" "$bench_dir/BenchConsumer.java"
+  javac -nowarn -d "$work/classes" -cp "$client_libs/*" "$bench_dir/BenchConsumer.java" \
+    "$bench_dir/RebalanceBench.java" "$bench_dir/GroupOffsets.java"
   if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
     log "cargo build --release -p oxbow"
     (cd "$root" && cargo build --release -p oxbow)
@@ -262,6 +289,140 @@ consume() {
   rec "$sys" "$run" "$key" "$mibs"
 }
 
+# group_consume SYSTEM RUN TOPIC EXPECTED PROTOCOL KEY: ConsumerPerformance in a new group
+# (group.protocol=PROTOCOL) from offset 0 to EXPECTED records; records KEY_{mibs,rps,join_ms}.
+# A failure is noted and does not end the run.
+group_consume() {
+  local sys=$1 run=$2 topic=$3 expected=$4 proto=$5 key=$6 outf="$logs/group-consumer-$1-r$2-$3-$5.txt" fig
+  local props="$work/consumer-$proto.properties" mibs rps records join_ms
+  echo "group.protocol=$proto" > "$props"
+  log "run $run $sys: consume $topic in a group (ConsumerPerformance, group.protocol=$proto)"
+  if ! timeout "$CLIENT_TIMEOUT" "${CLIENT_JAVA[@]}" -cp "$client_libs/*" org.apache.kafka.tools.ConsumerPerformance \
+      --bootstrap-server "$BOOT" --topic "$topic" --messages "$expected" --group "perf-$proto-$topic-r$run" \
+      --consumer.config "$props" --timeout 60000 > "$outf" 2>&1; then
+    note "$sys run $run: ConsumerPerformance ($proto) on $topic failed: $(grep -m1 'Exception' "$outf" | cut -c1-240)"
+    return 0
+  fi
+  fig=$($lib consumer-perf "$outf") || { note "$sys run $run: no ConsumerPerformance summary in $outf"; return 0; }
+  read -r mibs rps records join_ms <<< "$fig"
+  if [ "$records" != "$expected" ]; then
+    note "$sys run $run: ConsumerPerformance ($proto) on $topic read $records records, $expected were produced"
+    return 0
+  fi
+  log "run $run $sys: $topic in a $proto group: $mibs MiB/s, $rps rec/s, group join $join_ms ms"
+  rec "$sys" "$run" "${key}_mibs" "$mibs"; rec "$sys" "$run" "${key}_rps" "$rps"
+  rec "$sys" "$run" "${key}_join_ms" "$join_ms"
+}
+
+# group_consume_all SYSTEM RUN: group consumption of both topics with every GROUP_PROTOCOLS
+group_consume_all() {
+  local proto
+  for proto in $GROUP_PROTOCOLS; do
+    group_consume "$1" "$2" bench-p3 "$RECORDS_3P" "$proto" "gc_${proto}_p3"
+    group_consume "$1" "$2" bench-p1000 "$RECORDS_1000P" "$proto" "gc_${proto}_p1000"
+  done
+}
+
+# ---------------------------------------------------------------- groups: rebalance, memory
+has_figure() { [[ " $FIGURES " == *" $1 "* ]]; }
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+# Live Java heap (KiB) after the full GC that a class histogram forces.
+jvm_live_kib() { timeout 120 jcmd "$1" GC.class_histogram 2>/dev/null | awk '$1 == "Total" { printf "%d", $3 / 1024 }'; }
+
+# rebalance SYSTEM RUN MEMBERS MODE: one RebalanceBench; records rb_MODE_nMEMBERS_{join,leave}_ms
+rebalance() {
+  local sys=$1 run=$2 n=$3 mode=$4 outf="$logs/rebalance-$1-r$2-n$3-$4" ev line
+  log "run $run $sys: rebalance, $n members, $mode"
+  timeout $((5 * REBALANCE_TIMEOUT_S + 180)) "${CLIENT_JAVA[@]}" -Xmx1g -cp "$client_libs/*:$work/classes" RebalanceBench \
+    "$BOOT" "rebalance-n$n" $((2 * n)) "$n" "$mode" "$REBALANCE_TIMEOUT_S" "$REBALANCE_INTERVAL_MS" \
+    > "$outf.out" 2> "$outf.err" || note "$sys run $run: RebalanceBench $mode n=$n exited with $? (see $outf.err)"
+  for ev in join leave; do
+    line=$(grep -m1 "^$ev " "$outf.out" || echo "$ev missing")
+    case "$line" in
+      "$ev ms="*)
+        rec "$sys" "$run" "rb_${mode}_n${n}_${ev}_ms" "${line#"$ev ms="}"
+        log "run $run $sys: $mode, $n members: $ev -> consuming again after ${line#"$ev ms="} ms" ;;
+      *)
+        rec "$sys" "$run" "rb_${mode}_n${n}_${ev}_ms" "${line#"$ev "}"
+        note "$sys run $run: rebalance $mode n=$n $ev: ${line#"$ev "}: $(grep -m1 -E 'giving up|not converged|not stable' "$outf.err" | sed 's/^ *//' | cut -c1-300)" ;;
+    esac
+  done
+}
+
+# group_memory SYSTEM RUN PID: RSS (and for Kafka the live heap) before and after MEM_GROUPS groups
+group_memory() {
+  local sys=$1 run=$2 pid=$3 outf="$logs/groupmem-$1-r$2.txt" rss0 rss1 heap0="" heap1="" line secs
+  create_topic bench-groups 1 || { note "$sys run $run: topic for the group memory figure failed"; return 1; }
+  timeout 600 "${CLIENT_JAVA[@]}" -cp "$client_libs/*:$work/classes" GroupOffsets warm "$BOOT" bench-groups \
+    > "$outf" 2>&1 || { note "$sys run $run: GroupOffsets warm failed (see $outf)"; return 1; }
+  sleep "$MEM_SETTLE_S"
+  [ "$sys" = kafka ] && heap0=$(jvm_live_kib "$pid")
+  [ "$sys" = oxbow ] && snap g0
+  rss0=$(rss_kib "$pid")
+  log "run $run $sys: creating $MEM_GROUPS groups (RSS before: $rss0 KiB)"
+  timeout 1200 "${CLIENT_JAVA[@]}" -cp "$client_libs/*:$work/classes" GroupOffsets create "$BOOT" bench-groups \
+    "$MEM_GROUPS" "bench-group-r$run-" 1000 >> "$outf" 2>&1 \
+    || { note "$sys run $run: GroupOffsets create failed (see $outf)"; return 1; }
+  line=$(grep '^groups=' "$outf" | tail -n 1)
+  if [[ "$line" != *" failed=0 listed=$MEM_GROUPS" ]]; then
+    note "$sys run $run: group memory: $line (expected $MEM_GROUPS groups, no failures)"
+  fi
+  sleep "$MEM_SETTLE_S"
+  rss1=$(rss_kib "$pid")
+  [ "$sys" = oxbow ] && snap g1
+  [ "$sys" = kafka ] && heap1=$(jvm_live_kib "$pid")
+  secs=$(sed -E 's/.*seconds=([0-9.]+).*/\1/' <<< "$line")
+  log "run $run $sys: $MEM_GROUPS groups in ${secs}s; RSS $rss0 -> $rss1 KiB${heap0:+; live heap $heap0 -> $heap1 KiB}"
+  rec "$sys" "$run" gm_groups "$MEM_GROUPS"
+  rec "$sys" "$run" gm_create_s "$secs"
+  rec "$sys" "$run" gm_rss_before_mib "$(calc "$rss0 / 1024")"
+  rec "$sys" "$run" gm_rss_after_mib "$(calc "$rss1 / 1024")"
+  rec "$sys" "$run" gm_rss_growth_mib "$(calc "($rss1 - $rss0) / 1024")"
+  rec "$sys" "$run" gm_rss_per_group_b "$(calc "($rss1 - $rss0) * 1024 / $MEM_GROUPS")"
+  if [ "$sys" = kafka ] && [ -n "$heap0" ] && [ -n "$heap1" ]; then
+    rec kafka "$run" gm_heap_before_mib "$(calc "$heap0 / 1024")"
+    rec kafka "$run" gm_heap_after_mib "$(calc "$heap1 / 1024")"
+    rec kafka "$run" gm_heap_per_group_b "$(calc "($heap1 - $heap0) * 1024 / $MEM_GROUPS")"
+  fi
+  [ "$sys" = oxbow ] && rec oxbow "$run" gm_log_cache_growth_mib "$(calc "$(mdelta g0 g1 oxbow_log_cache_bytes) / 1048576")"
+  return 0
+}
+
+# groups_phase SYSTEM RUN: the groupmem and rebalance figures, each on a fresh server
+groups_phase() {
+  local sys=$1 run=$2 dir="$work/$1-groups-r$2" logf="$logs/$1-groups-r$2.log" n mode
+  if has_figure groupmem; then
+    rm -rf "$dir"; mkdir -p "$dir"
+    if server_fresh_start "$sys" "$dir" "$logf"; then
+      group_memory "$sys" "$run" "$SERVER_PID" || true
+      stop_pid "$SERVER_PID"
+    fi
+  fi
+  if has_figure rebalance; then
+    rm -rf "$dir"; mkdir -p "$dir"
+    if server_fresh_start "$sys" "$dir" "$logf"; then
+      for n in $REBALANCE_MEMBERS; do
+        create_topic "rebalance-n$n" $((2 * n)) || { note "$sys run $run: topic rebalance-n$n failed"; continue; }
+        for mode in $REBALANCE_MODES; do rebalance "$sys" "$run" "$n" "$mode"; done
+      done
+      stop_pid "$SERVER_PID"
+    fi
+  fi
+  rm -rf "$dir"
+}
+
+# server_fresh_start SYSTEM DIR LOGFILE: a new server with an empty data directory
+server_fresh_start() {
+  local sys=$1 dir=$2 logf=$3
+  if [ "$sys" = oxbow ]; then
+    start_twice oxbow_start "$dir" "$logf" && return 0
+  else
+    kafka_format "$dir" "$logf" && start_twice kafka_start "$dir" "$logf" && return 0
+  fi
+  note "$sys: fresh server for the group figures did not start (see $logf)"
+  return 1
+}
+
 # ---------------------------------------------------------------- oxbow metrics
 snap() { $lib metrics "$METRICS" > "$work/snap-$1" || { note "could not read $METRICS"; : > "$work/snap-$1"; }; }
 mval() { awk -v k="$2" '$1 == k { print $2; f = 1 } END { if (!f) print 0 }' "$work/snap-$1"; }
@@ -302,6 +463,7 @@ run_oxbow() {
   csum=$(mdelta p0 p3 oxbow_controller_commit_seconds_sum); ccount=$(mdelta p0 p3 oxbow_controller_commit_seconds_count)
   [ "$ccount" != 0 ] && rec oxbow "$run" commit_ms "$(calc "1000 * $csum / $ccount")"
   log "run $run oxbow: PUTs $puts3 (3p) / $puts1000 (1000p); object bytes $putb for $inb produce bytes"
+  group_consume_all oxbow "$run"
 
   rss1=$(peak_rss_kib "$SERVER_PID")
   log "run $run oxbow: restarting (cold reads come from objects only)"
@@ -336,6 +498,7 @@ run_kafka() {
   consume kafka "$run" bench-p3 "$RECORDS_3P" c_hot_p3_mibs || return 1
   produce kafka "$run" bench-p1000 "$RECORDS_1000P" p1000 || return 1
   consume kafka "$run" bench-p1000 "$RECORDS_1000P" c_hot_p1000_mibs || return 1
+  group_consume_all kafka "$run"
   rss1=$(peak_rss_kib "$SERVER_PID")
   log "run $run kafka: restarting (page cache not dropped: reads may still be warm)"
   stop_pid "$SERVER_PID"
@@ -359,18 +522,24 @@ psi_start=$(cpu_psi)
 t_start=$(date +%s)
 for ((run = 1; run <= RUNS; run++)); do
   for sys in $SYSTEMS; do
-    log "=== run $run/$RUNS: $sys"
-    if ! "run_$sys" "$run"; then
-      note "$sys run $run did not complete; its remaining figures are missing (logs in $logs)"
-      [ -n "${SERVER_PID:-}" ] && stop_pid "$SERVER_PID"
-      rm -rf "$work/$sys-r$run"
+    if has_figure throughput; then
+      log "=== run $run/$RUNS: $sys"
+      if ! "run_$sys" "$run"; then
+        note "$sys run $run did not complete; its remaining figures are missing (logs in $logs)"
+        [ -n "${SERVER_PID:-}" ] && stop_pid "$SERVER_PID"
+        rm -rf "$work/$sys-r$run"
+      fi
+    fi
+    if has_figure rebalance || has_figure groupmem; then
+      log "=== run $run/$RUNS: $sys, groups"
+      groups_phase "$sys" "$run"
     fi
   done
 done
 elapsed=$(( $(date +%s) - t_start ))
 
 # Oxbow's warnings and errors, for the report.
-oxbow_problems=$(cat "$logs"/oxbow-r*.log 2>/dev/null | sed -E 's/\x1b\[[0-9;]*m//g' \
+oxbow_problems=$(cat "$logs"/oxbow-*.log 2>/dev/null | sed -E 's/\x1b\[[0-9;]*m//g' \
   | grep -E ' (WARN|ERROR) |panicked' | sed -E 's/^[^ ]+ +//' \
   | sed -E 's/[0-9]+/N/g' | sort | uniq -c | sort -rn | head -n 15 || true)
 
@@ -382,6 +551,9 @@ header="$work/header"
        "$(java -version 2>&1 | head -n 1)"
   echo "runs: $RUNS per system; per run: $RECORDS_3P records to 3 partitions, $RECORDS_1000P records to 1000" \
        "partitions, $RECORD_SIZE B each, producer props: ${PRODUCER_PROPS[*]}; took ${elapsed}s"
+  echo "figures: $FIGURES; group protocols: $GROUP_PROTOCOLS; rebalance: $REBALANCE_MEMBERS members," \
+       "$REBALANCE_MODES, bound ${REBALANCE_TIMEOUT_S}s, a record per partition every ${REBALANCE_INTERVAL_MS} ms;" \
+       "memory: $MEM_GROUPS groups"
   echo "load average at start: $load_start, at end: $(cut -d' ' -f1-3 /proc/loadavg);" \
        "CPU pressure (PSI some avg300) at start: $psi_start, at end: $(cpu_psi) (other work on this machine skews figures)"
   if [ -s "$notes" ]; then echo; echo "Problems during the run:"; sed 's/^/  - /' "$notes"; fi
