@@ -212,6 +212,36 @@ def test_offsets_of_an_idle_group_expire_after_the_retention(server_factory, tmp
     assert idle not in r.stdout.split() and busy in r.stdout.split(), r.describe()
 
 
+def test_consumer_groups_cli_resets_to_latest_datetime_and_by_shift(server, topic_name):
+    """kafka-consumer-groups --reset-offsets: --to-latest, --shift-by, --to-offset and
+    --to-datetime (ListOffsets by timestamp) each move the committed offsets as Kafka does."""
+    from confluent_kafka import Producer
+
+    create_topic(server.bootstrap, topic_name, 1)
+    p = Producer({"bootstrap.servers": server.bootstrap, "acks": "all", "linger.ms": 0})
+    base = 1_700_000_000_000  # 2023-11-14T22:13:20Z
+    for i in range(10):
+        p.produce(topic_name, value=f"v{i}".encode(), partition=0, timestamp=base + i * 60_000)
+        assert p.flush(30) == 0  # one batch per record
+    group = f"reset-{topic_name}"
+
+    def reset(*how: str) -> int:
+        consumer_groups(server, "--reset-offsets", *how, "--execute", "--group", group,
+                        "--topic", topic_name, timeout=120)
+        r = consumer_groups(server, "--describe", "--group", group, timeout=120)
+        rows = describe_rows(r.stdout, group, topic_name)
+        assert 0 in rows, r.describe()
+        return int(rows[0][0])
+
+    assert reset("--to-latest") == 10
+    assert reset("--shift-by", "-3") == 7
+    assert reset("--to-offset", "2") == 2
+    assert reset("--shift-by", "-5") == 0, "shifting below the start stops at the start"
+    # 2023-11-14T22:17:20Z is the timestamp of record 4.
+    assert reset("--to-datetime", "2023-11-14T22:17:20.000Z") == 4
+    assert reset("--to-datetime", "2023-11-14T22:17:30.000Z") == 5
+
+
 @pytest.mark.parametrize("protocol", ["classic", "consumer"])
 def test_regex_subscription_reads_every_matching_topic(server, topic_name, protocol):
     """A subscription by regular expression (with KIP-848 the coordinator resolves it) reads
