@@ -42,8 +42,9 @@ pub enum Command {
     MetadataQuorum(QuorumArgs),
 }
 
+/// `--controllers`, for the broker and the quorum admin tool.
 #[derive(clap::Args, Debug)]
-pub struct QuorumArgs {
+pub struct ControllersArg {
     /// Controller RPC addresses, HOST:PORT,HOST:PORT,...
     #[arg(
         long,
@@ -52,6 +53,22 @@ pub struct QuorumArgs {
         required = true
     )]
     pub controllers: Vec<String>,
+}
+
+impl ControllersArg {
+    /// The addresses, each checked to be HOST:PORT.
+    pub fn addresses(self) -> Result<Vec<String>> {
+        for c in &self.controllers {
+            split_host_port(c, "--controllers entry")?;
+        }
+        Ok(self.controllers)
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct QuorumArgs {
+    #[command(flatten)]
+    pub controllers: ControllersArg,
     #[command(subcommand)]
     pub action: QuorumAction,
 }
@@ -86,14 +103,8 @@ pub struct BrokerArgs {
     /// This broker's id (Kafka's node.id); unique in the cluster.
     #[arg(long, env = "OXBOW_NODE_ID")]
     pub node_id: i32,
-    /// Controller RPC addresses, HOST:PORT,HOST:PORT,...
-    #[arg(
-        long,
-        env = "OXBOW_CONTROLLERS",
-        value_delimiter = ',',
-        required = true
-    )]
-    pub controllers: Vec<String>,
+    #[command(flatten)]
+    pub controllers: ControllersArg,
 }
 
 #[derive(clap::Args, Debug)]

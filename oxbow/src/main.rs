@@ -80,10 +80,7 @@ impl Mode {
             config::Command::Broker(args) => {
                 let mut s = config::Settings::resolve(args.common)?;
                 s.broker.node_id = args.node_id;
-                for c in &args.controllers {
-                    config::split_host_port(c, "--controllers entry")?;
-                }
-                Mode::Broker(s, args.controllers)
+                Mode::Broker(s, args.controllers.addresses()?)
             }
             config::Command::Controller(args) => {
                 let mut c = ControllerConfig::new(args.node_id, args.data_dir.clone());
@@ -93,13 +90,10 @@ impl Mode {
                 Mode::Controller(c)
             }
             config::Command::MetadataQuorum(args) => {
-                for c in &args.controllers {
-                    config::split_host_port(c, "--controllers entry")?;
-                }
                 if let config::QuorumAction::AddController { addr, .. } = &args.action {
                     config::split_host_port(addr, "--addr")?;
                 }
-                Mode::Quorum(args.controllers, args.action)
+                Mode::Quorum(args.controllers.addresses()?, args.action)
             }
         })
     }

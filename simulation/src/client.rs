@@ -95,13 +95,19 @@ const ATTR_CONTROL: i16 = 0x20;
 /// a header count, one byte each, plus a one-byte value length.
 const MIN_RECORD_LEN: usize = 7;
 
-/// Kafka error codes the client reacts to.
+/// Kafka error codes the client (and the workloads) react to.
 const UNKNOWN_SERVER_ERROR: i16 = -1;
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 const LEADER_NOT_AVAILABLE: i16 = 5;
 const NOT_LEADER_OR_FOLLOWER: i16 = 6;
-const REQUEST_TIMED_OUT: i16 = 7;
+pub(crate) const REQUEST_TIMED_OUT: i16 = 7;
 const NETWORK_EXCEPTION: i16 = 13;
+pub(crate) const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
+pub(crate) const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+pub(crate) const NOT_COORDINATOR: i16 = 16;
+pub(crate) const UNKNOWN_MEMBER_ID: i16 = 25;
+pub(crate) const GROUP_ID_NOT_FOUND: i16 = 69;
+pub(crate) const FENCED_MEMBER_EPOCH: i16 = 110;
 const NOT_ENOUGH_REPLICAS_AFTER_APPEND: i16 = 20;
 const TOPIC_ALREADY_EXISTS: i16 = 36;
 const KAFKA_STORAGE_ERROR: i16 = 56;

@@ -13,7 +13,9 @@ use bytes::Bytes;
 
 use crate::checker::{History, SendOutcome, TopicPartition};
 use crate::client::{
-    ClientError, ClusterClient, GroupAssignment, Outcome, ProducerIds, EARLIEST_TIMESTAMP,
+    ClientError, ClusterClient, GroupAssignment, Outcome, ProducerIds,
+    COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE, EARLIEST_TIMESTAMP,
+    FENCED_MEMBER_EPOCH, GROUP_ID_NOT_FOUND, NOT_COORDINATOR, REQUEST_TIMED_OUT, UNKNOWN_MEMBER_ID,
 };
 use crate::net::TurmoilNet;
 use crate::seams::{splitmix64, SimClock, SIM_EPOCH_MS};
@@ -172,14 +174,6 @@ pub async fn member(w: Workload, index: u32, stop_at: Duration, history: SharedH
         tokio::time::sleep(MEMBER_HEARTBEAT).await;
     }
 }
-
-const REQUEST_TIMED_OUT: i16 = 7;
-const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
-const COORDINATOR_NOT_AVAILABLE: i16 = 15;
-const NOT_COORDINATOR: i16 = 16;
-const UNKNOWN_MEMBER_ID: i16 = 25;
-const GROUP_ID_NOT_FOUND: i16 = 69;
-const FENCED_MEMBER_EPOCH: i16 = 110;
 
 /// After the quiet period the members must agree: each heard from the
 /// coordinator lately, all at one epoch, owning disjoint partitions that
