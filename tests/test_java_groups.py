@@ -90,6 +90,18 @@ class JavaMember:
             return None
 
 
+def kill_all(members: list[JavaMember]) -> None:
+    """Teardown: SIGKILL every member process still running."""
+    for m in members:
+        if m.proc.poll() is None:
+            m.proc.kill()
+            m.proc.wait(10)
+
+
+def distinct_records(members: list[JavaMember]) -> int:
+    return len({r for m in members for r in m.records()})
+
+
 def wait_until(what: str, cond, timeout: float):
     deadline = time.monotonic() + timeout
     while not cond():
@@ -133,15 +145,11 @@ def test_java_members_share_a_topic_through_a_kill9(server, topic_name, tmp_path
                    300)
         doomed = members[2]
         doomed.kill9()
-        total = lambda: len({r for m in members for r in m.records()})  # noqa: E731
-        wait_until("every record", lambda: total() >= RECORDS, 400)
+        wait_until("every record", lambda: distinct_records(members) >= RECORDS, 400)
         for m in members[:2]:
             assert m.stop() == 0, f"{m.name} did not stop cleanly: {m.lines()[-5:]}"
     finally:
-        for m in members:
-            if m.proc.poll() is None:
-                m.proc.kill()
-                m.proc.wait(10)
+        kill_all(members)
     check(members, [doomed], RECORDS, f"java {protocol}, kill -9 of a member")
 
 
@@ -178,8 +186,8 @@ def test_kill9_of_the_coordinator_broker(cluster, topic_name, tmp_path, member_c
         victim = next(b for b in cluster.brokers if b.node_id == coordinator)
         committed_before = sum(m.lines().count("K") for m in members)
         victim.kill9()
-        total = lambda: len({r for m in members for r in m.records()})  # noqa: E731
-        wait_until("every record after the coordinator died", lambda: total() >= CLUSTER_RECORDS, 400)
+        wait_until("every record after the coordinator died",
+                   lambda: distinct_records(members) >= CLUSTER_RECORDS, 400)
         assert sum(m.lines().count("K") for m in members) > committed_before, \
             "no commit succeeded after the coordinator was killed"
         new_coordinator = coordinator_of(cluster.bootstrap(without=(victim,)), group)
@@ -187,8 +195,5 @@ def test_kill9_of_the_coordinator_broker(cluster, topic_name, tmp_path, member_c
         for m in members:
             assert m.stop() == 0, f"{m.name} did not stop cleanly: {m.lines()[-5:]}"
     finally:
-        for m in members:
-            if m.proc.poll() is None:
-                m.proc.kill()
-                m.proc.wait(10)
+        kill_all(members)
     check(members, [], CLUSTER_RECORDS, f"java {protocol}, kill -9 of the coordinator broker {coordinator}")
