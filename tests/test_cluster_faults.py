@@ -13,10 +13,10 @@ one at the offset its acknowledgement gave.
   reassignment and serves produce and fetch for it.
 - Rolling restart (SIGTERM, start, wait until healthy) of every broker, then
   every controller.
-- Controller membership over the controller RPC: a fourth controller added,
-  a follower removed; and the leader removed while its process keeps
-  running (it steps down and answers `Removed`, so brokers move on and keep
-  their sessions with the new leader).
+- Controller membership with `oxbow metadata-quorum` (describe, a fourth
+  controller added, a follower removed), and over the controller RPC the
+  leader removed while its process keeps running (it steps down and answers
+  `Removed`, so brokers move on and keep their sessions with the new leader).
 
 Waits are generous and polled (a 2-core machine under load is slow); nothing
 here asserts how long something took, only that it happened within a bound.
@@ -24,12 +24,13 @@ here asserts how long something took, only that it happened within a bound.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import urllib.request
 
 import pytest
 
-from harness import clients, wire
+from harness import clients, env, wire
 from harness import kafka_cli as cli
 from harness.cluster import leaders, live_brokers, wait_leaders_on, wait_listed
 from harness.controller_rpc import ControllerClient
@@ -244,29 +245,47 @@ def change_membership(addr: str, change: dict, timeout: float = 60.0) -> dict:
     return answers[-1]
 
 
+def metadata_quorum(controllers, *args: str) -> subprocess.CompletedProcess:
+    """`oxbow metadata-quorum --controllers ... ARGS`, the operator's tool."""
+    return subprocess.run([str(env.OXBOW_BIN), "metadata-quorum", "--controllers",
+                           ",".join(c.addr for c in controllers), *args],
+                          capture_output=True, text=True, timeout=90)
+
+
+def voters_line(controllers) -> str:
+    return "voters: " + ",".join(f"{c.node_id}={c.addr}" for c in sorted(controllers, key=lambda c: c.node_id))
+
+
 def test_controller_added_and_removed_under_load(cluster, topic_name):
-    """Controller membership over the controller RPC (oxbow ships no command for it): add
-    controller 4, remove a follower and stop it, then show 4 is a working voter: with one
-    more of the old ones stopped, the leader needs 4's vote to commit anything."""
+    """Controller membership with `oxbow metadata-quorum`: add controller 4, remove a
+    follower and stop it, then show 4 is a working voter: with one more of the old ones
+    stopped, the leader needs 4's vote to commit anything."""
     bs = cluster.bootstrap()
     clients.create_topic(bs, topic_name, 3)
     with ProducerLoad(bs, topic_name, 3) as load:
         load.wait_acks(300, 60, what="before the membership changes")
         old = list(cluster.controllers)
         c4 = cluster.add_controller(4)
-        added = change_membership(old[1].addr, {"AddVoter": {"id": 4, "addr": c4.addr}})
-        assert added == {"Ok": {c.node_id: c.addr for c in (*old, c4)}}, added
+        added = metadata_quorum(old, "add-controller", "--id", "4", "--addr", c4.addr)
+        assert added.returncode == 0 and added.stdout.strip() == voters_line((*old, c4)), added
         c4.wait_ready()
+        described = metadata_quorum((*old, c4), "describe")
+        assert described.returncode == 0, described
+        assert voters_line((*old, c4)) in described.stdout.splitlines(), described.stdout
+        roles = [line for line in described.stdout.splitlines() if " controller " in line]
+        assert len(roles) == 4 and sum(" leader, term " in line for line in roles) == 1, described.stdout
         load.wait_acks(300, MOVE_TIMEOUT, what="after adding controller 4")
 
         leader = cluster.leader()
         gone, kept = [c for c in old if c is not leader][:2]
-        removed = change_membership(kept.addr, {"RemoveVoter": {"id": gone.node_id}})
-        assert removed == {"Ok": {c.node_id: c.addr for c in (*old, c4) if c is not gone}}, removed
+        removed = metadata_quorum([kept], "remove-controller", "--id", str(gone.node_id))
+        assert removed.returncode == 0, removed
+        assert removed.stdout.strip() == voters_line([c for c in (*old, c4) if c is not gone]), removed
         code = gone.terminate(EXIT_TIMEOUT)
         assert code == 0, f"{gone.name} exit code {code} after SIGTERM"
-        again = change_membership(kept.addr, {"RemoveVoter": {"id": gone.node_id}})
-        assert "Rejected" in again.get("Err", {}), f"removing a non-voter: {again}"
+        again = metadata_quorum([kept], "remove-controller", "--id", str(gone.node_id))
+        assert again.returncode != 0 and "rejected" in again.stderr, f"removing a non-voter: {again}"
+        assert len(again.stderr.strip().splitlines()) == 1, again.stderr
         load.wait_acks(300, MOVE_TIMEOUT, what=f"after removing {gone.name}")
 
         code = kept.terminate(EXIT_TIMEOUT)
