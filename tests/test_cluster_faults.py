@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-import urllib.request
 
 import pytest
 
@@ -35,6 +34,7 @@ from harness import kafka_cli as cli
 from harness.cluster import leaders, live_brokers, wait_leaders_on, wait_listed
 from harness.controller_rpc import ControllerClient
 from harness.load import ProducerLoad, audit
+from harness.metrics import metric
 from harness.procs import wait_until
 
 pytestmark = pytest.mark.oxbow_only
@@ -52,14 +52,6 @@ SESSION_TIMEOUT_S = 6.0
 
 def owned_by(bootstrap: str, topic: str, broker_id: int) -> list[int]:
     return sorted(p for p, leader in leaders(bootstrap, topic).items() if leader == broker_id)
-
-
-def metric(url: str, name: str) -> float:
-    """Sum of every sample of `name` on a Prometheus text endpoint (0 if absent)."""
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        text = resp.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{"))
 
 
 def test_sigstop_broker_under_load(cluster, topic_name):

@@ -82,6 +82,15 @@ pub struct StorageConfig {
     pub orphan_min_age: Duration,
     /// How often the store is listed for such objects.
     pub orphan_scan_interval: Duration,
+    /// How often owned streams are compacted (`compaction::compact_once`).
+    pub compaction_interval: Duration,
+    /// Size at which a compacted object is sealed.
+    pub compaction_target_bytes: usize,
+    /// Input bytes one compaction pass plans at most (its I/O budget).
+    pub compaction_max_bytes_per_pass: u64,
+    /// Distinct keys one key-based compaction of a stream may track (24
+    /// bytes each); a stream with more is not key-compacted.
+    pub compaction_max_keys: usize,
 }
 
 impl Default for StorageConfig {
@@ -100,6 +109,10 @@ impl Default for StorageConfig {
             object_delete_grace: Duration::from_secs(60),
             orphan_min_age: Duration::from_secs(15 * 60),
             orphan_scan_interval: Duration::from_secs(10 * 60),
+            compaction_interval: Duration::from_secs(60),
+            compaction_target_bytes: 64 * 1024 * 1024,
+            compaction_max_bytes_per_pass: 512 * 1024 * 1024,
+            compaction_max_keys: 4_000_000,
         }
     }
 }

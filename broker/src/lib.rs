@@ -7,6 +7,7 @@
 //! committed ones.
 
 pub mod broker;
+pub mod compaction;
 pub mod config;
 pub mod controller_client;
 pub mod errors;

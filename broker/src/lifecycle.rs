@@ -44,13 +44,20 @@ pub async fn run(
     let mut tick = tokio::time::interval(broker.config.storage.retention_check_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_orphan_scan: Option<tokio::time::Instant> = None;
+    let mut last_compaction = tokio::time::Instant::now();
+    let compaction_seq = std::sync::atomic::AtomicU64::new(0);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
         apply_retention(&broker).await;
+        if last_compaction.elapsed() >= broker.config.storage.compaction_interval {
+            last_compaction = tokio::time::Instant::now();
+            crate::compaction::compact_once(&broker, &*store, &compaction_seq).await;
+        }
         collect_garbage(&broker, &*store).await;
+        report_metadata(&broker);
         let due = last_orphan_scan
             .is_none_or(|t| t.elapsed() >= broker.config.storage.orphan_scan_interval);
         if due {
@@ -60,9 +67,29 @@ pub async fn run(
     }
 }
 
-/// Deletes stream-set objects in the store that the metadata does not know,
-/// once older than `orphan_min_age`. Only the garbage-collecting broker does
-/// it, and only under the `sso/` prefix this cluster writes.
+/// Publishes the size of the metadata this broker follows: objects (live
+/// and marked for deletion), their bytes, and stream slices.
+fn report_metadata(broker: &Broker) {
+    let (live, marked, bytes, slices) = broker.metadata.read(|img| {
+        let marked = img
+            .objects
+            .values()
+            .filter(|o| o.state == ObjectState::MarkDestroyed)
+            .count();
+        let bytes: u64 = img.objects.values().map(|o| o.size).sum();
+        let slices: usize = img.streams.values().map(|s| s.slices.len()).sum();
+        (img.objects.len() - marked, marked, bytes, slices)
+    });
+    metrics::gauge!("oxbow_metadata_objects").set(live as f64);
+    metrics::gauge!("oxbow_metadata_objects_marked").set(marked as f64);
+    metrics::gauge!("oxbow_metadata_object_bytes").set(bytes as f64);
+    metrics::gauge!("oxbow_metadata_slices").set(slices as f64);
+}
+
+/// Deletes objects in the store that the metadata does not know, once older
+/// than `orphan_min_age`. Only the garbage-collecting broker does it, and
+/// only under the `sso/` (writer) and `cso/` (compaction) prefixes this
+/// cluster writes.
 pub async fn collect_orphans(broker: &Broker, store: &dyn ObjectStore) {
     if broker
         .metadata
@@ -73,38 +100,39 @@ pub async fn collect_orphans(broker: &Broker, store: &dyn ObjectStore) {
     }
     let min_age = duration_ms(broker.config.storage.orphan_min_age);
     let now = broker.seams.clock.now_ms();
-    let prefix = Path::from(format!("{}sso", broker.key_prefix));
-    let mut listing = store.list(Some(&prefix));
     let mut orphans = Vec::new();
-    while let Some(item) = listing.next().await {
-        let meta = match item {
-            Ok(m) => m,
-            Err(e) => {
-                warn!(error = %e, "listing the object store failed");
-                return;
+    for kind in ["sso", "cso"] {
+        let prefix = Path::from(format!("{}{kind}", broker.key_prefix));
+        let mut listing = store.list(Some(&prefix));
+        while let Some(item) = listing.next().await {
+            let meta = match item {
+                Ok(m) => m,
+                Err(e) => {
+                    warn!(error = %e, "listing the object store failed");
+                    return;
+                }
+            };
+            let age = now - meta.last_modified.timestamp_millis();
+            if age < min_age {
+                continue;
             }
-        };
-        let age = now - meta.last_modified.timestamp_millis();
-        if age < min_age {
-            continue;
-        }
-        let key = meta.location.to_string();
-        let incarnation = key
-            .strip_prefix(&broker.key_prefix)
-            .and_then(parse_object_key);
-        let collectable = incarnation.is_some_and(|(owner, epoch)| {
-            broker
-                .metadata
-                .read(|img| epoch_ended(img, owner, epoch) && !img.object_keys.contains_key(&key))
-        });
-        if collectable || proto::planted::active(proto::planted::Bug::DeleteReferencedObject) {
-            orphans.push(meta.location);
-        }
-        if orphans.len() >= MAX_DELETES_PER_PASS {
-            break;
+            let key = meta.location.to_string();
+            let incarnation = key
+                .strip_prefix(&broker.key_prefix)
+                .and_then(parse_object_key);
+            let collectable = incarnation.is_some_and(|(owner, epoch)| {
+                broker.metadata.read(|img| {
+                    epoch_ended(img, owner, epoch) && !img.object_keys.contains_key(&key)
+                })
+            });
+            if collectable || proto::planted::active(proto::planted::Bug::DeleteReferencedObject) {
+                orphans.push(meta.location);
+            }
+            if orphans.len() >= MAX_DELETES_PER_PASS {
+                break;
+            }
         }
     }
-    drop(listing);
     let mut deleted = 0u64;
     for path in orphans {
         // Re-check: a commit may have landed since the listing.

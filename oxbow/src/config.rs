@@ -214,6 +214,10 @@ struct FileStorage {
     object_delete_grace_ms: Option<u64>,
     orphan_min_age_ms: Option<u64>,
     orphan_scan_interval_ms: Option<u64>,
+    compaction_interval_ms: Option<u64>,
+    compaction_target_bytes: Option<usize>,
+    compaction_max_bytes_per_pass: Option<usize>,
+    compaction_max_keys: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -353,6 +357,22 @@ impl Settings {
             }
             if let Some(v) = st.orphan_scan_interval_ms {
                 storage.orphan_scan_interval = Duration::from_millis(v);
+            }
+            if let Some(v) = st.compaction_interval_ms {
+                storage.compaction_interval = Duration::from_millis(positive(
+                    usize::try_from(v).unwrap_or(usize::MAX),
+                    "storage.compaction_interval_ms",
+                )? as u64);
+            }
+            if let Some(v) = st.compaction_target_bytes {
+                storage.compaction_target_bytes = positive(v, "storage.compaction_target_bytes")?;
+            }
+            if let Some(v) = st.compaction_max_bytes_per_pass {
+                storage.compaction_max_bytes_per_pass =
+                    positive(v, "storage.compaction_max_bytes_per_pass")? as u64;
+            }
+            if let Some(v) = st.compaction_max_keys {
+                storage.compaction_max_keys = positive(v, "storage.compaction_max_keys")?;
             }
         }
         let mut groups = broker::group::GroupConfig::default();

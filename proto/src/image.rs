@@ -113,6 +113,16 @@ pub struct CommitRange {
     pub bytes: u64,
 }
 
+/// A range a compactor rewrote: the slices of `stream` covering exactly
+/// `[start_offset, end_offset)` become one slice holding `bytes` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactRange {
+    pub stream: StreamId,
+    pub start_offset: u64,
+    pub end_offset: u64,
+    pub bytes: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RangeVerdict {
     Accepted,
@@ -215,6 +225,23 @@ pub enum MetadataCommand {
     DestroyObjects {
         ids: Vec<ObjectId>,
     },
+    /// Registers an object written by compaction: each range replaces the
+    /// slices of its stream that cover exactly `[start_offset, end_offset)`
+    /// with one slice in the new object. Judged range by range (a range
+    /// whose slices changed since the compactor read them, by a trim or
+    /// another compaction, is refused); the object is recorded if any range
+    /// is accepted, and objects left with no slice are marked for deletion
+    /// at `now_ms`. Like `CommitObject`, only from a live incarnation whose
+    /// epoch the object's key names; ownership of the streams does not
+    /// matter (committed data never changes).
+    CompactObject {
+        broker: BrokerId,
+        broker_epoch: u64,
+        key: String,
+        size: u64,
+        ranges: Vec<CompactRange>,
+        now_ms: i64,
+    },
     /// Sets and removes topic configs (IncrementalAlterConfigs, AlterConfigs).
     AlterTopicConfigs {
         name: String,
@@ -252,6 +279,12 @@ pub enum CommandReply {
     /// The stream's start offset after a trim.
     Trimmed {
         start_offset: u64,
+    },
+    /// A `CompactObject`: the object recorded (none if no range was
+    /// accepted) and, per range, whether it was.
+    Compacted {
+        object: Option<ObjectId>,
+        accepted: Vec<bool>,
     },
 }
 
@@ -311,6 +344,7 @@ impl MetadataCommand {
             MetadataCommand::TrimStream { .. } => "TrimStream",
             MetadataCommand::DestroyObjects { .. } => "DestroyObjects",
             MetadataCommand::AlterTopicConfigs { .. } => "AlterTopicConfigs",
+            MetadataCommand::CompactObject { .. } => "CompactObject",
         }
     }
 }
@@ -527,6 +561,14 @@ impl MetadataImage {
                     .map(|o| self.commit_object(*broker, *broker_epoch, &o.key, o.size, &o.ranges))
                     .collect(),
             ),
+            MetadataCommand::CompactObject {
+                broker,
+                broker_epoch,
+                key,
+                size,
+                ranges,
+                now_ms,
+            } => self.compact_object(*broker, *broker_epoch, key, *size, ranges, *now_ms),
             MetadataCommand::FenceBroker { id, epoch } => {
                 match self.brokers.get_mut(id) {
                     Some(b) if b.epoch == *epoch && !b.fenced => b.fenced = true,
@@ -709,6 +751,80 @@ impl MetadataImage {
         }
     }
 
+    fn compact_object(
+        &mut self,
+        broker: BrokerId,
+        broker_epoch: u64,
+        key: &str,
+        size: u64,
+        ranges: &[CompactRange],
+        now_ms: i64,
+    ) -> CommandReply {
+        if let Some(&id) = self.object_keys.get(key) {
+            // A retried write: answer from what the object records.
+            let streams = self.objects.get(&id).map(|o| o.streams.clone());
+            let accepted = ranges
+                .iter()
+                .map(|r| streams.as_ref().is_some_and(|s| s.contains(&r.stream)))
+                .collect();
+            return CommandReply::Compacted {
+                object: Some(id),
+                accepted,
+            };
+        }
+        match self.brokers.get(&broker) {
+            Some(b) if b.epoch == broker_epoch && !b.fenced => {}
+            _ => return CommandReply::StaleBrokerEpoch,
+        }
+        let id = ObjectId(self.next_object_id);
+        let mut accepted = Vec::with_capacity(ranges.len());
+        let mut streams = Vec::new();
+        let mut released = Vec::new();
+        for r in ranges {
+            let ok = !streams.contains(&r.stream)
+                && self
+                    .streams
+                    .get_mut(&r.stream)
+                    .is_some_and(|s| replace_slices(s, r, id, &mut released));
+            if ok {
+                streams.push(r.stream);
+            }
+            accepted.push(ok);
+        }
+        if streams.is_empty() {
+            return CommandReply::Compacted {
+                object: None,
+                accepted,
+            };
+        }
+        self.next_object_id += 1;
+        self.object_keys.insert(key.to_string(), id);
+        self.objects.insert(
+            id,
+            ObjectRecord {
+                id,
+                key: key.to_string(),
+                size,
+                state: ObjectState::Committed,
+                streams,
+                marked_at_ms: None,
+            },
+        );
+        for (stream, object) in released {
+            let still = self
+                .streams
+                .get(&stream)
+                .is_some_and(|s| s.slices.values().any(|sl| sl.object == object));
+            if !still {
+                self.unreference(stream, object, now_ms);
+            }
+        }
+        CommandReply::Compacted {
+            object: Some(id),
+            accepted,
+        }
+    }
+
     /// `stream` no longer has a slice in `object`; the object is marked for
     /// deletion once no stream has.
     fn unreference(&mut self, stream: StreamId, object: ObjectId, now_ms: i64) {
@@ -720,6 +836,52 @@ impl MetadataImage {
             }
         }
     }
+}
+
+/// Replaces the slices of `s` covering exactly `[r.start_offset,
+/// r.end_offset)` by one slice in `object`, noting the objects they were in.
+/// False (and `s` unchanged) unless such slices exist, contiguous.
+fn replace_slices(
+    s: &mut StreamRecord,
+    r: &CompactRange,
+    object: ObjectId,
+    released: &mut Vec<(StreamId, ObjectId)>,
+) -> bool {
+    if r.end_offset <= r.start_offset || r.end_offset > s.end_offset {
+        return false;
+    }
+    let mut next = r.start_offset;
+    let mut max_timestamp = i64::MIN;
+    for (&start, sl) in s.slices.range(r.start_offset..r.end_offset) {
+        if start != next {
+            return false;
+        }
+        next = sl.end_offset;
+        max_timestamp = max_timestamp.max(sl.max_timestamp);
+    }
+    if next != r.end_offset {
+        return false;
+    }
+    let old: Vec<u64> = s
+        .slices
+        .range(r.start_offset..r.end_offset)
+        .map(|(&k, _)| k)
+        .collect();
+    for k in old {
+        if let Some(sl) = s.slices.remove(&k) {
+            released.push((s.id, sl.object));
+        }
+    }
+    s.slices.insert(
+        r.start_offset,
+        StreamSlice {
+            end_offset: r.end_offset,
+            object,
+            max_timestamp,
+            bytes: r.bytes,
+        },
+    );
+    true
 }
 
 #[cfg(test)]
@@ -853,6 +1015,116 @@ mod tests {
             CommandReply::ObjectCommitted { object: None, .. }
         ));
         assert_eq!(img.streams[&StreamId(0)].end_offset, 9);
+    }
+
+    fn compact(img: &mut MetadataImage, key: &str, ranges: &[(u64, u64)]) -> CommandReply {
+        img.apply(&MetadataCommand::CompactObject {
+            broker: 1,
+            broker_epoch: 1,
+            key: key.into(),
+            size: 50,
+            ranges: ranges
+                .iter()
+                .map(|&(start, end)| CompactRange {
+                    stream: StreamId(0),
+                    start_offset: start,
+                    end_offset: end,
+                    bytes: 7,
+                })
+                .collect(),
+            now_ms: 99,
+        })
+    }
+
+    #[test]
+    fn compaction_replaces_exactly_the_slices_it_read() {
+        let mut img = image_with_topic(1);
+        for (i, (start, end)) in [(0, 10), (10, 20), (20, 30), (30, 40)].iter().enumerate() {
+            commit(&mut img, &format!("o{i}"), 1, *start, *end);
+        }
+        // Not starting at a slice boundary, not ending at one, past the end:
+        // refused, nothing recorded.
+        for bad in [(5, 20), (0, 15), (30, 50), (10, 10)] {
+            assert_eq!(
+                compact(&mut img, "bad", &[bad]),
+                CommandReply::Compacted {
+                    object: None,
+                    accepted: vec![false]
+                },
+                "{bad:?}"
+            );
+        }
+        assert!(!img.object_keys.contains_key("bad"));
+        let reply = compact(&mut img, "c1", &[(0, 30)]);
+        let CommandReply::Compacted {
+            object: Some(id),
+            accepted,
+        } = reply.clone()
+        else {
+            panic!("unexpected {reply:?}");
+        };
+        assert_eq!(accepted, vec![true]);
+        let s = &img.streams[&StreamId(0)];
+        assert_eq!(s.slices.len(), 2);
+        assert_eq!(s.slices[&0].object, id);
+        assert_eq!(s.slices[&0].end_offset, 30);
+        assert_eq!(s.slices[&0].bytes, 7);
+        assert_eq!(s.end_offset, 40, "compaction never moves the end");
+        // The three replaced objects are marked, the fourth is not.
+        let marked: Vec<&str> = img
+            .objects
+            .values()
+            .filter(|o| o.state == ObjectState::MarkDestroyed)
+            .map(|o| o.key.as_str())
+            .collect();
+        assert_eq!(marked, vec!["o0", "o1", "o2"]);
+        assert!(img
+            .objects
+            .values()
+            .filter(|o| o.state == ObjectState::MarkDestroyed)
+            .all(|o| o.marked_at_ms == Some(99)));
+        // A retry answers the same; the old slices are gone so a second
+        // compaction of them under another key is refused.
+        assert_eq!(compact(&mut img, "c1", &[(0, 30)]), reply);
+        assert_eq!(
+            compact(&mut img, "c2", &[(0, 10)]),
+            CommandReply::Compacted {
+                object: None,
+                accepted: vec![false]
+            }
+        );
+        // A trim that moved past a slice start makes the plan stale.
+        img.apply(&MetadataCommand::TrimStream {
+            stream: StreamId(0),
+            start_offset: 35,
+            now_ms: 100,
+        });
+        assert_eq!(
+            compact(&mut img, "c3", &[(30, 40)]),
+            CommandReply::Compacted {
+                object: Some(ObjectId(img.next_object_id - 1)),
+                accepted: vec![true]
+            }
+        );
+        // A stale incarnation cannot compact.
+        register(&mut img, 1);
+        assert_eq!(
+            compact(&mut img, "c4", &[(30, 40)]),
+            CommandReply::StaleBrokerEpoch
+        );
+    }
+
+    #[test]
+    fn compaction_keeps_objects_other_slices_still_use() {
+        let mut img = image_with_topic(1);
+        commit(&mut img, "a", 1, 0, 10);
+        commit(&mut img, "b", 1, 10, 20);
+        // Stream 0 refers to "a" once; after replacing [10, 20) "a" stays.
+        compact(&mut img, "c", &[(10, 20)]);
+        let state = |img: &MetadataImage, k: &str| img.objects[&img.object_keys[k]].state;
+        assert_eq!(state(&img, "a"), ObjectState::Committed);
+        assert_eq!(state(&img, "b"), ObjectState::MarkDestroyed);
+        assert_eq!(state(&img, "c"), ObjectState::Committed);
     }
 
     #[test]

@@ -195,6 +195,8 @@ pub struct Report {
     pub commits_read: usize,
     pub reassignments: u64,
     pub final_objects: usize,
+    /// Compacted objects committed during the run.
+    pub compactions: u64,
     /// Fingerprint of the history and the fault log: the same seed must
     /// give the same fingerprint.
     pub fingerprint: u64,
@@ -230,6 +232,10 @@ fn broker_storage() -> StorageConfig {
         orphan_min_age: ORPHAN_MIN_AGE,
         orphan_scan_interval: Duration::from_secs(5),
         retention_check_interval: Duration::from_secs(5),
+        // Compaction runs often and seals small objects, so that it races
+        // appends, trims, moves and the faults.
+        compaction_interval: Duration::from_secs(5),
+        compaction_target_bytes: 64 * 1024,
         // Few attempts, so that store and controller faults fail flushes
         // and the partitions' reopen path runs.
         max_attempts: 3,
@@ -269,6 +275,7 @@ pub fn run(config: &SimConfig) -> Report {
         commits_read: 0,
         reassignments: 0,
         final_objects: 0,
+        compactions: 0,
         fingerprint: 0,
         simulated: Duration::ZERO,
         sim_error: Some(format!("the simulation panicked: {e}")),
@@ -542,6 +549,7 @@ fn run_here(config: &SimConfig) -> Report {
         commits_read: log.commits_read,
         reassignments: observed.moves_done,
         final_objects: observed.final_objects,
+        compactions: observed.compactions,
         fingerprint: fp,
         simulated,
         sim_error,

@@ -41,6 +41,8 @@ pub struct ObserverLog {
     pub commands: u64,
     /// Times the observer fell behind and got a whole image instead.
     pub snapshots: u64,
+    /// Compacted objects committed (`CompactObject` accepted).
+    pub compactions: u64,
     /// Reassignments waiting: (partition of the workload topic, target broker).
     pub moves: VecDeque<(u32, u32)>,
     pub moves_done: u64,
@@ -175,7 +177,13 @@ impl Replay {
                     }
                     self.version = version;
                     log.commands += 1;
+                    let objects_before = self.image.next_object_id;
                     let found = self.apply(&cmd);
+                    if matches!(cmd, MetadataCommand::CompactObject { .. })
+                        && self.image.next_object_id > objects_before
+                    {
+                        log.compactions += 1;
+                    }
                     log.violations.extend(
                         found
                             .into_iter()
@@ -215,9 +223,57 @@ impl Replay {
             other => {
                 let before = self.stream_marks();
                 self.image.apply(other);
-                self.monotonic(&before)
+                let mut found = self.monotonic(&before);
+                if matches!(other, MetadataCommand::CompactObject { .. }) {
+                    found.extend(self.covered());
+                }
+                found
             }
         }
+    }
+
+    /// Every offset from a stream's start to its end is in exactly one
+    /// slice, and every slice's object is committed: what a compaction or
+    /// trim leaves must still be readable.
+    fn covered(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for s in self.image.streams.values() {
+            if s.start_offset >= s.end_offset {
+                continue;
+            }
+            let mut next: Option<u64> = None;
+            for (&start, sl) in &s.slices {
+                let ok = match next {
+                    None => start <= s.start_offset,
+                    Some(n) => start == n,
+                };
+                if !ok || sl.end_offset <= start {
+                    out.push(format!(
+                        "stream {}: slice [{start}, {}) breaks the map (expected {next:?}, start {})",
+                        s.id.0, sl.end_offset, s.start_offset
+                    ));
+                }
+                if self
+                    .image
+                    .objects
+                    .get(&sl.object)
+                    .is_none_or(|o| o.state != proto::image::ObjectState::Committed)
+                {
+                    out.push(format!(
+                        "stream {}: slice at {start} names object {} that is not committed",
+                        s.id.0, sl.object.0
+                    ));
+                }
+                next = Some(sl.end_offset);
+            }
+            if next != Some(s.end_offset) {
+                out.push(format!(
+                    "stream {}: slices end at {next:?}, the stream at {}",
+                    s.id.0, s.end_offset
+                ));
+            }
+        }
+        out
     }
 
     fn stream_marks(&self) -> BTreeMap<StreamId, (u64, u64)> {

@@ -70,8 +70,10 @@ fn fixed_seeds_hold_every_invariant_under_faults() {
     let duration = Duration::from_secs(env_u64("SIM_DURATION", 60));
     let mut failures = Vec::new();
     let mut faults = 0;
+    let mut compactions = 0;
     for (config, report) in run_many((1..=seeds).collect(), duration) {
         faults += report.faults.len();
+        compactions += report.compactions;
         assert!(
             report.acknowledged > 0,
             "seed {}: the workload got no acknowledgement at all",
@@ -87,8 +89,12 @@ fn fixed_seeds_hold_every_invariant_under_faults() {
             failures.push(describe(&config, &report));
         }
     }
-    println!("{seeds} seeds of {duration:?}, {faults} faults injected");
+    println!("{seeds} seeds of {duration:?}, {faults} faults injected, {compactions} compactions");
     assert!(faults as u64 >= seeds, "too few faults injected: {faults}");
+    assert!(
+        compactions >= seeds,
+        "compaction barely ran under the faults: {compactions} compacted objects"
+    );
     assert!(failures.is_empty(), "violations:\n{}", failures.join("\n"));
 }
 

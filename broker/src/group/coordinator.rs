@@ -873,30 +873,34 @@ impl GroupCoordinator {
 // ----------------------------------------------------------------- loading
 
 /// Reads committed batches of the shard's stream from `offset`, from the
-/// log cache or from objects.
+/// log cache or from objects, and the offset to go on from when there are
+/// none because compaction emptied the rest up to `end`.
 async fn read_batches(
     shared: &Shared,
     shard: &Shard,
     offset: u64,
     end: u64,
-) -> Result<Vec<Bytes>, String> {
+) -> Result<(Vec<Bytes>, u64), String> {
     let stream = shard.open.state.stream;
     let max = shared.config.load_read_bytes;
     if let Some(c) = shared.log_cache.read(stream, offset, max) {
-        return Ok(c.batches);
+        return Ok((c.batches, offset));
     }
-    let located = shared
-        .metadata
-        .read(|img| crate::storage::reader::locate(img, stream, offset));
-    let Some((obj, slice_end)) = located else {
-        return Ok(Vec::new()); // the metadata view lags the commit: retry
-    };
-    shared
-        .reader
-        .read(&obj, stream, offset, slice_end.min(end), max)
-        .await
-        .map(|r| r.batches)
-        .map_err(|e| e.to_string())
+    crate::storage::reader::read_committed(
+        &shared.metadata,
+        &shared.reader,
+        stream,
+        offset,
+        end,
+        max,
+    )
+    .await
+    .map(|r| match r {
+        Some(r) if r.batches.is_empty() => (Vec::new(), r.end_offset.max(offset)),
+        Some(r) => (r.batches, offset),
+        None => (Vec::new(), offset), // the view lags; retry
+    })
+    .map_err(|e| e.to_string())
 }
 
 fn replay(groups: &mut GroupSet, now: Now, rec: records::LogRecord) {
@@ -991,7 +995,12 @@ async fn load(shared: Arc<Shared>, shard: Arc<Shard>) {
             return;
         }
         let batches = match read_batches(&shared, &shard, offset, end).await {
-            Ok(b) => b,
+            Ok((b, _)) if !b.is_empty() => b,
+            Ok((_, skip_to)) if skip_to > offset => {
+                offset = skip_to; // compacted away
+                continue;
+            }
+            Ok(_) => Vec::new(),
             Err(e) => {
                 warn!(partition = shard.partition, offset, error = %e, "loading __consumer_offsets failed; retrying");
                 Vec::new()

@@ -85,25 +85,42 @@ async fn read_partition(
     if offset == hw || max_bytes == 0 {
         return read;
     }
-    if let Some(cached) = broker.log_cache.read(stream_id, offset, max_bytes) {
+    // The log cache holds batches as written; once key compaction has
+    // cleaned the offset's slice, readers get the cleaned object instead.
+    let cleaned = broker.metadata.read(|img| {
+        let compacted_topic = img
+            .streams
+            .get(&stream_id)
+            .and_then(|s| img.topic_by_id(s.topic))
+            .is_some_and(|t| crate::compaction::is_compacted_topic(&t.configs));
+        compacted_topic
+            && reader::locate(img, stream_id, offset)
+                .is_some_and(|(o, _)| crate::compaction::is_compacted_key(&o.key))
+    });
+    let cached = if cleaned {
+        None
+    } else {
+        broker.log_cache.read(stream_id, offset, max_bytes)
+    };
+    if let Some(cached) = cached {
         read.bytes = cached.bytes;
         read.records = cached.batches;
         return read;
     }
-    let located = broker
-        .metadata
-        .read(|img| reader::locate(img, stream_id, offset));
-    let Some((obj, slice_end)) = located else {
-        // Committed (below the high watermark) but neither cached nor in the
-        // metadata view yet: the view lags the commit by a moment.
-        return read;
-    };
-    match broker
-        .reader
-        .read(&obj, stream_id, offset, slice_end.min(hw), max_bytes)
-        .await
+    match reader::read_committed(
+        &broker.metadata,
+        &broker.reader,
+        stream_id,
+        offset,
+        hw,
+        max_bytes,
+    )
+    .await
     {
-        Ok(r) => {
+        // Committed (below the high watermark) but neither cached nor in
+        // the metadata view yet: the view lags the commit by a moment.
+        Ok(None) => {}
+        Ok(Some(r)) => {
             read.bytes = r.bytes;
             read.records = r.batches;
         }

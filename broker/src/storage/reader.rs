@@ -67,6 +67,45 @@ pub fn locate(
     Some((ObjectLocation::from(obj), slice.end_offset))
 }
 
+/// Most slices one read walks past when they hold nothing at or after the
+/// offset asked for (key compaction can leave a slice empty).
+const MAX_EMPTY_SLICES_PER_READ: usize = 64;
+
+/// Committed batches of `stream` from `offset` (none at or past `end`), up
+/// to `max_bytes`, from the objects the metadata view names. A slice that
+/// holds no batch from `offset` on (its records were compacted away) is
+/// skipped for the next; when every slice up to `end` is empty the answer
+/// has no batch and `end_offset` is `end`. `Ok(None)` when the view does not
+/// know the offset yet (it trails the commit for a moment).
+pub async fn read_committed(
+    metadata: &crate::metadata::MetadataView,
+    reader: &ObjectReader,
+    stream: StreamId,
+    mut offset: u64,
+    end: u64,
+    max_bytes: usize,
+) -> Result<Option<ObjectRead>, ReadError> {
+    for _ in 0..MAX_EMPTY_SLICES_PER_READ {
+        let Some((obj, slice_end)) = metadata.read(|img| locate(img, stream, offset)) else {
+            return Ok(None);
+        };
+        let r = reader
+            .read(&obj, stream, offset, slice_end.min(end), max_bytes)
+            .await?;
+        if !r.batches.is_empty() {
+            return Ok(Some(r));
+        }
+        if slice_end >= end {
+            return Ok(Some(ObjectRead {
+                end_offset: end,
+                ..ObjectRead::default()
+            }));
+        }
+        offset = slice_end;
+    }
+    Ok(Some(ObjectRead::default()))
+}
+
 /// Batches read from one object.
 #[derive(Debug, Default)]
 pub struct ObjectRead {
@@ -242,6 +281,53 @@ impl ObjectReader {
             }
             if out.bytes >= max_bytes {
                 break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every batch of `stream` in this object that overlaps `[start, end)`,
+    /// read with one ranged GET and without going through the block cache
+    /// (compaction reads data once; it must not evict what fetches use).
+    pub async fn read_range_uncached(
+        &self,
+        obj: &ObjectLocation,
+        stream: StreamId,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Bytes>, ReadError> {
+        let index = self.index(obj).await?;
+        let blocks: Vec<_> = index
+            .stream_blocks(stream)
+            .iter()
+            .filter(|b| b.end_offset > start && b.start_offset < end)
+            .collect();
+        let (Some(first), Some(last)) = (blocks.first(), blocks.last()) else {
+            return Ok(Vec::new());
+        };
+        let from = first.position;
+        let to = last.position + u64::from(last.size);
+        let bytes = self.get_range(&obj.key, from..to).await?;
+        if bytes.len() as u64 != to - from {
+            return Err(ReadError::Malformed {
+                key: obj.key.clone(),
+                reason: format!(
+                    "blocks at {from}: got {} of {} bytes",
+                    bytes.len(),
+                    to - from
+                ),
+            });
+        }
+        let mut out = Vec::new();
+        for item in batch::batches(&bytes) {
+            let (pos, header) = item.map_err(|e| ReadError::Malformed {
+                key: obj.key.clone(),
+                reason: format!("blocks at {from}: {e}"),
+            })?;
+            let base = u64::try_from(header.base_offset).unwrap_or(u64::MAX);
+            let last = u64::try_from(header.last_offset()).unwrap_or(0);
+            if last >= start && base < end {
+                out.push(bytes.slice(pos..pos + header.total_len()));
             }
         }
         Ok(out)

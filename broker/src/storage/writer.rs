@@ -324,10 +324,14 @@ pub fn object_key(prefix: &str, broker: BrokerId, broker_epoch: u64, seq: u64) -
     format!("{prefix}sso/{broker}/{broker_epoch}/{seq:016}")
 }
 
-/// The broker and broker epoch named by a stream-set object's key (the part
+/// The broker and broker epoch named by a stream-set (`sso/`) or compacted
+/// (`cso/`) object's key (the part
 /// after the cluster's key prefix), or `None` for another kind of key.
 pub fn parse_object_key(key_after_prefix: &str) -> Option<(BrokerId, u64)> {
-    let mut parts = key_after_prefix.strip_prefix("sso/")?.split('/');
+    let rest = key_after_prefix
+        .strip_prefix("sso/")
+        .or_else(|| key_after_prefix.strip_prefix("cso/"))?;
+    let mut parts = rest.split('/');
     let broker = parts.next()?.parse().ok()?;
     let epoch = parts.next()?.parse().ok()?;
     parts.next()?.parse::<u64>().ok()?;

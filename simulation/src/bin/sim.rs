@@ -110,7 +110,7 @@ fn main() -> ExitCode {
             *kinds.entry(f.kind()).or_default() += 1;
         }
         println!(
-            "seed {seed}: {} in {:.1}s wall, {:.0}s simulated; acked {} indeterminate {} failed {} polls {}; offsets committed {} read {}; {} faults, {} reassignments; {} metadata commands checked, {} objects at the end; fingerprint {:016x}",
+            "seed {seed}: {} in {:.1}s wall, {:.0}s simulated; acked {} indeterminate {} failed {} polls {}; offsets committed {} read {}; {} faults, {} reassignments, {} compactions; {} metadata commands checked, {} objects at the end; fingerprint {:016x}",
             if report.ok() { "ok" } else { "VIOLATION" },
             started.elapsed().as_secs_f64(),
             report.simulated.as_secs_f64(),
@@ -122,6 +122,7 @@ fn main() -> ExitCode {
             report.commits_read,
             report.faults.len(),
             report.reassignments,
+            report.compactions,
             report.commands_checked,
             report.final_objects,
             report.fingerprint,

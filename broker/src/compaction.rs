@@ -1,0 +1,748 @@
+//! Object compaction: rewrites the stream data a broker owns out of the
+//! small stream-set objects the writer produced into larger compacted
+//! objects (`cso/...`), where each stream's data is contiguous, so that
+//! metadata and the object count stay bounded by live data and cold reads
+//! of one partition are few sequential GETs. For topics whose
+//! `cleanup.policy` includes `compact`, the rewrite also keeps only the
+//! latest record of each key (Kafka's log cleaner) and drops tombstones
+//! older than `delete.retention.ms`.
+//!
+//! Each output object is committed as one `CompactObject`: its ranges
+//! replace exactly the slices they were read from, or are refused if those
+//! changed meanwhile (a trim, another compaction); objects left without a
+//! slice are marked and deleted after the grace period like any other.
+//! Offsets never move: a rewritten batch keeps its base and last offset.
+//!
+//! Which slices: never a stream's last slice (the tail, which producer
+//! state is rebuilt from). Others are "dirty" while they are in a
+//! stream-set object (`sso/`). A plain topic has its dirty slices rewritten
+//! on every pass, and runs of many small compacted slices merged again. A
+//! compacted topic is cleaned from its first slice up to the first slice
+//! newer than `min.compaction.lag.ms` once dirty bytes reach
+//! `min.cleanable.dirty.ratio` of that range (or its oldest dirty slice is
+//! older than `max.compaction.lag.ms`).
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use object_store::{path::Path, ObjectStore, ObjectStoreExt, PutPayload};
+use proto::image::{CommandReply, CompactRange, MetadataCommand};
+use proto::{BrokerId, MetadataImage, StreamId};
+use tracing::{info, warn};
+
+use crate::broker::Broker;
+use crate::config::topic_config;
+use crate::storage::batch;
+use crate::storage::object_format::ObjectWriter;
+use crate::storage::reader::ObjectLocation;
+
+/// A run of a stream's small compacted slices longer than this is merged.
+const MAX_SMALL_CLEAN_SLICES: usize = 16;
+
+/// Key-based compaction rules of a compacted topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyRules {
+    /// Tombstones with a timestamp below this are dropped.
+    pub drop_tombstones_before_ms: i64,
+}
+
+/// One slice to rewrite.
+#[derive(Debug, Clone)]
+pub struct PlannedSlice {
+    pub start: u64,
+    pub end: u64,
+    pub object: ObjectLocation,
+    pub bytes: u64,
+}
+
+/// Consecutive slices of one stream that become one slice.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub stream: StreamId,
+    /// The stream's log start: batches wholly below it are dropped.
+    pub log_start: u64,
+    pub slices: Vec<PlannedSlice>,
+    pub keys: Option<KeyRules>,
+}
+
+impl Run {
+    fn start(&self) -> u64 {
+        self.slices.first().map_or(0, |s| s.start)
+    }
+    fn end(&self) -> u64 {
+        self.slices.last().map_or(0, |s| s.end)
+    }
+    fn bytes(&self) -> u64 {
+        self.slices.iter().map(|s| s.bytes).sum()
+    }
+}
+
+/// Budgets of one compaction pass.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Stop planning once this many input bytes are planned.
+    pub max_bytes_per_pass: u64,
+    /// A compacted object smaller than this counts as small.
+    pub target_object_bytes: u64,
+}
+
+fn is_dirty(key_after_prefix: &str) -> bool {
+    key_after_prefix.starts_with("sso/")
+}
+
+/// Whether an object key (with or without the cluster's prefix) names an
+/// object compaction wrote.
+pub fn is_compacted_key(key: &str) -> bool {
+    key.starts_with("cso/") || key.contains("/cso/")
+}
+
+/// Whether a topic's `cleanup.policy` includes `compact`.
+pub fn is_compacted_topic(configs: &std::collections::BTreeMap<String, String>) -> bool {
+    topic_config(Some(configs), "cleanup.policy")
+        .is_some_and(|p| p.split(',').any(|x| x.trim() == "compact"))
+}
+
+fn config_i64(configs: &std::collections::BTreeMap<String, String>, key: &str) -> Option<i64> {
+    topic_config(Some(configs), key).and_then(|v| v.parse().ok())
+}
+
+/// The runs this broker should rewrite now, for the streams it owns.
+pub fn plan(
+    img: &MetadataImage,
+    me: BrokerId,
+    key_prefix: &str,
+    now_ms: i64,
+    limits: Limits,
+) -> Vec<Run> {
+    let mut runs = Vec::new();
+    let mut planned = 0u64;
+    for s in img.streams.values().filter(|s| s.owner == Some(me)) {
+        if planned >= limits.max_bytes_per_pass {
+            break;
+        }
+        let Some(topic) = img.topic_by_id(s.topic) else {
+            continue;
+        };
+        // Every slice but the last, with its object.
+        let n = s.slices.len().saturating_sub(1);
+        let slices: Vec<(PlannedSlice, bool, i64)> = s
+            .slices
+            .iter()
+            .take(n)
+            .filter_map(|(&start, sl)| {
+                let o = img.objects.get(&sl.object)?;
+                let dirty = is_dirty(o.key.strip_prefix(key_prefix).unwrap_or(&o.key));
+                Some((
+                    PlannedSlice {
+                        start,
+                        end: sl.end_offset,
+                        object: ObjectLocation::from(o),
+                        bytes: sl.bytes,
+                    },
+                    dirty,
+                    sl.max_timestamp,
+                ))
+            })
+            .collect();
+        if slices.len() != n {
+            continue; // the view is inconsistent for a moment
+        }
+        let new_runs = if is_compacted_topic(&topic.configs) {
+            plan_keyed(s.id, s.start_offset, &slices, &topic.configs, now_ms)
+        } else {
+            plan_plain(s.id, s.start_offset, &slices, limits)
+        };
+        for r in new_runs {
+            planned += r.bytes();
+            runs.push(r);
+        }
+    }
+    runs
+}
+
+fn plan_keyed(
+    stream: StreamId,
+    log_start: u64,
+    slices: &[(PlannedSlice, bool, i64)],
+    configs: &std::collections::BTreeMap<String, String>,
+    now_ms: i64,
+) -> Vec<Run> {
+    let min_lag = config_i64(configs, "min.compaction.lag.ms").unwrap_or(0);
+    let max_lag = config_i64(configs, "max.compaction.lag.ms").unwrap_or(i64::MAX);
+    let ratio: f64 = topic_config(Some(configs), "min.cleanable.dirty.ratio")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.5);
+    let delete_retention = config_i64(configs, "delete.retention.ms").unwrap_or(86_400_000);
+    let cleanable: Vec<&(PlannedSlice, bool, i64)> = slices
+        .iter()
+        .take_while(|(_, _, max_ts)| *max_ts <= now_ms.saturating_sub(min_lag))
+        .collect();
+    let total: u64 = cleanable.iter().map(|(s, _, _)| s.bytes).sum();
+    let dirty: u64 = cleanable
+        .iter()
+        .filter(|(_, d, _)| *d)
+        .map(|(s, _, _)| s.bytes)
+        .sum();
+    let oldest_dirty = cleanable
+        .iter()
+        .filter(|(_, d, _)| *d)
+        .map(|(_, _, t)| *t)
+        .min();
+    let Some(oldest_dirty) = oldest_dirty else {
+        return Vec::new();
+    };
+    let overdue = oldest_dirty < now_ms.saturating_sub(max_lag);
+    let ratio_met = total == 0 || dirty as f64 >= ratio * total as f64;
+    if !(ratio_met || overdue) {
+        return Vec::new();
+    }
+    vec![Run {
+        stream,
+        log_start,
+        slices: cleanable.iter().map(|(s, _, _)| s.clone()).collect(),
+        keys: Some(KeyRules {
+            drop_tombstones_before_ms: now_ms.saturating_sub(delete_retention),
+        }),
+    }]
+}
+
+fn plan_plain(
+    stream: StreamId,
+    log_start: u64,
+    slices: &[(PlannedSlice, bool, i64)],
+    limits: Limits,
+) -> Vec<Run> {
+    let mut runs = Vec::new();
+    let mut current: Vec<PlannedSlice> = Vec::new();
+    let mut current_dirty = false;
+    let flush = |current: &mut Vec<PlannedSlice>, dirty: bool, runs: &mut Vec<Run>| {
+        let worth = if dirty {
+            !current.is_empty()
+        } else {
+            current.len() > MAX_SMALL_CLEAN_SLICES
+        };
+        if worth {
+            runs.push(Run {
+                stream,
+                log_start,
+                slices: std::mem::take(current),
+                keys: None,
+            });
+        }
+        current.clear();
+    };
+    for (slice, dirty, _) in slices {
+        let small_clean = !dirty && slice.object.size < limits.target_object_bytes / 4;
+        let kind_matches = current.is_empty() || current_dirty == *dirty;
+        if (*dirty || small_clean) && kind_matches {
+            current_dirty = *dirty;
+            current.push(slice.clone());
+        } else {
+            flush(&mut current, current_dirty, &mut runs);
+            if *dirty || small_clean {
+                current_dirty = *dirty;
+                current.push(slice.clone());
+            }
+        }
+    }
+    flush(&mut current, current_dirty, &mut runs);
+    runs
+}
+
+/// A 128-bit digest of a record key (two differently seeded SipHashes), so
+/// the latest-offset map holds a fixed 24 bytes per key whatever its length.
+fn key_digest(key: &[u8]) -> u128 {
+    let mut a = std::hash::DefaultHasher::new();
+    0u8.hash(&mut a);
+    key.hash(&mut a);
+    let mut b = std::hash::DefaultHasher::new();
+    1u8.hash(&mut b);
+    key.hash(&mut b);
+    (u128::from(a.finish()) << 64) | u128::from(b.finish())
+}
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PassStats {
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub objects_committed: u64,
+    pub ranges_refused: u64,
+}
+
+/// A compaction output being assembled.
+struct Output {
+    writer: ObjectWriter,
+    ranges: Vec<CompactRange>,
+    /// Last stream pushed and the end offset declared for it.
+    cursor: Option<(StreamId, u64)>,
+}
+
+impl Output {
+    fn new(block_bytes: usize) -> Self {
+        Output {
+            writer: ObjectWriter::new(block_bytes),
+            ranges: Vec::new(),
+            cursor: None,
+        }
+    }
+
+    /// Appends one batch of `stream`; returns its size.
+    fn push(&mut self, stream: StreamId, run_start: u64, b: &[u8]) -> Result<u64, String> {
+        let h = batch::parse_header(b).map_err(|e| e.to_string())?;
+        let base = u64::try_from(h.base_offset).map_err(|_| "negative offset".to_string())?;
+        let end = u64::try_from(h.last_offset()).map_err(|_| "negative offset".to_string())? + 1;
+        // A block must start where the stream's previous one ended: gaps
+        // (records dropped by key compaction, or a run after an untouched
+        // slice) are covered by the next batch's block.
+        let start = match self.cursor {
+            Some((s, e)) if s == stream => e,
+            _ => run_start.min(base),
+        };
+        let count = u32::try_from(h.records_count.max(0)).unwrap_or(0);
+        self.writer
+            .push(stream, start, end, count, b)
+            .map_err(|e| e.to_string())?;
+        self.cursor = Some((stream, end));
+        Ok(b.len() as u64)
+    }
+}
+
+/// Runs one compaction pass for this broker's streams.
+pub async fn compact_once(broker: &Broker, store: &dyn ObjectStore, seq: &AtomicU64) -> PassStats {
+    let cfg = &broker.config.storage;
+    let limits = Limits {
+        max_bytes_per_pass: cfg.compaction_max_bytes_per_pass,
+        target_object_bytes: cfg.compaction_target_bytes as u64,
+    };
+    let now = broker.seams.clock.now_ms();
+    let runs = broker
+        .metadata
+        .read(|img| plan(img, broker.id, &broker.key_prefix, now, limits));
+    let mut stats = PassStats::default();
+    let mut out = Output::new(cfg.block_bytes);
+    for run in runs {
+        if let Err(e) = rewrite_run(broker, &run, &mut out, &mut stats).await {
+            // Batches of the run already appended stay in the object
+            // unreferenced (no range names them); the run is retried on
+            // the next pass.
+            warn!(stream_id = run.stream.0, error = %e, "compacting a stream failed; retried next pass");
+        }
+        if out.writer.len_bytes() >= cfg.compaction_target_bytes {
+            let full = std::mem::replace(&mut out, Output::new(cfg.block_bytes));
+            commit_output(broker, store, seq, full, &mut stats).await;
+        }
+    }
+    if !out.ranges.is_empty() {
+        commit_output(broker, store, seq, out, &mut stats).await;
+    }
+    if stats.objects_committed > 0 {
+        metrics::counter!("oxbow_compaction_bytes_read_total").increment(stats.bytes_read);
+        metrics::counter!("oxbow_compaction_bytes_written_total").increment(stats.bytes_written);
+        metrics::counter!("oxbow_compaction_objects_total").increment(stats.objects_committed);
+        info!(
+            objects = stats.objects_committed,
+            read = stats.bytes_read,
+            written = stats.bytes_written,
+            refused = stats.ranges_refused,
+            "compacted"
+        );
+    }
+    stats
+}
+
+/// Reads a run and appends what survives to `out`.
+async fn rewrite_run(
+    broker: &Broker,
+    run: &Run,
+    out: &mut Output,
+    stats: &mut PassStats,
+) -> Result<(), String> {
+    let latest = match run.keys {
+        Some(_) => Some(latest_offsets(broker, run, stats).await?),
+        None => None,
+    };
+    let mut written = 0u64;
+    for slice in &run.slices {
+        let batches = broker
+            .reader
+            .read_range_uncached(&slice.object, run.stream, slice.start, slice.end)
+            .await
+            .map_err(|e| e.to_string())?;
+        if latest.is_none() {
+            stats.bytes_read += batches.iter().map(|b| b.len() as u64).sum::<u64>();
+        }
+        for b in batches {
+            let h = batch::parse_header(&b).map_err(|e| e.to_string())?;
+            if u64::try_from(h.last_offset()).unwrap_or(0) < run.log_start {
+                continue;
+            }
+            let kept = match (&latest, run.keys) {
+                (Some(latest), Some(rules)) => match filter_batch(&b, &latest.keys, rules) {
+                    Filtered::Whole => b,
+                    // A producer's last batch stays, empty, so that its
+                    // sequence survives (Kafka's cleaner does the same).
+                    Filtered::Empty
+                        if h.producer_id >= 0
+                            && latest.producers.get(&h.producer_id) == Some(&h.base_offset) =>
+                    {
+                        Bytes::from(batch::retain_records(&b, &[]))
+                    }
+                    Filtered::Empty => continue,
+                    Filtered::Rebuilt(v) => Bytes::from(v),
+                },
+                _ => b,
+            };
+            written += out.push(run.stream, run.start(), &kept)?;
+        }
+    }
+    out.ranges.push(CompactRange {
+        stream: run.stream,
+        start_offset: run.start(),
+        end_offset: run.end(),
+        bytes: written,
+    });
+    Ok(())
+}
+
+/// What the first pass over a run learns.
+struct Latest {
+    /// Key digest → offset of its last record.
+    keys: HashMap<u128, i64>,
+    /// Producer id → base offset of its last batch.
+    producers: HashMap<i64, i64>,
+}
+
+/// The last offset of every key in a run, and each producer's last batch.
+/// Bounded: a run with more keys than `compaction_max_keys` is not
+/// key-compacted this pass.
+async fn latest_offsets(broker: &Broker, run: &Run, stats: &mut PassStats) -> Result<Latest, String> {
+    let max_keys = broker.config.storage.compaction_max_keys;
+    let mut latest: HashMap<u128, i64> = HashMap::new();
+    let mut producers: HashMap<i64, i64> = HashMap::new();
+    for slice in &run.slices {
+        let batches = broker
+            .reader
+            .read_range_uncached(&slice.object, run.stream, slice.start, slice.end)
+            .await
+            .map_err(|e| e.to_string())?;
+        for b in batches {
+            stats.bytes_read += b.len() as u64;
+            if let Ok(h) = batch::parse_header(&b) {
+                if h.producer_id >= 0 {
+                    producers.insert(h.producer_id, h.base_offset);
+                }
+            }
+            let Some(records) = batch::record_spans(&b) else {
+                continue;
+            };
+            for r in records {
+                if let Some(k) = r.key {
+                    latest.insert(key_digest(&b[k]), r.offset);
+                }
+            }
+            if latest.len() > max_keys || producers.len() > max_keys {
+                return Err(format!(
+                    "more than {max_keys} keys (storage.compaction_max_keys)"
+                ));
+            }
+        }
+    }
+    Ok(Latest {
+        keys: latest,
+        producers,
+    })
+}
+
+enum Filtered {
+    Whole,
+    Empty,
+    Rebuilt(Vec<u8>),
+}
+
+/// Keeps the records of `b` that are the latest of their key and not an
+/// expired tombstone. Compressed and control batches, and records without
+/// a key, are kept.
+fn filter_batch(b: &[u8], latest: &HashMap<u128, i64>, rules: KeyRules) -> Filtered {
+    let Some(records) = batch::record_spans(b) else {
+        return Filtered::Whole;
+    };
+    let keep: Vec<std::ops::Range<usize>> = records
+        .iter()
+        .filter(|r| match &r.key {
+            None => true,
+            Some(k) => {
+                latest.get(&key_digest(&b[k.clone()])) == Some(&r.offset)
+                    && !(r.tombstone && r.timestamp < rules.drop_tombstones_before_ms)
+            }
+        })
+        .map(|r| r.range.clone())
+        .collect();
+    if keep.len() == records.len() {
+        Filtered::Whole
+    } else if keep.is_empty() {
+        Filtered::Empty
+    } else {
+        Filtered::Rebuilt(batch::retain_records(b, &keep))
+    }
+}
+
+/// Uploads and commits one output. A refused object is deleted again; an
+/// object whose commit failed is left (it may have been applied), for the
+/// orphan collector once this incarnation ends.
+async fn commit_output(
+    broker: &Broker,
+    store: &dyn ObjectStore,
+    seq: &AtomicU64,
+    out: Output,
+    stats: &mut PassStats,
+) {
+    let epoch = broker.current_epoch();
+    let n = seq.fetch_add(1, Ordering::Relaxed);
+    let key = format!("{}cso/{}/{}/{n:016}", broker.key_prefix, broker.id, epoch);
+    let ranges = out.ranges;
+    let (bytes, _) = out.writer.finish();
+    let size = bytes.len() as u64;
+    let path = Path::from(key.clone());
+    if let Err(e) = store.put(&path, PutPayload::from_bytes(bytes)).await {
+        warn!(key, error = %e, "uploading a compacted object failed");
+        return;
+    }
+    metrics::counter!("oxbow_object_puts_total").increment(1);
+    let reply = broker
+        .controller
+        .write(MetadataCommand::CompactObject {
+            broker: broker.id,
+            broker_epoch: epoch,
+            key: key.clone(),
+            size,
+            ranges: ranges.clone(),
+            now_ms: broker.seams.clock.now_ms(),
+        })
+        .await;
+    match reply.map(|r| r.reply) {
+        Ok(CommandReply::Compacted {
+            object: Some(_),
+            accepted,
+        }) => {
+            stats.objects_committed += 1;
+            stats.bytes_written += size;
+            stats.ranges_refused += accepted.iter().filter(|a| !**a).count() as u64;
+        }
+        Ok(CommandReply::Compacted { object: None, .. } | CommandReply::StaleBrokerEpoch) => {
+            stats.ranges_refused += ranges.len() as u64;
+            if let Err(e) = store.delete(&path).await {
+                warn!(key, error = %e, "deleting a refused compacted object failed");
+            }
+        }
+        Ok(other) => warn!(key, reply = ?other, "unexpected reply to a compaction commit"),
+        Err(e) => warn!(key, error = %e, "committing a compacted object failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::image::{CommitRange, MetadataCommand};
+    use proto::ObjectId;
+    use std::collections::BTreeMap;
+
+    fn image(configs: &[(&str, &str)], objects: &[(&str, u64, u64, i64)]) -> MetadataImage {
+        let mut img = MetadataImage::default();
+        img.apply(&MetadataCommand::Bootstrap {
+            cluster_id: "c".into(),
+        });
+        img.apply(&MetadataCommand::RegisterBroker {
+            id: 1,
+            endpoint: proto::image::BrokerEndpoint {
+                host: "h".into(),
+                port: 1,
+            },
+            rack: None,
+        });
+        img.apply(&MetadataCommand::CreateTopic {
+            id: uuid::Uuid::from_u128(1),
+            name: "t".into(),
+            partitions: 1,
+            configs: configs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+            internal: false,
+        });
+        for (key, start, end, ts) in objects {
+            img.apply(&MetadataCommand::CommitObject {
+                broker: 1,
+                broker_epoch: 1,
+                key: key.to_string(),
+                size: 1000,
+                ranges: vec![CommitRange {
+                    stream: StreamId(0),
+                    stream_epoch: 1,
+                    start_offset: *start,
+                    end_offset: *end,
+                    max_timestamp: *ts,
+                    bytes: 100,
+                }],
+            });
+        }
+        img
+    }
+
+    const LIMITS: Limits = Limits {
+        max_bytes_per_pass: 1 << 30,
+        target_object_bytes: 64 << 20,
+    };
+
+    fn spans(runs: &[Run]) -> Vec<(u64, u64)> {
+        runs.iter().map(|r| (r.start(), r.end())).collect()
+    }
+
+    #[test]
+    fn plain_topics_rewrite_dirty_slices_but_never_the_tail() {
+        let img = image(
+            &[],
+            &[
+                ("sso/1/1/1", 0, 10, 0),
+                ("sso/1/1/2", 10, 20, 0),
+                ("cso/1/1/3", 20, 30, 0),
+                ("sso/1/1/4", 30, 40, 0),
+                ("sso/1/1/5", 40, 50, 0),
+            ],
+        );
+        let runs = plan(&img, 1, "", 0, LIMITS);
+        // [40, 50) is the tail; the small compacted slice alone is no run.
+        assert_eq!(spans(&runs), vec![(0, 20), (30, 40)]);
+        assert!(runs.iter().all(|r| r.keys.is_none()));
+        // Another broker plans nothing for streams it does not own.
+        assert!(plan(&img, 2, "", 0, LIMITS).is_empty());
+        // The budget stops planning between streams, not inside one.
+        let tight = Limits {
+            max_bytes_per_pass: 1,
+            ..LIMITS
+        };
+        assert_eq!(plan(&img, 1, "", 0, tight).len(), 2);
+    }
+
+    #[test]
+    fn many_small_compacted_slices_are_merged() {
+        let objects: Vec<(String, u64, u64, i64)> = (0..=MAX_SMALL_CLEAN_SLICES as u64 + 1)
+            .map(|i| (format!("cso/1/1/{i}"), i * 10, i * 10 + 10, 0))
+            .collect();
+        let refs: Vec<(&str, u64, u64, i64)> = objects
+            .iter()
+            .map(|(k, a, b, t)| (k.as_str(), *a, *b, *t))
+            .collect();
+        let img = image(&[], &refs);
+        let runs = plan(&img, 1, "", 0, LIMITS);
+        assert_eq!(
+            spans(&runs),
+            vec![(0, (MAX_SMALL_CLEAN_SLICES as u64 + 1) * 10)]
+        );
+        // Fewer of them are left alone.
+        let img = image(&[], &refs[..MAX_SMALL_CLEAN_SLICES]);
+        assert!(plan(&img, 1, "", 0, LIMITS).is_empty());
+    }
+
+    #[test]
+    fn compacted_topics_follow_lag_and_dirty_ratio() {
+        let compact = [
+            ("cleanup.policy", "compact"),
+            ("min.compaction.lag.ms", "100"),
+            ("delete.retention.ms", "50"),
+        ];
+        let img = image(
+            &compact,
+            &[
+                ("cso/1/1/1", 0, 10, 10),
+                ("sso/1/1/2", 10, 20, 20),
+                ("sso/1/1/3", 20, 30, 500),
+                ("sso/1/1/4", 30, 40, 30),
+            ],
+        );
+        // At 1000 all but the tail are past the lag: clean [0, 30).
+        let runs = plan(&img, 1, "", 1000, LIMITS);
+        assert_eq!(spans(&runs), vec![(0, 30)]);
+        assert_eq!(
+            runs[0].keys,
+            Some(KeyRules {
+                drop_tombstones_before_ms: 950
+            })
+        );
+        // At 550 the slice with timestamp 500 is too new: [0, 20) is half
+        // dirty, which meets the default ratio.
+        assert_eq!(spans(&plan(&img, 1, "", 550, LIMITS)), vec![(0, 20)]);
+        // A ratio of 0.9 is not met; an overdue dirty slice forces it.
+        let mut strict = compact.to_vec();
+        strict.push(("min.cleanable.dirty.ratio", "0.9"));
+        let img2 = image(
+            &strict,
+            &[
+                ("cso/1/1/1", 0, 10, 10),
+                ("sso/1/1/2", 10, 20, 20),
+                ("sso/1/1/4", 20, 30, 30),
+            ],
+        );
+        assert!(plan(&img2, 1, "", 550, LIMITS).is_empty());
+        strict.push(("max.compaction.lag.ms", "200"));
+        let img3 = image(
+            &strict,
+            &[
+                ("cso/1/1/1", 0, 10, 10),
+                ("sso/1/1/2", 10, 20, 20),
+                ("sso/1/1/4", 20, 30, 30),
+            ],
+        );
+        assert_eq!(spans(&plan(&img3, 1, "", 550, LIMITS)), vec![(0, 20)]);
+        // Nothing dirty: nothing to do.
+        let clean = image(
+            &compact,
+            &[("cso/1/1/1", 0, 10, 10), ("sso/1/1/2", 10, 20, 20)],
+        );
+        assert!(plan(&clean, 1, "", 1000, LIMITS).is_empty());
+        let _ = ObjectId(0);
+    }
+
+    #[test]
+    fn key_filter_keeps_the_latest_value_and_fresh_tombstones() {
+        let b = batch::build_test_batch(
+            0,
+            -1,
+            -1,
+            -1,
+            &[
+                (Some(b"a"), Some(b"1")),
+                (Some(b"b"), Some(b"2")),
+                (Some(b"a"), Some(b"3")),
+                (Some(b"c"), None),
+                (None, Some(b"no key")),
+            ],
+        );
+        let mut latest = HashMap::new();
+        for (k, o) in [(&b"a"[..], 2), (b"b", 9), (b"c", 3)] {
+            latest.insert(key_digest(k), o);
+        }
+        let ts = batch::parse_header(&b).unwrap().base_timestamp;
+        let offsets = |f: Filtered| match f {
+            Filtered::Rebuilt(v) => batch::record_spans(&v)
+                .unwrap()
+                .iter()
+                .map(|r| r.offset)
+                .collect::<Vec<_>>(),
+            Filtered::Whole => vec![-1],
+            Filtered::Empty => vec![],
+        };
+        // The tombstone (offset 3, timestamp ts + 3) is fresh at ts.
+        let fresh = KeyRules {
+            drop_tombstones_before_ms: ts,
+        };
+        assert_eq!(offsets(filter_batch(&b, &latest, fresh)), vec![2, 3, 4]);
+        let expired = KeyRules {
+            drop_tombstones_before_ms: ts + 100,
+        };
+        assert_eq!(offsets(filter_batch(&b, &latest, expired)), vec![2, 4]);
+        assert_ne!(key_digest(b"a"), key_digest(b"b"));
+    }
+}
