@@ -124,3 +124,58 @@ def test_objects_no_metadata_references_are_collected(server_factory, tmp_path, 
     assert committed <= set(sso_objects(srv)), "committed objects must stay"
     got = clients.consume_confluent(srv.bootstrap, topic_name, [0])
     assert [r.offset for r in got[0]] == list(range(30))
+
+
+CONFIGS = "kafka.admin.ConfigCommand"  # kafka-configs.sh
+
+
+@pytest.mark.oxbow_only
+def test_kafka_configs_sources_synonyms_and_cluster_defaults(server_factory, tmp_path, topic_name):
+    cfg = tmp_path / "oxbow.toml"
+    cfg.write_text(FAST_LIFECYCLE)
+    srv = server_factory(extra_args=["--config", str(cfg)])
+    bs = srv.bootstrap
+    plain, own = topic_name + "-plain", topic_name + "-own"
+    clients.create_topic(bs, plain, 1)
+    clients.create_topic(bs, own, 1)
+
+    def describe(*entity: str) -> str:
+        return cli.run_ok(CONFIGS, "--bootstrap-server", bs, "--describe", *entity, "--all").stdout
+
+    # A topic override: its own source first, then the built-in default.
+    cli.run_ok(CONFIGS, "--bootstrap-server", bs, "--alter", "--entity-type", "topics", "--entity-name", own,
+               "--add-config", "retention.ms=3600000,cleanup.policy=[compact,delete]")
+    out = describe("--entity-type", "topics", "--entity-name", own)
+    assert ("retention.ms=3600000 sensitive=false synonyms={DYNAMIC_TOPIC_CONFIG:retention.ms=3600000, "
+            "DEFAULT_CONFIG:log.retention.ms=604800000}") in out, out
+    assert "cleanup.policy=compact,delete sensitive=false" in out, out
+
+    # A cluster-wide default (brokers --entity-default) applies at once to
+    # every topic that does not set its own, and retention follows it.
+    produce_batches(bs, plain, 3, 10)
+    produce_batches(bs, own, 3, 10)
+    cli.run_ok(CONFIGS, "--bootstrap-server", bs, "--alter", "--entity-type", "brokers", "--entity-default",
+               "--add-config", "log.retention.ms=1000")
+    out = describe("--entity-type", "topics", "--entity-name", plain)
+    assert ("retention.ms=1000 sensitive=false synonyms={DYNAMIC_DEFAULT_BROKER_CONFIG:log.retention.ms=1000, "
+            "DEFAULT_CONFIG:log.retention.ms=604800000}") in out, out
+    assert "log.retention.ms=1000" in cli.run_ok(CONFIGS, "--bootstrap-server", bs, "--describe",
+                                                 "--entity-type", "brokers", "--entity-default").stdout
+    wait_until(lambda: earliest(bs, plain) == 30, 20, "the cluster default retention to trim the topic")
+    time.sleep(1.0)
+    assert earliest(bs, own) == 0, "a topic's own retention.ms wins over the cluster default"
+
+    # Deleting the default restores the built-in one.
+    cli.run_ok(CONFIGS, "--bootstrap-server", bs, "--alter", "--entity-type", "brokers", "--entity-default",
+               "--delete-config", "log.retention.ms")
+    out = describe("--entity-type", "topics", "--entity-name", plain)
+    assert "retention.ms=604800000 sensitive=false synonyms={DEFAULT_CONFIG:log.retention.ms=604800000}" in out, out
+
+    # Bad values and unknown names are refused with Kafka's error.
+    r = cli.run(CONFIGS, "--bootstrap-server", bs, "--alter", "--entity-type", "topics", "--entity-name", plain,
+                "--add-config", "retention.ms=soon")
+    assert "InvalidConfigurationException: Invalid value soon for configuration retention.ms" in r.output, \
+        r.describe()
+    r = cli.run(CONFIGS, "--bootstrap-server", bs, "--alter", "--entity-type", "brokers", "--entity-default",
+                "--add-config", "log.cleaner.min.cleanable.ratio=2")
+    assert "Invalid value 2 for configuration log.cleaner.min.cleanable.ratio" in r.output, r.describe()

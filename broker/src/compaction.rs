@@ -33,7 +33,7 @@ use proto::{BrokerId, MetadataImage, StreamId};
 use tracing::{info, warn};
 
 use crate::broker::Broker;
-use crate::config::topic_config;
+use crate::config::{effective_topic_configs, topic_config, topic_config_origin};
 use crate::storage::batch;
 use crate::storage::object_format::ObjectWriter;
 use crate::storage::reader::ObjectLocation;
@@ -98,10 +98,11 @@ pub fn is_compacted_key(key: &str) -> bool {
     key.starts_with("cso/") || key.contains("/cso/")
 }
 
-/// Whether a topic's `cleanup.policy` includes `compact`.
-pub fn is_compacted_topic(configs: &std::collections::BTreeMap<String, String>) -> bool {
-    topic_config(Some(configs), "cleanup.policy")
-        .is_some_and(|p| p.split(',').any(|x| x.trim() == "compact"))
+/// Whether a topic's `cleanup.policy` (its own, or the cluster default)
+/// includes `compact`.
+pub fn is_compacted_topic(img: &MetadataImage, topic: &proto::image::TopicRecord) -> bool {
+    topic_config_origin(img, Some(&topic.configs), "cleanup.policy")
+        .is_some_and(|(p, _)| p.split(',').any(|x| x.trim() == "compact"))
 }
 
 fn config_i64(configs: &std::collections::BTreeMap<String, String>, key: &str) -> Option<i64> {
@@ -149,8 +150,9 @@ pub fn plan(
         if slices.len() != n {
             continue; // the view is inconsistent for a moment
         }
-        let new_runs = if is_compacted_topic(&topic.configs) {
-            plan_keyed(s.id, s.start_offset, &slices, &topic.configs, now_ms)
+        let new_runs = if is_compacted_topic(img, topic) {
+            let configs = effective_topic_configs(img, topic);
+            plan_keyed(s.id, s.start_offset, &slices, &configs, now_ms)
         } else {
             plan_plain(s.id, s.start_offset, &slices, limits)
         };
@@ -418,7 +420,11 @@ struct Latest {
 /// The last offset of every key in a run, and each producer's last batch.
 /// Bounded: a run with more keys than `compaction_max_keys` is not
 /// key-compacted this pass.
-async fn latest_offsets(broker: &Broker, run: &Run, stats: &mut PassStats) -> Result<Latest, String> {
+async fn latest_offsets(
+    broker: &Broker,
+    run: &Run,
+    stats: &mut PassStats,
+) -> Result<Latest, String> {
     let max_keys = broker.config.storage.compaction_max_keys;
     let mut latest: HashMap<u128, i64> = HashMap::new();
     let mut producers: HashMap<i64, i64> = HashMap::new();
@@ -533,8 +539,9 @@ async fn commit_output(
         }
         Ok(CommandReply::Compacted { object: None, .. } | CommandReply::StaleBrokerEpoch) => {
             stats.ranges_refused += ranges.len() as u64;
-            if let Err(e) = store.delete(&path).await {
-                warn!(key, error = %e, "deleting a refused compacted object failed");
+            match store.delete(&path).await {
+                Ok(()) => metrics::counter!("oxbow_object_deletes_total").increment(1),
+                Err(e) => warn!(key, error = %e, "deleting a refused compacted object failed"),
             }
         }
         Ok(other) => warn!(key, reply = ?other, "unexpected reply to a compaction commit"),

@@ -32,6 +32,101 @@ pub const TOPIC_CONFIG_DEFAULTS: &[(&str, &str)] = &[
     ("unclean.leader.election.enable", "false"),
 ];
 
+/// Each topic config and the broker config that gives its default (Kafka's
+/// synonyms; `kafka-configs --entity-type brokers --entity-default` sets
+/// these for the whole cluster).
+pub const TOPIC_CONFIG_SYNONYMS: &[(&str, &str)] = &[
+    ("cleanup.policy", "log.cleanup.policy"),
+    ("compression.type", "compression.type"),
+    ("delete.retention.ms", "log.cleaner.delete.retention.ms"),
+    ("file.delete.delay.ms", "log.segment.delete.delay.ms"),
+    ("flush.messages", "log.flush.interval.messages"),
+    ("flush.ms", "log.flush.interval.ms"),
+    ("index.interval.bytes", "log.index.interval.bytes"),
+    ("max.compaction.lag.ms", "log.cleaner.max.compaction.lag.ms"),
+    ("max.message.bytes", "message.max.bytes"),
+    (
+        "message.timestamp.after.max.ms",
+        "log.message.timestamp.after.max.ms",
+    ),
+    (
+        "message.timestamp.before.max.ms",
+        "log.message.timestamp.before.max.ms",
+    ),
+    ("message.timestamp.type", "log.message.timestamp.type"),
+    (
+        "min.cleanable.dirty.ratio",
+        "log.cleaner.min.cleanable.ratio",
+    ),
+    ("min.compaction.lag.ms", "log.cleaner.min.compaction.lag.ms"),
+    ("min.insync.replicas", "min.insync.replicas"),
+    ("preallocate", "log.preallocate"),
+    ("retention.bytes", "log.retention.bytes"),
+    ("retention.ms", "log.retention.ms"),
+    ("segment.bytes", "log.segment.bytes"),
+    ("segment.index.bytes", "log.index.size.max.bytes"),
+    ("segment.jitter.ms", "log.roll.jitter.ms"),
+    ("segment.ms", "log.roll.ms"),
+    (
+        "unclean.leader.election.enable",
+        "unclean.leader.election.enable",
+    ),
+];
+
+/// The broker config that gives `topic_key`'s default, if any.
+pub fn broker_synonym(topic_key: &str) -> Option<&'static str> {
+    TOPIC_CONFIG_SYNONYMS
+        .iter()
+        .find(|(t, _)| *t == topic_key)
+        .map(|(_, b)| *b)
+}
+
+/// Where a topic config's value comes from, most specific first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigOrigin {
+    /// Set on the topic.
+    Topic,
+    /// Set as a cluster-wide dynamic broker default.
+    ClusterDefault,
+    /// Oxbow's (Kafka's) built-in default.
+    Default,
+}
+
+/// A topic's configs as they apply: its own, then the cluster-wide dynamic
+/// defaults, then the built-in ones; every known key present.
+pub fn effective_topic_configs(
+    img: &proto::MetadataImage,
+    topic: &proto::image::TopicRecord,
+) -> std::collections::BTreeMap<String, String> {
+    TOPIC_CONFIG_DEFAULTS
+        .iter()
+        .map(|(k, _)| {
+            let (v, _) = topic_config_origin(img, Some(&topic.configs), k)
+                .expect("every listed key has a default");
+            (k.to_string(), v)
+        })
+        .collect()
+}
+
+/// A topic config's value and where it comes from (`None` for a key Oxbow
+/// does not know).
+pub fn topic_config_origin(
+    img: &proto::MetadataImage,
+    configs: Option<&std::collections::BTreeMap<String, String>>,
+    key: &str,
+) -> Option<(String, ConfigOrigin)> {
+    if let Some(v) = configs.and_then(|c| c.get(key)) {
+        return Some((v.clone(), ConfigOrigin::Topic));
+    }
+    if let Some(v) = broker_synonym(key).and_then(|b| img.cluster_configs.get(b)) {
+        return Some((v.clone(), ConfigOrigin::ClusterDefault));
+    }
+    TOPIC_CONFIG_DEFAULTS
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| (v.to_string(), ConfigOrigin::Default))
+}
+
 /// A topic config's value, or the broker default for it.
 pub fn topic_config<'a>(
     configs: Option<&'a std::collections::BTreeMap<String, String>>,

@@ -68,9 +68,10 @@ pub async fn run(
 }
 
 /// Publishes the size of the metadata this broker follows: objects (live
-/// and marked for deletion), their bytes, and stream slices.
+/// and marked for deletion), their bytes, stream slices, and the image's
+/// encoded size (what a snapshot of it holds).
 fn report_metadata(broker: &Broker) {
-    let (live, marked, bytes, slices) = broker.metadata.read(|img| {
+    let (live, marked, bytes, slices, encoded) = broker.metadata.read(|img| {
         let marked = img
             .objects
             .values()
@@ -78,12 +79,14 @@ fn report_metadata(broker: &Broker) {
             .count();
         let bytes: u64 = img.objects.values().map(|o| o.size).sum();
         let slices: usize = img.streams.values().map(|s| s.slices.len()).sum();
-        (img.objects.len() - marked, marked, bytes, slices)
+        let encoded = rmp_serde::to_vec_named(img).map_or(0, |v| v.len());
+        (img.objects.len() - marked, marked, bytes, slices, encoded)
     });
     metrics::gauge!("oxbow_metadata_objects").set(live as f64);
     metrics::gauge!("oxbow_metadata_objects_marked").set(marked as f64);
     metrics::gauge!("oxbow_metadata_object_bytes").set(bytes as f64);
     metrics::gauge!("oxbow_metadata_slices").set(slices as f64);
+    metrics::gauge!("oxbow_metadata_image_bytes").set(encoded as f64);
 }
 
 /// Deletes objects in the store that the metadata does not know, once older
@@ -144,7 +147,10 @@ pub async fn collect_orphans(broker: &Broker, store: &dyn ObjectStore) {
             continue;
         }
         match store.delete(&path).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                metrics::counter!("oxbow_object_deletes_total").increment(1);
+                deleted += 1;
+            }
             Err(e) => warn!(key = %path, error = %e, "deleting an orphaned object failed"),
         }
     }
@@ -176,7 +182,10 @@ pub async fn apply_retention(broker: &Broker) {
             .filter(|s| s.owner == Some(broker.id))
             .filter_map(|s| {
                 let topic = img.topic_by_id(s.topic)?;
-                let policy = RetentionPolicy::from_configs(&topic.configs, TOPIC_CONFIG_DEFAULTS);
+                let policy = RetentionPolicy::from_configs(
+                    &crate::config::effective_topic_configs(img, topic),
+                    TOPIC_CONFIG_DEFAULTS,
+                );
                 retention_start(s, policy, now).map(|o| (s.id, o))
             })
             .collect()
@@ -234,7 +243,10 @@ pub async fn collect_garbage(broker: &Broker, store: &dyn ObjectStore) {
     let mut deleted = Vec::new();
     for (id, key) in due {
         match store.delete(&Path::from(key.clone())).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted.push(id),
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                metrics::counter!("oxbow_object_deletes_total").increment(1);
+                deleted.push(id);
+            }
             Err(e) => warn!(key, error = %e, "deleting object failed; retrying next pass"),
         }
     }

@@ -316,6 +316,7 @@ impl RaftSnapshotBuilder<TypeConfig> for MetadataSnapshotBuilder {
         };
         let data = persist_snapshot(self.db.clone(), meta.clone(), data).await?;
         tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "built metadata snapshot");
+        metrics::gauge!("oxbow_controller_snapshot_bytes").set(data.len() as f64);
         Ok(Snapshot {
             meta,
             snapshot: data,

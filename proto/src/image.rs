@@ -242,6 +242,13 @@ pub enum MetadataCommand {
         ranges: Vec<CompactRange>,
         now_ms: i64,
     },
+    /// Sets and removes cluster-wide dynamic broker configs (Kafka's
+    /// `--entity-type brokers --entity-default`), e.g. `log.retention.ms`:
+    /// the defaults of every topic that does not set its own.
+    AlterClusterConfigs {
+        set: BTreeMap<String, String>,
+        delete: Vec<String>,
+    },
     /// Sets and removes topic configs (IncrementalAlterConfigs, AlterConfigs).
     AlterTopicConfigs {
         name: String,
@@ -300,6 +307,9 @@ pub struct MetadataImage {
     pub next_stream_id: u64,
     pub next_object_id: u64,
     pub next_producer_id: i64,
+    /// Cluster-wide dynamic broker configs (`AlterClusterConfigs`).
+    #[serde(default)]
+    pub cluster_configs: BTreeMap<String, String>,
 }
 
 /// Kafka's legal topic name check (`Topic.validate`).
@@ -345,6 +355,7 @@ impl MetadataCommand {
             MetadataCommand::DestroyObjects { .. } => "DestroyObjects",
             MetadataCommand::AlterTopicConfigs { .. } => "AlterTopicConfigs",
             MetadataCommand::CompactObject { .. } => "CompactObject",
+            MetadataCommand::AlterClusterConfigs { .. } => "AlterClusterConfigs",
         }
     }
 }
@@ -489,6 +500,15 @@ impl MetadataImage {
                 CommandReply::Trimmed {
                     start_offset: new_start,
                 }
+            }
+            MetadataCommand::AlterClusterConfigs { set, delete } => {
+                for k in delete {
+                    self.cluster_configs.remove(k);
+                }
+                for (k, v) in set {
+                    self.cluster_configs.insert(k.clone(), v.clone());
+                }
+                CommandReply::Ok
             }
             MetadataCommand::AlterTopicConfigs { name, set, delete } => {
                 let Some(t) = self.topics.get_mut(name) else {

@@ -15,7 +15,7 @@ use kafka_protocol::messages::create_topics_response::{
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::describe_configs_response::{
-    DescribeConfigsResourceResult, DescribeConfigsResult,
+    DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
 };
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
@@ -188,8 +188,11 @@ fn config_error(configs: &[(String, Option<String>)]) -> Option<String> {
         if !TOPIC_CONFIG_DEFAULTS.iter().any(|(name, _)| name == k) {
             return Some(format!("Unknown topic config name: {k}"));
         }
-        if v.is_none() {
+        let Some(v) = v else {
             return Some(format!("Null value not supported for topic config {k}"));
+        };
+        if let Err(e) = super::configs::validate_topic_config(k, v) {
+            return Some(e);
         }
     }
     None
@@ -471,9 +474,55 @@ pub async fn init_producer_id(
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
+// DescribeConfigsResponse.ConfigSource.
 const SOURCE_DYNAMIC_TOPIC: i8 = 1;
+const SOURCE_DYNAMIC_DEFAULT_BROKER: i8 = 3;
 const SOURCE_STATIC_BROKER: i8 = 4;
 const SOURCE_DEFAULT: i8 = 5;
+
+fn synonym(name: &str, value: &str, source: i8) -> DescribeConfigsSynonym {
+    let mut y = DescribeConfigsSynonym::default();
+    y.name = s(name);
+    y.value = Some(s(value));
+    y.source = source;
+    y
+}
+
+/// One topic config as DescribeConfigs reports it: the value in effect, its
+/// source, and (when asked) every level that sets it, most specific first,
+/// under Kafka's names (the topic key, then its broker synonym).
+fn topic_entry(
+    img: &proto::MetadataImage,
+    configs: &std::collections::BTreeMap<String, String>,
+    key: &str,
+    synonyms: bool,
+) -> Option<DescribeConfigsResourceResult> {
+    use crate::config::{broker_synonym, topic_config_origin, ConfigOrigin};
+    let (value, origin) = topic_config_origin(img, Some(configs), key)?;
+    let mut c = DescribeConfigsResourceResult::default();
+    c.name = s(key);
+    c.value = Some(s(&value));
+    c.config_source = match origin {
+        ConfigOrigin::Topic => SOURCE_DYNAMIC_TOPIC,
+        ConfigOrigin::ClusterDefault => SOURCE_DYNAMIC_DEFAULT_BROKER,
+        ConfigOrigin::Default => SOURCE_DEFAULT,
+    };
+    if synonyms {
+        if let Some(v) = configs.get(key) {
+            c.synonyms.push(synonym(key, v, SOURCE_DYNAMIC_TOPIC));
+        }
+        if let Some(b) = broker_synonym(key) {
+            if let Some(v) = img.cluster_configs.get(b) {
+                c.synonyms
+                    .push(synonym(b, v, SOURCE_DYNAMIC_DEFAULT_BROKER));
+            }
+            if let Some((_, d)) = TOPIC_CONFIG_DEFAULTS.iter().find(|(k, _)| *k == key) {
+                c.synonyms.push(synonym(b, d, SOURCE_DEFAULT));
+            }
+        }
+    }
+    Some(c)
+}
 
 pub fn describe_configs(
     broker: &Arc<Broker>,
@@ -499,32 +548,44 @@ pub fn describe_configs(
         };
         match res.resource_type {
             RESOURCE_TOPIC => {
-                let topic = broker.metadata.read(|img| {
-                    img.topics
-                        .get(res.resource_name.as_str())
-                        .map(|t| t.configs.clone())
-                });
-                match topic {
-                    None => {
-                        r.error_code = ErrorCode::UnknownTopicOrPartition.code();
-                        r.error_message = Some(s("unknown topic"));
-                    }
-                    Some(configs) => {
-                        for (k, default) in TOPIC_CONFIG_DEFAULTS {
-                            if !wanted(k) {
-                                continue;
-                            }
-                            match configs.get(*k) {
-                                Some(v) => r.configs.push(entry(k, v, SOURCE_DYNAMIC_TOPIC, false)),
-                                None => r.configs.push(entry(k, default, SOURCE_DEFAULT, false)),
+                broker
+                    .metadata
+                    .read(|img| match img.topics.get(res.resource_name.as_str()) {
+                        None => {
+                            r.error_code = ErrorCode::UnknownTopicOrPartition.code();
+                            r.error_message = Some(s("unknown topic"));
+                        }
+                        Some(t) => {
+                            for (k, _) in TOPIC_CONFIG_DEFAULTS {
+                                if wanted(k) {
+                                    r.configs.extend(topic_entry(
+                                        img,
+                                        &t.configs,
+                                        k,
+                                        req.include_synonyms,
+                                    ));
+                                }
                             }
                         }
+                    })
+            }
+            RESOURCE_BROKER if res.resource_name.is_empty() => {
+                // The cluster-wide dynamic defaults: only what is set.
+                let set = broker.metadata.read(|img| img.cluster_configs.clone());
+                for (k, v) in set {
+                    if wanted(&k) {
+                        let mut c = entry(&k, &v, SOURCE_DYNAMIC_DEFAULT_BROKER, false);
+                        if req.include_synonyms {
+                            c.synonyms
+                                .push(synonym(&k, &v, SOURCE_DYNAMIC_DEFAULT_BROKER));
+                        }
+                        r.configs.push(c);
                     }
                 }
             }
             RESOURCE_BROKER => {
                 let id = broker.id.to_string();
-                if !res.resource_name.is_empty() && res.resource_name.as_str() != id {
+                if res.resource_name.as_str() != id {
                     r.error_code = ErrorCode::InvalidRequest.code();
                     r.error_message = Some(s("unknown broker"));
                 } else {
@@ -549,6 +610,29 @@ pub fn describe_configs(
                         if wanted(k) {
                             r.configs.push(entry(k, &v, SOURCE_STATIC_BROKER, true));
                         }
+                    }
+                    // The topic defaults under their broker names.
+                    let cluster = broker.metadata.read(|img| img.cluster_configs.clone());
+                    for (topic_key, b) in crate::config::TOPIC_CONFIG_SYNONYMS {
+                        if !wanted(b) || r.configs.iter().any(|c| c.name.as_str() == *b) {
+                            continue;
+                        }
+                        let default = TOPIC_CONFIG_DEFAULTS
+                            .iter()
+                            .find(|(k, _)| k == topic_key)
+                            .map_or("", |(_, v)| *v);
+                        let mut c = match cluster.get(*b) {
+                            Some(v) => entry(b, v, SOURCE_DYNAMIC_DEFAULT_BROKER, false),
+                            None => entry(b, default, SOURCE_DEFAULT, false),
+                        };
+                        if req.include_synonyms {
+                            if let Some(v) = cluster.get(*b) {
+                                c.synonyms
+                                    .push(synonym(b, v, SOURCE_DYNAMIC_DEFAULT_BROKER));
+                            }
+                            c.synonyms.push(synonym(b, default, SOURCE_DEFAULT));
+                        }
+                        r.configs.push(c);
                     }
                 }
             }

@@ -16,7 +16,7 @@ use kafka_protocol::protocol::StrBytes;
 use proto::image::{CommandReply, MetadataCommand};
 
 use crate::broker::Broker;
-use crate::config::TOPIC_CONFIG_DEFAULTS;
+use crate::config::{TOPIC_CONFIG_DEFAULTS, TOPIC_CONFIG_SYNONYMS};
 use crate::errors::ErrorCode;
 
 const RESOURCE_TOPIC: i8 = 2;
@@ -59,6 +59,9 @@ pub async fn incremental_alter(
             RESOURCE_TOPIC => {
                 alter_topic(broker, res.resource_name.as_str(), &ops, req.validate_only).await
             }
+            RESOURCE_BROKER if res.resource_name.is_empty() => {
+                alter_cluster_defaults(broker, &ops, req.validate_only).await
+            }
             RESOURCE_BROKER => alter_broker(&ops),
             _ => Err((
                 ErrorCode::InvalidRequest,
@@ -77,13 +80,128 @@ pub async fn incremental_alter(
 fn alter_broker(ops: &[(String, i8, Option<String>)]) -> Outcome {
     for (name, _, _) in ops {
         if !REPLICATION_THROTTLES.contains(&name.as_str()) {
+            let hint = if TOPIC_CONFIG_SYNONYMS.iter().any(|(_, b)| b == name) {
+                " per broker; set it for the whole cluster (--entity-default)"
+            } else {
+                ""
+            };
             return Err((
                 ErrorCode::InvalidConfig,
-                format!("dynamic broker config {name} is not supported"),
+                format!("dynamic broker config {name} is not supported{hint}"),
             ));
         }
     }
     Ok(())
+}
+
+/// Cluster-wide dynamic defaults (`--entity-type brokers --entity-default`):
+/// the broker synonyms of topic configs, which apply at once to every topic
+/// that does not set its own.
+async fn alter_cluster_defaults(
+    broker: &Arc<Broker>,
+    ops: &[(String, i8, Option<String>)],
+    validate_only: bool,
+) -> Outcome {
+    let mut set = BTreeMap::new();
+    let mut delete = Vec::new();
+    for (key, op, value) in ops {
+        if REPLICATION_THROTTLES.contains(&key.as_str()) {
+            continue;
+        }
+        let Some((topic_key, _)) = TOPIC_CONFIG_SYNONYMS.iter().find(|(_, b)| b == key) else {
+            return Err((
+                ErrorCode::InvalidConfig,
+                format!("dynamic broker config {key} is not supported"),
+            ));
+        };
+        match (*op, value) {
+            (OP_SET, Some(v)) => {
+                validate_topic_config(topic_key, v).map_err(|_| {
+                    (
+                        ErrorCode::InvalidConfig,
+                        format!("Invalid value {v} for configuration {key}"),
+                    )
+                })?;
+                set.insert(key.clone(), v.clone());
+            }
+            (OP_DELETE, _) => delete.push(key.clone()),
+            _ => {
+                return Err((
+                    ErrorCode::InvalidRequest,
+                    format!("invalid operation {op} on {key}"),
+                ))
+            }
+        }
+    }
+    if validate_only || (set.is_empty() && delete.is_empty()) {
+        return Ok(());
+    }
+    match broker
+        .propose(MetadataCommand::AlterClusterConfigs { set, delete })
+        .await
+        .map_err(|e| (ErrorCode::RequestTimedOut, e.to_string()))?
+    {
+        CommandReply::Ok => Ok(()),
+        other => Err((ErrorCode::UnknownServerError, format!("{other:?}"))),
+    }
+}
+
+/// Checks a topic config's value the way Kafka's `LogConfig` would refuse it.
+pub fn validate_topic_config(key: &str, value: &str) -> Result<(), String> {
+    let bad = || format!("Invalid value {value} for configuration {key}");
+    match key {
+        "cleanup.policy" => {
+            let ok = !value.trim().is_empty()
+                && value
+                    .split(',')
+                    .all(|p| matches!(p.trim(), "delete" | "compact"));
+            ok.then_some(()).ok_or_else(bad)
+        }
+        "message.timestamp.type" => matches!(value, "CreateTime" | "LogAppendTime")
+            .then_some(())
+            .ok_or_else(bad),
+        "min.cleanable.dirty.ratio" => value
+            .parse::<f64>()
+            .ok()
+            .filter(|r| (0.0..=1.0).contains(r))
+            .map(|_| ())
+            .ok_or_else(bad),
+        "retention.ms" | "retention.bytes" => value
+            .parse::<i64>()
+            .ok()
+            .filter(|v| *v >= -1)
+            .map(|_| ())
+            .ok_or_else(bad),
+        "delete.retention.ms"
+        | "min.compaction.lag.ms"
+        | "max.compaction.lag.ms"
+        | "file.delete.delay.ms"
+        | "flush.messages"
+        | "flush.ms"
+        | "segment.ms"
+        | "segment.jitter.ms"
+        | "message.timestamp.after.max.ms"
+        | "message.timestamp.before.max.ms" => value
+            .parse::<i64>()
+            .ok()
+            .filter(|v| *v >= 0)
+            .map(|_| ())
+            .ok_or_else(bad),
+        "max.message.bytes"
+        | "segment.bytes"
+        | "segment.index.bytes"
+        | "index.interval.bytes"
+        | "min.insync.replicas" => value
+            .parse::<i32>()
+            .ok()
+            .filter(|v| *v >= 0)
+            .map(|_| ())
+            .ok_or_else(bad),
+        "preallocate" | "unclean.leader.election.enable" => matches!(value, "true" | "false")
+            .then_some(())
+            .ok_or_else(bad),
+        _ => Ok(()),
+    }
 }
 
 async fn alter_topic(
@@ -119,6 +237,7 @@ async fn alter_topic(
         };
         match (*op, value) {
             (OP_SET, Some(v)) => {
+                validate_topic_config(key, v).map_err(|e| (ErrorCode::InvalidConfig, e))?;
                 set.insert(key.clone(), v.clone());
             }
             (OP_DELETE, _) => delete.push(key.clone()),
@@ -133,7 +252,9 @@ async fn alter_topic(
                         items.retain(|x| *x != item);
                     }
                 }
-                set.insert(key.clone(), items.join(","));
+                let joined = items.join(",");
+                validate_topic_config(key, &joined).map_err(|e| (ErrorCode::InvalidConfig, e))?;
+                set.insert(key.clone(), joined);
             }
             _ => {
                 return Err((
@@ -161,5 +282,50 @@ async fn alter_topic(
             format!("topic {name} does not exist"),
         )),
         other => Err((ErrorCode::UnknownServerError, format!("{other:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_config_values_are_checked_like_kafka() {
+        for (k, v) in [
+            ("cleanup.policy", "compact,delete"),
+            ("cleanup.policy", "delete"),
+            ("retention.ms", "-1"),
+            ("retention.bytes", "1000"),
+            ("min.cleanable.dirty.ratio", "0.01"),
+            ("message.timestamp.type", "LogAppendTime"),
+            ("delete.retention.ms", "0"),
+            ("max.message.bytes", "2000"),
+        ] {
+            assert_eq!(validate_topic_config(k, v), Ok(()), "{k}={v}");
+        }
+        for (k, v) in [
+            ("cleanup.policy", "compress"),
+            ("cleanup.policy", ""),
+            ("retention.ms", "-2"),
+            ("retention.ms", "soon"),
+            ("min.cleanable.dirty.ratio", "1.5"),
+            ("message.timestamp.type", "Now"),
+            ("delete.retention.ms", "-1"),
+            ("max.message.bytes", "99999999999"),
+            ("preallocate", "yes"),
+        ] {
+            let e = validate_topic_config(k, v).expect_err(k);
+            assert_eq!(e, format!("Invalid value {v} for configuration {k}"));
+        }
+    }
+
+    #[test]
+    fn every_topic_config_with_a_synonym_is_known() {
+        for (topic_key, _) in TOPIC_CONFIG_SYNONYMS {
+            assert!(
+                TOPIC_CONFIG_DEFAULTS.iter().any(|(k, _)| k == topic_key),
+                "{topic_key}"
+            );
+        }
     }
 }

@@ -92,7 +92,7 @@ async fn read_partition(
             .streams
             .get(&stream_id)
             .and_then(|s| img.topic_by_id(s.topic))
-            .is_some_and(|t| crate::compaction::is_compacted_topic(&t.configs));
+            .is_some_and(|t| crate::compaction::is_compacted_topic(img, t));
         compacted_topic
             && reader::locate(img, stream_id, offset)
                 .is_some_and(|(o, _)| crate::compaction::is_compacted_key(&o.key))

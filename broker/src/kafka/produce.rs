@@ -138,11 +138,12 @@ async fn append_partition(
     let refuse = |code| Pending::Done(partition_response(index, code));
     let Some((stream, max_batch)) = broker.metadata.read(|img| {
         let s = img.stream_of(topic, index)?;
-        let max = crate::config::topic_config(
+        let max = crate::config::topic_config_origin(
+            img,
             img.topics.get(topic).map(|t| &t.configs),
             "max.message.bytes",
         )
-        .and_then(|v| v.parse::<usize>().ok())
+        .and_then(|(v, _)| v.parse::<usize>().ok())
         .unwrap_or(usize::MAX);
         Some((s.id, max))
     }) else {
