@@ -179,3 +179,34 @@ def test_kafka_configs_sources_synonyms_and_cluster_defaults(server_factory, tmp
     r = cli.run(CONFIGS, "--bootstrap-server", bs, "--alter", "--entity-type", "brokers", "--entity-default",
                 "--add-config", "log.cleaner.min.cleanable.ratio=2")
     assert "Invalid value 2 for configuration log.cleaner.min.cleanable.ratio" in r.output, r.describe()
+
+
+def test_log_append_time_topics_stamp_the_broker_clock(server, topic_name):
+    from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_LOG_APPEND_TIME
+    clients.create_topic(server.bootstrap, topic_name, 1, config={"message.timestamp.type": "LogAppendTime"})
+    old = int(time.time() * 1000) - 3_600_000
+    before = int(time.time() * 1000)
+    p = Producer({"bootstrap.servers": server.bootstrap, "acks": "all"})
+    for i in range(5):
+        p.produce(topic_name, value=b"v%d" % i, partition=0, timestamp=old)
+    assert p.flush(30) == 0
+    after = int(time.time() * 1000)
+    got = clients.consume_confluent(server.bootstrap, topic_name, [0])[0]
+    assert len(got) == 5
+    c = Consumer({"bootstrap.servers": server.bootstrap, "group.id": "lat", "auto.offset.reset": "earliest",
+                  "enable.auto.commit": False})
+    try:
+        c.assign([TopicPartition(topic_name, 0, 0)])
+        msgs = []
+        deadline = time.monotonic() + 30
+        while len(msgs) < 5 and time.monotonic() < deadline:
+            m = c.poll(1)
+            if m is not None and not m.error():
+                msgs.append(m)
+    finally:
+        c.close()
+    assert len(msgs) == 5
+    for m in msgs:
+        kind, ts = m.timestamp()
+        assert kind == TIMESTAMP_LOG_APPEND_TIME, (kind, TIMESTAMP_CREATE_TIME)
+        assert before - 1000 <= ts <= after + 1000, (ts, before, after)

@@ -26,6 +26,8 @@ enum Pending {
         base_offset: u64,
         log_start: u64,
         acks: Vec<tokio::sync::oneshot::Receiver<AckOutcome>>,
+        /// The broker's timestamp for a LogAppendTime topic, else -1.
+        append_time: i64,
     },
     Duplicate {
         index: i32,
@@ -136,16 +138,16 @@ async fn append_partition(
     records: Option<bytes::Bytes>,
 ) -> Pending {
     let refuse = |code| Pending::Done(partition_response(index, code));
-    let Some((stream, max_batch)) = broker.metadata.read(|img| {
+    let Some((stream, max_batch, log_append_time)) = broker.metadata.read(|img| {
         let s = img.stream_of(topic, index)?;
-        let max = crate::config::topic_config_origin(
-            img,
-            img.topics.get(topic).map(|t| &t.configs),
-            "max.message.bytes",
-        )
-        .and_then(|(v, _)| v.parse::<usize>().ok())
-        .unwrap_or(usize::MAX);
-        Some((s.id, max))
+        let configs = img.topics.get(topic).map(|t| &t.configs);
+        let max = crate::config::topic_config_origin(img, configs, "max.message.bytes")
+            .and_then(|(v, _)| v.parse::<usize>().ok())
+            .unwrap_or(usize::MAX);
+        let append_time =
+            crate::config::topic_config_origin(img, configs, "message.timestamp.type")
+                .is_some_and(|(v, _)| v == "LogAppendTime");
+        Some((s.id, max, append_time))
     }) else {
         return refuse(ErrorCode::UnknownTopicOrPartition);
     };
@@ -163,8 +165,19 @@ async fn append_partition(
             return refuse(ErrorCode::from_batch_code(e.kafka_error_code()));
         }
     };
+    // message.timestamp.type=LogAppendTime: the broker's clock stamps the
+    // batch (attribute bit and maxTimestamp, CRC recomputed), as Kafka does.
+    let append_time = log_append_time.then(|| broker.seams.clock.now_ms());
     let mut incoming = Vec::with_capacity(batches.len());
     for bytes in batches {
+        let bytes = match append_time {
+            Some(now) if batch::validate(&bytes).is_ok() => {
+                let mut v = bytes.to_vec();
+                batch::stamp_log_append_time(&mut v, now);
+                bytes::Bytes::from(v)
+            }
+            _ => bytes,
+        };
         let header = match batch::parse_header(&bytes) {
             Ok(h) => h,
             Err(e) => return refuse(ErrorCode::from_batch_code(e.kafka_error_code())),
@@ -193,6 +206,7 @@ async fn append_partition(
             base_offset,
             log_start: reply.log_start,
             acks,
+            append_time: append_time.unwrap_or(-1),
         },
         AppendStatus::Duplicate {
             base_offset,
@@ -216,6 +230,7 @@ async fn finish(p: Pending, timeout: Duration) -> PartitionProduceResponse {
             base_offset,
             log_start,
             acks,
+            append_time,
         } => {
             if proto::planted::active(proto::planted::Bug::AckBeforeCommit) {
                 return success(index, base_offset, log_start);
@@ -241,7 +256,9 @@ async fn finish(p: Pending, timeout: Duration) -> PartitionProduceResponse {
                 }
             }
             if outcome == ErrorCode::None {
-                success(index, base_offset, log_start)
+                let mut r = success(index, base_offset, log_start);
+                r.log_append_time_ms = append_time;
+                r
             } else {
                 partition_response(index, outcome)
             }

@@ -501,6 +501,18 @@ pub fn record_timestamps(batch: &[u8]) -> Option<Vec<(i64, i64)>> {
     Some(out)
 }
 
+/// Marks a batch as LogAppendTime with `now_ms` as its max timestamp (what
+/// consumers then report for every record) and recomputes the CRC. The
+/// caller has validated the batch.
+pub fn stamp_log_append_time(batch: &mut [u8], now_ms: i64) {
+    let attrs = i16::from_be_bytes([batch[OFF_ATTRIBUTES], batch[OFF_ATTRIBUTES + 1]])
+        | ATTR_LOG_APPEND_TIME;
+    batch[OFF_ATTRIBUTES..OFF_ATTRIBUTES + 2].copy_from_slice(&attrs.to_be_bytes());
+    batch[OFF_MAX_TIMESTAMP..OFF_MAX_TIMESTAMP + 8].copy_from_slice(&now_ms.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[CRC_COVERED_FROM..]);
+    batch[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
 /// One record of an uncompressed batch, as key-based compaction sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordSpan {
@@ -820,6 +832,16 @@ mod tests {
         for cut in 0..b.len() {
             let _ = record_timestamps(&b[..cut]);
         }
+    }
+
+    #[test]
+    fn log_append_time_stamps_the_batch() {
+        let mut b = simple_batch(0, 3);
+        stamp_log_append_time(&mut b, 1_800_000_000_000);
+        let h = validate(&b).expect("still valid, CRC recomputed");
+        assert!(h.has_log_append_time());
+        assert_eq!(h.max_timestamp, 1_800_000_000_000);
+        assert_eq!(h.compression(), 0);
     }
 
     #[test]
