@@ -355,6 +355,19 @@ pub async fn compact_once(broker: &Broker, store: &dyn ObjectStore, seq: &Atomic
     stats
 }
 
+/// The batches of one planned slice (one ranged GET, not cached).
+async fn read_slice(
+    broker: &Broker,
+    run: &Run,
+    slice: &PlannedSlice,
+) -> Result<Vec<Bytes>, String> {
+    broker
+        .reader
+        .read_range_uncached(&slice.object, run.stream, slice.start, slice.end)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// Reads a run and appends what survives to `out`.
 async fn rewrite_run(
     broker: &Broker,
@@ -368,11 +381,7 @@ async fn rewrite_run(
     };
     let mut written = 0u64;
     for slice in &run.slices {
-        let batches = broker
-            .reader
-            .read_range_uncached(&slice.object, run.stream, slice.start, slice.end)
-            .await
-            .map_err(|e| e.to_string())?;
+        let batches = read_slice(broker, run, slice).await?;
         if latest.is_none() {
             stats.bytes_read += batches.iter().map(|b| b.len() as u64).sum::<u64>();
         }
@@ -429,11 +438,7 @@ async fn latest_offsets(
     let mut latest: HashMap<u128, i64> = HashMap::new();
     let mut producers: HashMap<i64, i64> = HashMap::new();
     for slice in &run.slices {
-        let batches = broker
-            .reader
-            .read_range_uncached(&slice.object, run.stream, slice.start, slice.end)
-            .await
-            .map_err(|e| e.to_string())?;
+        let batches = read_slice(broker, run, slice).await?;
         for b in batches {
             stats.bytes_read += b.len() as u64;
             if let Ok(h) = batch::parse_header(&b) {
@@ -684,25 +689,17 @@ mod tests {
         // A ratio of 0.9 is not met; an overdue dirty slice forces it.
         let mut strict = compact.to_vec();
         strict.push(("min.cleanable.dirty.ratio", "0.9"));
-        let img2 = image(
-            &strict,
-            &[
-                ("cso/1/1/1", 0, 10, 10),
-                ("sso/1/1/2", 10, 20, 20),
-                ("sso/1/1/4", 20, 30, 30),
-            ],
-        );
-        assert!(plan(&img2, 1, "", 550, LIMITS).is_empty());
+        let one_third_dirty = [
+            ("cso/1/1/1", 0, 10, 10),
+            ("sso/1/1/2", 10, 20, 20),
+            ("sso/1/1/4", 20, 30, 30),
+        ];
+        assert!(plan(&image(&strict, &one_third_dirty), 1, "", 550, LIMITS).is_empty());
         strict.push(("max.compaction.lag.ms", "200"));
-        let img3 = image(
-            &strict,
-            &[
-                ("cso/1/1/1", 0, 10, 10),
-                ("sso/1/1/2", 10, 20, 20),
-                ("sso/1/1/4", 20, 30, 30),
-            ],
+        assert_eq!(
+            spans(&plan(&image(&strict, &one_third_dirty), 1, "", 550, LIMITS)),
+            vec![(0, 20)]
         );
-        assert_eq!(spans(&plan(&img3, 1, "", 550, LIMITS)), vec![(0, 20)]);
         // Nothing dirty: nothing to do.
         let clean = image(
             &compact,

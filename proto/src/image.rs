@@ -752,19 +752,7 @@ impl MetadataImage {
                 verdicts,
             };
         }
-        self.next_object_id += 1;
-        self.object_keys.insert(key.to_string(), id);
-        self.objects.insert(
-            id,
-            ObjectRecord {
-                id,
-                key: key.to_string(),
-                size,
-                state: ObjectState::Committed,
-                streams: accepted,
-                marked_at_ms: None,
-            },
-        );
+        self.record_object(id, key, size, accepted);
         CommandReply::ObjectCommitted {
             object: Some(id),
             verdicts,
@@ -817,19 +805,7 @@ impl MetadataImage {
                 accepted,
             };
         }
-        self.next_object_id += 1;
-        self.object_keys.insert(key.to_string(), id);
-        self.objects.insert(
-            id,
-            ObjectRecord {
-                id,
-                key: key.to_string(),
-                size,
-                state: ObjectState::Committed,
-                streams,
-                marked_at_ms: None,
-            },
-        );
+        self.record_object(id, key, size, streams);
         for (stream, object) in released {
             let still = self
                 .streams
@@ -843,6 +819,23 @@ impl MetadataImage {
             object: Some(id),
             accepted,
         }
+    }
+
+    /// Records a new committed object holding slices of `streams`.
+    fn record_object(&mut self, id: ObjectId, key: &str, size: u64, streams: Vec<StreamId>) {
+        self.next_object_id += 1;
+        self.object_keys.insert(key.to_string(), id);
+        self.objects.insert(
+            id,
+            ObjectRecord {
+                id,
+                key: key.to_string(),
+                size,
+                state: ObjectState::Committed,
+                streams,
+                marked_at_ms: None,
+            },
+        );
     }
 
     /// `stream` no longer has a slice in `object`; the object is marked for

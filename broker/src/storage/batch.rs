@@ -456,49 +456,15 @@ fn read_varint(buf: &[u8], pos: &mut usize) -> Option<i64> {
     None
 }
 
-/// Skips a varint-length-prefixed field (-1 = null).
-fn skip_field(buf: &[u8], pos: &mut usize) -> Option<()> {
-    let len = read_varint(buf, pos)?;
-    if len > 0 {
-        *pos = pos.checked_add(usize::try_from(len).ok()?)?;
-        if *pos > buf.len() {
-            return None;
-        }
-    }
-    Some(())
-}
-
 /// Offset and timestamp of each record of an uncompressed batch, in order.
 /// `None` for a compressed batch (reading it would mean decompressing) or
 /// one whose records do not parse; callers then use batch-level figures.
 pub fn record_timestamps(batch: &[u8]) -> Option<Vec<(i64, i64)>> {
-    let h = parse_header(batch).ok()?;
-    if h.compression() != 0 || h.has_log_append_time() {
+    if parse_header(batch).ok()?.has_log_append_time() {
         return None;
     }
-    let end = h.total_len().min(batch.len());
-    let count = usize::try_from(h.records_count).ok()?;
-    // Each record takes at least 7 bytes: the count is bounded by the input.
-    let mut out = Vec::with_capacity(count.min(end / 7));
-    let mut pos = BATCH_HEADER_LEN;
-    for _ in 0..count {
-        let len = usize::try_from(read_varint(batch, &mut pos)?).ok()?;
-        let record_end = pos.checked_add(len)?;
-        if record_end > end {
-            return None;
-        }
-        let rec = &batch[..record_end];
-        let mut p = pos + 1; // attributes
-        let ts_delta = read_varint(rec, &mut p)?;
-        let offset_delta = read_varint(rec, &mut p)?;
-        skip_field(rec, &mut p)?;
-        out.push((
-            h.base_offset.checked_add(offset_delta)?,
-            h.base_timestamp.checked_add(ts_delta)?,
-        ));
-        pos = record_end;
-    }
-    Some(out)
+    let spans = record_spans(batch)?;
+    Some(spans.iter().map(|r| (r.offset, r.timestamp)).collect())
 }
 
 /// Marks a batch as LogAppendTime with `now_ms` as its max timestamp (what
