@@ -325,8 +325,9 @@ pub async fn compact_once(broker: &Broker, store: &dyn ObjectStore, seq: &Atomic
         .read(|img| plan(img, broker.id, &broker.key_prefix, now, limits));
     let mut stats = PassStats::default();
     let mut out = Output::new(cfg.block_bytes);
+    let mut pacer = Pacer::new(cfg.compaction_read_bytes_per_sec);
     for run in runs {
-        if let Err(e) = rewrite_run(broker, &run, &mut out, &mut stats).await {
+        if let Err(e) = rewrite_run(broker, &run, &mut out, &mut stats, &mut pacer).await {
             // Batches of the run already appended stay in the object
             // unreferenced (no range names them); the run is retried on
             // the next pass.
@@ -355,17 +356,53 @@ pub async fn compact_once(broker: &Broker, store: &dyn ObjectStore, seq: &Atomic
     stats
 }
 
+/// Keeps a pass's reads under `compaction_read_bytes_per_sec`, so that
+/// compaction does not take the store bandwidth producers and readers need.
+struct Pacer {
+    started: tokio::time::Instant,
+    bytes: u64,
+    per_sec: u64,
+}
+
+impl Pacer {
+    fn new(per_sec: u64) -> Self {
+        Pacer {
+            started: tokio::time::Instant::now(),
+            bytes: 0,
+            per_sec,
+        }
+    }
+
+    /// Counts `n` bytes read and waits until the pass is within its rate.
+    async fn read(&mut self, n: u64) {
+        self.bytes += n;
+        if self.per_sec == 0 {
+            return;
+        }
+        let due = std::time::Duration::from_secs_f64(self.bytes as f64 / self.per_sec as f64);
+        let elapsed = self.started.elapsed();
+        if due > elapsed {
+            tokio::time::sleep(due - elapsed).await;
+        }
+    }
+}
+
 /// The batches of one planned slice (one ranged GET, not cached).
 async fn read_slice(
     broker: &Broker,
     run: &Run,
     slice: &PlannedSlice,
+    pacer: &mut Pacer,
 ) -> Result<Vec<Bytes>, String> {
-    broker
+    let batches = broker
         .reader
         .read_range_uncached(&slice.object, run.stream, slice.start, slice.end)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    pacer
+        .read(batches.iter().map(|b| b.len() as u64).sum())
+        .await;
+    Ok(batches)
 }
 
 /// Reads a run and appends what survives to `out`.
@@ -374,14 +411,15 @@ async fn rewrite_run(
     run: &Run,
     out: &mut Output,
     stats: &mut PassStats,
+    pacer: &mut Pacer,
 ) -> Result<(), String> {
     let latest = match run.keys {
-        Some(_) => Some(latest_offsets(broker, run, stats).await?),
+        Some(_) => Some(latest_offsets(broker, run, stats, pacer).await?),
         None => None,
     };
     let mut written = 0u64;
     for slice in &run.slices {
-        let batches = read_slice(broker, run, slice).await?;
+        let batches = read_slice(broker, run, slice, pacer).await?;
         if latest.is_none() {
             stats.bytes_read += batches.iter().map(|b| b.len() as u64).sum::<u64>();
         }
@@ -433,12 +471,13 @@ async fn latest_offsets(
     broker: &Broker,
     run: &Run,
     stats: &mut PassStats,
+    pacer: &mut Pacer,
 ) -> Result<Latest, String> {
     let max_keys = broker.config.storage.compaction_max_keys;
     let mut latest: HashMap<u128, i64> = HashMap::new();
     let mut producers: HashMap<i64, i64> = HashMap::new();
     for slice in &run.slices {
-        let batches = read_slice(broker, run, slice).await?;
+        let batches = read_slice(broker, run, slice, pacer).await?;
         for b in batches {
             stats.bytes_read += b.len() as u64;
             if let Ok(h) = batch::parse_header(&b) {
@@ -707,6 +746,17 @@ mod tests {
         );
         assert!(plan(&clean, 1, "", 1000, LIMITS).is_empty());
         let _ = ObjectId(0);
+    }
+
+    #[tokio::test]
+    async fn the_pacer_holds_reads_to_their_rate() {
+        let mut unlimited = Pacer::new(0);
+        unlimited.read(u64::MAX / 2).await; // returns at once
+        let mut p = Pacer::new(1_000_000);
+        p.read(50_000).await;
+        p.read(50_000).await;
+        // 100 KB at 1 MB/s: at least 100 ms (a sleep never ends early).
+        assert!(p.started.elapsed() >= std::time::Duration::from_millis(100));
     }
 
     #[test]

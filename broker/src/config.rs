@@ -183,6 +183,9 @@ pub struct StorageConfig {
     pub compaction_target_bytes: usize,
     /// Input bytes one compaction pass plans at most (its I/O budget).
     pub compaction_max_bytes_per_pass: u64,
+    /// Bytes per second compaction reads from the store at most (0: no
+    /// limit); its writes are bounded by its reads.
+    pub compaction_read_bytes_per_sec: u64,
     /// Distinct keys one key-based compaction of a stream may track (24
     /// bytes each); a stream with more is not key-compacted.
     pub compaction_max_keys: usize,
@@ -208,6 +211,7 @@ impl Default for StorageConfig {
             compaction_target_bytes: 64 * 1024 * 1024,
             compaction_max_bytes_per_pass: 512 * 1024 * 1024,
             compaction_max_keys: 4_000_000,
+            compaction_read_bytes_per_sec: 64 * 1024 * 1024,
         }
     }
 }

@@ -218,6 +218,7 @@ struct FileStorage {
     compaction_target_bytes: Option<usize>,
     compaction_max_bytes_per_pass: Option<usize>,
     compaction_max_keys: Option<usize>,
+    compaction_read_bytes_per_sec: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -370,6 +371,9 @@ impl Settings {
             if let Some(v) = st.compaction_max_bytes_per_pass {
                 storage.compaction_max_bytes_per_pass =
                     positive(v, "storage.compaction_max_bytes_per_pass")? as u64;
+            }
+            if let Some(v) = st.compaction_read_bytes_per_sec {
+                storage.compaction_read_bytes_per_sec = v;
             }
             if let Some(v) = st.compaction_max_keys {
                 storage.compaction_max_keys = positive(v, "storage.compaction_max_keys")?;
