@@ -210,4 +210,121 @@ mod tests {
         let t = ProducerStateTable::default();
         assert_eq!(t.check(-1, -1, -1, 3), SequenceVerdict::Append);
     }
+
+    /// A reference model of Kafka's idempotent-producer rules
+    /// (`ProducerStateManager` / `ProducerAppendInfo.checkSequence`), written
+    /// over the whole log of appended batches rather than a bounded table.
+    mod model {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        pub enum Op {
+            Append {
+                pid: i64,
+                epoch: i16,
+                first: i32,
+                count: u32,
+            },
+            /// The partition moves: the new owner rebuilds its table from
+            /// the committed log, batch by batch, as `rebuild_producer_state`.
+            Move,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                10 => (prop_oneof![Just(-1i64), Just(1), Just(2)], 0i16..3, 0i32..14, 1u32..4)
+                    .prop_map(|(pid, epoch, first, count)| Op::Append { pid, epoch, first, count }),
+                1 => Just(Op::Move),
+            ]
+        }
+
+        #[derive(Debug, Clone, Copy)]
+        struct Logged {
+            pid: i64,
+            epoch: i16,
+            seq: BatchSeq,
+        }
+
+        fn model_verdict(
+            log: &[Logged],
+            pid: i64,
+            epoch: i16,
+            first: i32,
+            count: u32,
+        ) -> SequenceVerdict {
+            if pid == -1 {
+                return SequenceVerdict::Append;
+            }
+            let mine: Vec<&Logged> = log.iter().filter(|l| l.pid == pid).collect();
+            let Some(last) = mine.last() else {
+                return SequenceVerdict::Append; // a producer we know nothing about
+            };
+            if epoch < last.epoch {
+                return SequenceVerdict::StaleEpoch;
+            }
+            if epoch > last.epoch {
+                return if first == 0 {
+                    SequenceVerdict::Append
+                } else {
+                    SequenceVerdict::OutOfOrder
+                };
+            }
+            let last_seq = last_seq_of(first, count);
+            let same_epoch: Vec<&&Logged> = mine.iter().filter(|l| l.epoch == epoch).collect();
+            let recent = &same_epoch[same_epoch.len().saturating_sub(BATCHES_KEPT_PER_PRODUCER)..];
+            if let Some(d) = recent
+                .iter()
+                .find(|l| l.seq.first_seq == first && l.seq.last_seq == last_seq)
+            {
+                return SequenceVerdict::Duplicate(d.seq);
+            }
+            let expected = if last.seq.last_seq == i32::MAX {
+                0
+            } else {
+                last.seq.last_seq + 1
+            };
+            if first == expected {
+                SequenceVerdict::Append
+            } else {
+                SequenceVerdict::OutOfOrder
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+            #[test]
+            fn the_table_agrees_with_kafkas_rules_across_moves(ops in proptest::collection::vec(op(), 1..80)) {
+                let mut table = ProducerStateTable::default();
+                let mut log: Vec<Logged> = Vec::new();
+                let mut next_offset = 0u64;
+                for op in ops {
+                    match op {
+                        Op::Move => {
+                            table = ProducerStateTable::default();
+                            for l in &log {
+                                table.record(l.pid, l.epoch, l.seq);
+                            }
+                        }
+                        Op::Append { pid, epoch, first, count } => {
+                            let got = table.check(pid, epoch, first, count);
+                            let want = model_verdict(&log, pid, epoch, first, count);
+                            prop_assert_eq!(got, want, "pid {} epoch {} first {} count {}", pid, epoch, first, count);
+                            if got == SequenceVerdict::Append {
+                                let seq = BatchSeq {
+                                    first_seq: first,
+                                    last_seq: last_seq_of(first, count),
+                                    base_offset: next_offset,
+                                    last_offset: next_offset + u64::from(count) - 1,
+                                };
+                                next_offset += u64::from(count);
+                                table.record(pid, epoch, seq);
+                                log.push(Logged { pid, epoch, seq });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
