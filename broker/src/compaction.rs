@@ -35,8 +35,10 @@ use tracing::{info, warn};
 use crate::broker::Broker;
 use crate::config::{effective_topic_configs, topic_config, topic_config_origin};
 use crate::storage::batch;
+use crate::storage::object_format::ObjectIndex;
 use crate::storage::object_format::ObjectWriter;
-use crate::storage::reader::ObjectLocation;
+use crate::storage::reader::{stream_batches_in, ObjectLocation};
+use futures::StreamExt;
 
 /// A run of a stream's small compacted slices longer than this is merged.
 const MAX_SMALL_CLEAN_SLICES: usize = 16;
@@ -92,6 +94,10 @@ fn is_dirty(key_after_prefix: &str) -> bool {
     key_after_prefix.starts_with("sso/")
 }
 
+fn is_dirty_location(o: &ObjectLocation) -> bool {
+    !is_compacted_key(&o.key)
+}
+
 /// Whether an object key (with or without the cluster's prefix) names an
 /// object compaction wrote.
 pub fn is_compacted_key(key: &str) -> bool {
@@ -110,6 +116,12 @@ fn config_i64(configs: &std::collections::BTreeMap<String, String>, key: &str) -
 }
 
 /// The runs this broker should rewrite now, for the streams it owns.
+///
+/// A pass reads each input object once, whole: it takes the oldest dirty
+/// objects holding this broker's plain streams up to
+/// `max_bytes_per_pass` of object size (at least one), and rewrites the
+/// runs of slices in them. Compacted topics are planned within the same
+/// budget, whole cleanable range by whole cleanable range.
 pub fn plan(
     img: &MetadataImage,
     me: BrokerId,
@@ -117,12 +129,15 @@ pub fn plan(
     now_ms: i64,
     limits: Limits,
 ) -> Vec<Run> {
-    let mut runs = Vec::new();
-    let mut planned = 0u64;
+    type Planned<'a> = (
+        &'a proto::image::StreamRecord,
+        bool,
+        Vec<(PlannedSlice, bool, i64)>,
+    );
+    let mut streams: Vec<Planned<'_>> = Vec::new();
+    let mut dirty_objects: std::collections::BTreeMap<proto::ObjectId, u64> =
+        std::collections::BTreeMap::new();
     for s in img.streams.values().filter(|s| s.owner == Some(me)) {
-        if planned >= limits.max_bytes_per_pass {
-            break;
-        }
         let Some(topic) = img.topic_by_id(s.topic) else {
             continue;
         };
@@ -147,18 +162,45 @@ pub fn plan(
                 ))
             })
             .collect();
-        if slices.len() != n {
-            continue; // the view is inconsistent for a moment
+        if slices.len() != n || n == 0 {
+            continue; // nothing to do, or the view is inconsistent for a moment
         }
-        let new_runs = if is_compacted_topic(img, topic) {
+        let keyed = is_compacted_topic(img, topic);
+        if !keyed {
+            for (sl, dirty, _) in &slices {
+                if *dirty {
+                    dirty_objects.insert(sl.object.id, sl.object.size);
+                }
+            }
+        }
+        streams.push((s, keyed, slices));
+    }
+    let mut chosen = std::collections::BTreeSet::new();
+    let mut total = 0u64;
+    for (id, size) in dirty_objects {
+        if !chosen.is_empty() && total + size > limits.max_bytes_per_pass {
+            break;
+        }
+        total += size;
+        chosen.insert(id);
+    }
+    let mut runs = Vec::new();
+    let mut keyed_bytes = 0u64;
+    for (s, keyed, slices) in streams {
+        if keyed {
+            if keyed_bytes >= limits.max_bytes_per_pass {
+                continue;
+            }
+            let Some(topic) = img.topic_by_id(s.topic) else {
+                continue;
+            };
             let configs = effective_topic_configs(img, topic);
-            plan_keyed(s.id, s.start_offset, &slices, &configs, now_ms)
+            for r in plan_keyed(s.id, s.start_offset, &slices, &configs, now_ms) {
+                keyed_bytes += r.bytes();
+                runs.push(r);
+            }
         } else {
-            plan_plain(s.id, s.start_offset, &slices, limits)
-        };
-        for r in new_runs {
-            planned += r.bytes();
-            runs.push(r);
+            runs.extend(plan_plain(s.id, s.start_offset, &slices, limits, &chosen));
         }
     }
     runs
@@ -215,6 +257,7 @@ fn plan_plain(
     log_start: u64,
     slices: &[(PlannedSlice, bool, i64)],
     limits: Limits,
+    chosen: &std::collections::BTreeSet<proto::ObjectId>,
 ) -> Vec<Run> {
     let mut runs = Vec::new();
     let mut current: Vec<PlannedSlice> = Vec::new();
@@ -236,7 +279,11 @@ fn plan_plain(
         current.clear();
     };
     for (slice, dirty, _) in slices {
-        let small_clean = !dirty && slice.object.size < limits.target_object_bytes / 4;
+        // A dirty slice in an object this pass does not read is left.
+        let dirty = &(*dirty && chosen.contains(&slice.object.id));
+        let small_clean = !*dirty
+            && !is_dirty_location(&slice.object)
+            && slice.object.size < limits.target_object_bytes / 4;
         let kind_matches = current.is_empty() || current_dirty == *dirty;
         if (*dirty || small_clean) && kind_matches {
             current_dirty = *dirty;
@@ -326,8 +373,9 @@ pub async fn compact_once(broker: &Broker, store: &dyn ObjectStore, seq: &Atomic
     let mut stats = PassStats::default();
     let mut out = Output::new(cfg.block_bytes);
     let mut pacer = Pacer::new(cfg.compaction_read_bytes_per_sec);
+    let loaded = load_objects(broker, &runs, limits.max_bytes_per_pass, &mut pacer).await;
     for run in runs {
-        if let Err(e) = rewrite_run(broker, &run, &mut out, &mut stats, &mut pacer).await {
+        if let Err(e) = rewrite_run(broker, &run, &mut out, &mut stats, &mut pacer, &loaded).await {
             // Batches of the run already appended stay in the object
             // unreferenced (no range names them); the run is retried on
             // the next pass.
@@ -387,13 +435,63 @@ impl Pacer {
     }
 }
 
-/// The batches of one planned slice (one ranged GET, not cached).
+/// Objects a pass read whole, by id, with their indexes.
+type Loaded = HashMap<proto::ObjectId, (Bytes, std::sync::Arc<ObjectIndex>)>;
+
+/// Reads every dirty object the runs use, whole, once (a few at a time),
+/// up to twice the pass budget; slices in other objects are read alone.
+async fn load_objects(broker: &Broker, runs: &[Run], budget: u64, pacer: &mut Pacer) -> Loaded {
+    let mut wanted: std::collections::BTreeMap<proto::ObjectId, ObjectLocation> =
+        std::collections::BTreeMap::new();
+    for s in runs.iter().flat_map(|r| &r.slices) {
+        if is_dirty_location(&s.object) {
+            wanted
+                .entry(s.object.id)
+                .or_insert_with(|| s.object.clone());
+        }
+    }
+    let mut total = 0u64;
+    let chosen: Vec<ObjectLocation> = wanted
+        .into_values()
+        .take_while(|o| {
+            total += o.size;
+            total <= budget.saturating_mul(2)
+        })
+        .collect();
+    let reader = &broker.reader;
+    let results: Vec<_> = futures::stream::iter(chosen)
+        .map(|o| async move {
+            let r = reader.read_whole_uncached(&o).await;
+            (o, r)
+        })
+        .buffer_unordered(4)
+        .collect()
+        .await;
+    let mut loaded = Loaded::new();
+    for (o, r) in results {
+        match r {
+            Ok((bytes, index)) => {
+                pacer.read(bytes.len() as u64).await;
+                loaded.insert(o.id, (bytes, index));
+            }
+            Err(e) => warn!(key = o.key, error = %e, "compaction could not read an object"),
+        }
+    }
+    loaded
+}
+
+/// The batches of one planned slice: from its object if the pass loaded
+/// it, else with one ranged GET (not cached).
 async fn read_slice(
     broker: &Broker,
     run: &Run,
     slice: &PlannedSlice,
     pacer: &mut Pacer,
+    loaded: &Loaded,
 ) -> Result<Vec<Bytes>, String> {
+    if let Some((bytes, index)) = loaded.get(&slice.object.id) {
+        return stream_batches_in(bytes, 0, index, run.stream, slice.start, slice.end);
+    }
     let batches = broker
         .reader
         .read_range_uncached(&slice.object, run.stream, slice.start, slice.end)
@@ -412,14 +510,15 @@ async fn rewrite_run(
     out: &mut Output,
     stats: &mut PassStats,
     pacer: &mut Pacer,
+    loaded: &Loaded,
 ) -> Result<(), String> {
     let latest = match run.keys {
-        Some(_) => Some(latest_offsets(broker, run, stats, pacer).await?),
+        Some(_) => Some(latest_offsets(broker, run, stats, pacer, loaded).await?),
         None => None,
     };
     let mut written = 0u64;
     for slice in &run.slices {
-        let batches = read_slice(broker, run, slice, pacer).await?;
+        let batches = read_slice(broker, run, slice, pacer, loaded).await?;
         if latest.is_none() {
             stats.bytes_read += batches.iter().map(|b| b.len() as u64).sum::<u64>();
         }
@@ -472,12 +571,13 @@ async fn latest_offsets(
     run: &Run,
     stats: &mut PassStats,
     pacer: &mut Pacer,
+    loaded: &Loaded,
 ) -> Result<Latest, String> {
     let max_keys = broker.config.storage.compaction_max_keys;
     let mut latest: HashMap<u128, i64> = HashMap::new();
     let mut producers: HashMap<i64, i64> = HashMap::new();
     for slice in &run.slices {
-        let batches = read_slice(broker, run, slice, pacer).await?;
+        let batches = read_slice(broker, run, slice, pacer, loaded).await?;
         for b in batches {
             stats.bytes_read += b.len() as u64;
             if let Ok(h) = batch::parse_header(&b) {
@@ -669,12 +769,18 @@ mod tests {
         assert!(runs.iter().all(|r| r.keys.is_none()));
         // Another broker plans nothing for streams it does not own.
         assert!(plan(&img, 2, "", 0, LIMITS).is_empty());
-        // The budget stops planning between streams, not inside one.
+        // The budget takes the oldest objects (at least one): a pass reads
+        // each object it uses once, whole.
         let tight = Limits {
             max_bytes_per_pass: 1,
             ..LIMITS
         };
-        assert_eq!(plan(&img, 1, "", 0, tight).len(), 2);
+        assert_eq!(spans(&plan(&img, 1, "", 0, tight)), vec![(0, 10)]);
+        let two = Limits {
+            max_bytes_per_pass: 2000,
+            ..LIMITS
+        };
+        assert_eq!(spans(&plan(&img, 1, "", 0, two)), vec![(0, 20)]);
     }
 
     #[test]

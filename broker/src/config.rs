@@ -181,7 +181,8 @@ pub struct StorageConfig {
     pub compaction_interval: Duration,
     /// Size at which a compacted object is sealed.
     pub compaction_target_bytes: usize,
-    /// Input bytes one compaction pass plans at most (its I/O budget).
+    /// Input object bytes one compaction pass reads at most (its I/O budget;
+    /// what it holds in memory is bounded by twice this).
     pub compaction_max_bytes_per_pass: u64,
     /// Bytes per second compaction reads from the store at most (0: no
     /// limit); its writes are bounded by its reads.
@@ -209,7 +210,7 @@ impl Default for StorageConfig {
             orphan_scan_interval: Duration::from_secs(10 * 60),
             compaction_interval: Duration::from_secs(60),
             compaction_target_bytes: 64 * 1024 * 1024,
-            compaction_max_bytes_per_pass: 512 * 1024 * 1024,
+            compaction_max_bytes_per_pass: 128 * 1024 * 1024,
             compaction_max_keys: 4_000_000,
             compaction_read_bytes_per_sec: 64 * 1024 * 1024,
         }

@@ -33,6 +33,8 @@ use crate::config::TOPIC_CONFIG_DEFAULTS;
 use crate::storage::retention::{retention_start, RetentionPolicy};
 use crate::storage::writer::parse_object_key;
 
+/// Deletes sent to the store at once.
+const DELETES_IN_FLIGHT: usize = 16;
 /// Most objects deleted in one pass.
 const MAX_DELETES_PER_PASS: usize = 1000;
 
@@ -44,18 +46,18 @@ pub async fn run(
     let mut tick = tokio::time::interval(broker.config.storage.retention_check_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_orphan_scan: Option<tokio::time::Instant> = None;
-    let mut last_compaction = tokio::time::Instant::now();
-    let compaction_seq = std::sync::atomic::AtomicU64::new(0);
+    // Compaction runs beside retention and deletion, so a long pass never
+    // holds them up.
+    let compactor = tokio::spawn(compact_loop(broker.clone(), store.clone(), stop.clone()));
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.changed() => return,
+            _ = stop.changed() => {
+                compactor.abort();
+                return;
+            }
         }
         apply_retention(&broker).await;
-        if last_compaction.elapsed() >= broker.config.storage.compaction_interval {
-            last_compaction = tokio::time::Instant::now();
-            crate::compaction::compact_once(&broker, &*store, &compaction_seq).await;
-        }
         collect_garbage(&broker, &*store).await;
         report_metadata(&broker);
         let due = last_orphan_scan
@@ -64,6 +66,24 @@ pub async fn run(
             last_orphan_scan = Some(tokio::time::Instant::now());
             collect_orphans(&broker, &*store).await;
         }
+    }
+}
+
+async fn compact_loop(
+    broker: Arc<Broker>,
+    store: Arc<dyn ObjectStore>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(broker.config.storage.compaction_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the first tick is immediate: wait one interval
+    let seq = std::sync::atomic::AtomicU64::new(0);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        crate::compaction::compact_once(&broker, &*store, &seq).await;
     }
 }
 
@@ -240,16 +260,23 @@ pub async fn collect_garbage(broker: &Broker, store: &dyn ObjectStore) {
             .map(|o| (o.id, o.key.clone()))
             .collect()
     });
-    let mut deleted = Vec::new();
-    for (id, key) in due {
-        match store.delete(&Path::from(key.clone())).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {
-                metrics::counter!("oxbow_object_deletes_total").increment(1);
-                deleted.push(id);
+    let deleted: Vec<ObjectId> = futures::stream::iter(due)
+        .map(|(id, key)| async move {
+            match store.delete(&Path::from(key.clone())).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                    metrics::counter!("oxbow_object_deletes_total").increment(1);
+                    Some(id)
+                }
+                Err(e) => {
+                    warn!(key, error = %e, "deleting object failed; retrying next pass");
+                    None
+                }
             }
-            Err(e) => warn!(key, error = %e, "deleting object failed; retrying next pass"),
-        }
-    }
+        })
+        .buffer_unordered(DELETES_IN_FLIGHT)
+        .filter_map(|id| async move { id })
+        .collect()
+        .await;
     if deleted.is_empty() {
         return;
     }

@@ -106,6 +106,60 @@ pub async fn read_committed(
     Ok(Some(ObjectRead::default()))
 }
 
+/// The byte range of the blocks of `stream` that overlap `[start, end)`
+/// (a stream's blocks are contiguous in an object).
+pub fn stream_span(
+    index: &ObjectIndex,
+    stream: StreamId,
+    start: u64,
+    end: u64,
+) -> Option<std::ops::Range<u64>> {
+    let mut blocks = index
+        .stream_blocks(stream)
+        .iter()
+        .filter(|b| b.end_offset > start && b.start_offset < end);
+    let first = blocks.next()?;
+    let last = blocks.next_back().unwrap_or(first);
+    Some(first.position..last.position + u64::from(last.size))
+}
+
+/// The batches of `stream` overlapping `[start, end)` in `data`, which holds
+/// the object's bytes from position `data_at` on (at least the blocks
+/// [`stream_span`] names).
+pub fn stream_batches_in(
+    data: &Bytes,
+    data_at: u64,
+    index: &ObjectIndex,
+    stream: StreamId,
+    start: u64,
+    end: u64,
+) -> Result<Vec<Bytes>, String> {
+    let Some(span) = stream_span(index, stream, start, end) else {
+        return Ok(Vec::new());
+    };
+    let from = span
+        .start
+        .checked_sub(data_at)
+        .map(|v| v as usize)
+        .filter(|&f| f <= data.len())
+        .ok_or("blocks outside the data read")?;
+    let to = usize::try_from(span.end - data_at)
+        .ok()
+        .filter(|&t| t <= data.len())
+        .ok_or("blocks outside the data read")?;
+    let bytes = data.slice(from..to);
+    let mut out = Vec::new();
+    for item in batch::batches(&bytes) {
+        let (pos, header) = item.map_err(|e| format!("blocks at {}: {e}", span.start))?;
+        let base = u64::try_from(header.base_offset).unwrap_or(u64::MAX);
+        let last = u64::try_from(header.last_offset()).unwrap_or(0);
+        if last >= start && base < end {
+            out.push(bytes.slice(pos..pos + header.total_len()));
+        }
+    }
+    Ok(out)
+}
+
 /// Batches read from one object.
 #[derive(Debug, Default)]
 pub struct ObjectRead {
@@ -297,40 +351,48 @@ impl ObjectReader {
         end: u64,
     ) -> Result<Vec<Bytes>, ReadError> {
         let index = self.index(obj).await?;
-        let blocks: Vec<_> = index
-            .stream_blocks(stream)
-            .iter()
-            .filter(|b| b.end_offset > start && b.start_offset < end)
-            .collect();
-        let (Some(first), Some(last)) = (blocks.first(), blocks.last()) else {
+        let Some(span) = stream_span(&index, stream, start, end) else {
             return Ok(Vec::new());
         };
-        let from = first.position;
-        let to = last.position + u64::from(last.size);
-        let bytes = self.get_range(&obj.key, from..to).await?;
-        if bytes.len() as u64 != to - from {
+        let bytes = self.get_range(&obj.key, span.clone()).await?;
+        if bytes.len() as u64 != span.end - span.start {
             return Err(ReadError::Malformed {
                 key: obj.key.clone(),
-                reason: format!(
-                    "blocks at {from}: got {} of {} bytes",
-                    bytes.len(),
-                    to - from
-                ),
+                reason: format!("blocks at {}: got {} bytes", span.start, bytes.len()),
             });
         }
-        let mut out = Vec::new();
-        for item in batch::batches(&bytes) {
-            let (pos, header) = item.map_err(|e| ReadError::Malformed {
+        stream_batches_in(&bytes, span.start, &index, stream, start, end).map_err(|reason| {
+            ReadError::Malformed {
                 key: obj.key.clone(),
-                reason: format!("blocks at {from}: {e}"),
-            })?;
-            let base = u64::try_from(header.base_offset).unwrap_or(u64::MAX);
-            let last = u64::try_from(header.last_offset()).unwrap_or(0);
-            if last >= start && base < end {
-                out.push(bytes.slice(pos..pos + header.total_len()));
+                reason,
             }
+        })
+    }
+
+    /// A whole object read with one GET (not cached) and its parsed index,
+    /// for compaction, which takes many streams' data out of each object.
+    pub async fn read_whole_uncached(
+        &self,
+        obj: &ObjectLocation,
+    ) -> Result<(Bytes, Arc<ObjectIndex>), ReadError> {
+        let malformed = |reason: String| ReadError::Malformed {
+            key: obj.key.clone(),
+            reason,
+        };
+        let bytes = self.get_range(&obj.key, 0..obj.size).await?;
+        if (bytes.len() as u64) != obj.size || bytes.len() < FOOTER_LEN {
+            return Err(malformed(format!("short read of {} bytes", bytes.len())));
         }
-        Ok(out)
+        let footer = object_format::parse_footer(&bytes[bytes.len() - FOOTER_LEN..], obj.size)
+            .map_err(|e| malformed(e.to_string()))?;
+        let from = usize::try_from(footer.index_position).unwrap_or(usize::MAX);
+        let index_bytes = from
+            .checked_add(footer.index_len as usize)
+            .and_then(|to| bytes.get(from..to))
+            .ok_or_else(|| malformed("index outside the object".into()))?;
+        let index = object_format::parse_index(index_bytes, &footer)
+            .map_err(|e| malformed(e.to_string()))?;
+        Ok((bytes, Arc::new(index)))
     }
 
     async fn block(
