@@ -44,6 +44,11 @@
 #   COLD_PARTITIONS=100              partitions of the cold-read topic
 #   COLD_RUNS=3 (QUICK: 2)           timed reads per layout (medians); 0 skips the cold read
 #   COLD_COMPACT_TIMEOUT_S=1800 (QUICK: 600)  bound on waiting for compaction to finish
+#   COLD_BLOCK_CACHE_BYTES           [storage] block_cache_bytes of the cold-read server (default:
+#                                    Oxbow's). A start-up reads every partition's last slices to
+#                                    rebuild producer state; once compacted, that is the whole
+#                                    partition, which can leave it in the block cache: a small
+#                                    cache keeps the read cold (the report shows the GETs it made)
 #   OXBOW_BIN=target/release/oxbow   the binary (never built by this script)
 #   SOAK_KEEP=1                      keep the temporary directory (store, data dirs) at the end
 #   SOAK_RUST_LOG=info,openraft=warn RUST_LOG of the Oxbow server
@@ -206,7 +211,7 @@ s3_start() {  # s3s-fs over $work/s3 (one directory per bucket)
   return 1
 }
 
-write_config() {  # write_config FILE COMPACTION_INTERVAL_MS
+write_config() {  # write_config FILE COMPACTION_INTERVAL_MS [EXTRA_STORAGE_LINE]
   cat > "$1" <<EOF
 [storage]
 retention_check_ms = 5000
@@ -214,6 +219,7 @@ object_delete_grace_ms = 10000
 compaction_interval_ms = $2
 orphan_scan_interval_ms = 60000
 orphan_min_age_ms = 120000
+${3:-}
 EOF
 }
 
@@ -338,7 +344,7 @@ soak_phase() {
 # ---------------------------------------------------------------- the cold read
 cold_settle() {  # until the cold topic's partitions are open and no GETs happen for 2 s
   local i hosted gets prev="" still=0
-  for ((i = 0; i < 240; i++)); do
+  for ((i = 0; i < 1200; i++)); do
     read -r hosted gets <<< "$(metric oxbow_partitions_hosted oxbow_object_gets_total)"
     if [ "${hosted:-0}" != "?" ] && [ "${hosted:-0}" -ge "$COLD_PARTITIONS" ] && [ "$gets" = "$prev" ]; then
       still=$((still + 1))
@@ -349,28 +355,35 @@ cold_settle() {  # until the cold topic's partitions are open and no GETs happen
     prev=$gets
     sleep 0.5
   done
-  note "cold read: the server did not settle within 120 s after a start (partitions hosted: $hosted)"
+  note "cold read: the server did not settle within 600 s after a start (partitions hosted: $hosted)"
 }
 
 cold_read() {  # cold_read PHASE RUN: restart (compaction off), read partition 0, record
-  local phase=$1 run=$2 out="$logs/cold-read-$1-r$2.txt" g0 g1 slices line
+  local phase=$1 run=$2 out="$logs/cold-read-$1-r$2.txt" g0 g1 slices line t0 startup gb0
   stop_pid "$SERVER_PID" 60
+  t0=$(now)
   start_twice "$COLD_DATA" "s3://oxbow-cold/cold" "$COLD_OFF" "$COLD_LOG" || { note "cold read: restart failed"; return 1; }
   cold_settle
-  read -r g0 slices <<< "$(metric oxbow_object_gets_total oxbow_metadata_slices)"
+  startup=$(calc "$(now) - $t0")
+  # What the start-up itself read (each partition's producer-state rebuild reads its tail).
+  read -r g0 gb0 slices <<< "$(metric oxbow_object_gets_total oxbow_object_get_bytes_total oxbow_metadata_slices)"
   if ! bounded 900 "$out" $py "$bench_dir/soak.py" read-partition "$BOOT" cold-sso 0 840; then
     note "cold read $phase run $run failed: $(tail -n 1 "$out")"
     return 1
   fi
   g1=$(metric oxbow_object_gets_total)
   line=$(grep '^records=' "$out")
-  log "cold read, $phase, run $run: $line, GETs $((g1 - g0)), slices in the metadata $slices"
+  log "cold read, $phase, run $run: $line, GETs $((g1 - g0)), slices in the metadata $slices;" \
+      "start-up until no GETs for 2 s: ${startup}s, $g0 GETs, $(calc "$gb0 / 1048576") MiB"
   {
     echo "$phase $run seconds $(sed -E 's/.*seconds=([0-9.]+).*/\1/' <<< "$line")"
     echo "$phase $run bytes $(sed -E 's/.* bytes=([0-9]+).*/\1/' <<< "$line")"
     echo "$phase $run mib_s $(sed -E 's/.*mib_s=([0-9.]+).*/\1/' <<< "$line")"
     echo "$phase $run gets $((g1 - g0))"
     echo "$phase $run slices $slices"
+    echo "$phase $run startup_s $startup"
+    echo "$phase $run startup_gets $g0"
+    echo "$phase $run startup_get_bytes $gb0"
   } >> "$cold_raw"
 }
 
@@ -416,8 +429,10 @@ cold_phase() {
   local per_part=$((COLD_MB * 1048576 / 4)) records prodf="$logs/producer-cold.txt" r
   COLD_DATA="$work/cold-data"; COLD_LOG="$logs/oxbow-cold.log"
   COLD_OFF="$work/cold-off.toml"; COLD_ON="$work/cold-on.toml"
-  write_config "$COLD_OFF" "$COMPACTION_OFF_MS"
-  write_config "$COLD_ON" 1000
+  local cache=""
+  [ -n "${COLD_BLOCK_CACHE_BYTES:-}" ] && cache="block_cache_bytes = $COLD_BLOCK_CACHE_BYTES"
+  write_config "$COLD_OFF" "$COMPACTION_OFF_MS" "$cache"
+  write_config "$COLD_ON" 1000 "$cache"
   records=$((COLD_PARTITIONS * per_part / RECORD_SIZE))
   : > "$cold_raw"
   start_twice "$COLD_DATA" "s3://oxbow-cold/cold" "$COLD_OFF" "$COLD_LOG" || { note "the cold-read server did not start"; return 1; }

@@ -470,6 +470,46 @@ pub fn lock_data_dir(dir: &Path) -> Result<File> {
 }
 
 /// The object store named by the settings and the key prefix inside it.
+/// Deletes the staging files (`<key>#<n>`) that the local file store writes
+/// before renaming them into place, left behind when a process was killed in
+/// the middle of a PUT. They are not objects (listing never shows them), so
+/// the orphan collector cannot see them; only Oxbow's own key spaces are
+/// swept. A broker sharing the directory that is writing one right now
+/// sees its PUT fail and retries it.
+fn sweep_staged_files(root: &std::path::Path) {
+    fn is_staged(name: &str) -> bool {
+        name.rsplit_once('#')
+            .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    }
+    let mut dirs: Vec<PathBuf> = ["sso", "cso"].iter().map(|k| root.join(k)).collect();
+    let mut swept = 0u64;
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => dirs.push(p),
+                Ok(t)
+                    if t.is_file()
+                        && e.file_name().to_str().is_some_and(is_staged)
+                        && std::fs::remove_file(&p).is_ok() =>
+                {
+                    swept += 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    if swept > 0 {
+        tracing::info!(
+            files = swept,
+            "removed staging files of interrupted uploads"
+        );
+    }
+}
+
 pub fn object_store(s: &Settings) -> Result<(Arc<dyn ObjectStore>, String)> {
     let url = url::Url::parse(&s.object_store)
         .map_err(|e| anyhow!("--object-store '{}': {e}", s.object_store))?;
@@ -478,6 +518,7 @@ pub fn object_store(s: &Settings) -> Result<(Arc<dyn ObjectStore>, String)> {
             let path = PathBuf::from(url.path());
             std::fs::create_dir_all(&path)
                 .with_context(|| format!("creating object directory {}", path.display()))?;
+            sweep_staged_files(&path);
             let store = LocalFileSystem::new_with_prefix(&path)
                 .with_context(|| format!("opening object directory {}", path.display()))?
                 .with_fsync(true);
@@ -548,4 +589,33 @@ pub async fn probe_object_store(store: &dyn ObjectStore, prefix: &str) -> Result
 fn uuid_like() -> String {
     use proto::seams::Entropy;
     proto::seams::OsEntropy.uuid().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staging_files_of_killed_uploads_are_swept() {
+        let root = std::env::temp_dir().join(format!("oxbow-sweep-{}", std::process::id()));
+        let dir = root.join("sso/1/2");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(root.join("other")).unwrap();
+        for f in ["0000000000000029#1", "0000000000000030", "x#y"] {
+            std::fs::write(dir.join(f), b"x").unwrap();
+        }
+        std::fs::write(root.join("other/keep#1"), b"x").unwrap();
+        sweep_staged_files(&root);
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, vec!["0000000000000030", "x#y"]);
+        assert!(
+            root.join("other/keep#1").exists(),
+            "only Oxbow's key spaces"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }
