@@ -90,10 +90,6 @@ pub struct Limits {
     pub target_object_bytes: u64,
 }
 
-fn is_dirty(key_after_prefix: &str) -> bool {
-    key_after_prefix.starts_with("sso/")
-}
-
 fn is_dirty_location(o: &ObjectLocation) -> bool {
     !is_compacted_key(&o.key)
 }
@@ -122,13 +118,7 @@ fn config_i64(configs: &std::collections::BTreeMap<String, String>, key: &str) -
 /// `max_bytes_per_pass` of object size (at least one), and rewrites the
 /// runs of slices in them. Compacted topics are planned within the same
 /// budget, whole cleanable range by whole cleanable range.
-pub fn plan(
-    img: &MetadataImage,
-    me: BrokerId,
-    key_prefix: &str,
-    now_ms: i64,
-    limits: Limits,
-) -> Vec<Run> {
+pub fn plan(img: &MetadataImage, me: BrokerId, now_ms: i64, limits: Limits) -> Vec<Run> {
     type Planned<'a> = (
         &'a proto::image::StreamRecord,
         bool,
@@ -149,7 +139,7 @@ pub fn plan(
             .take(n)
             .filter_map(|(&start, sl)| {
                 let o = img.objects.get(&sl.object)?;
-                let dirty = is_dirty(o.key.strip_prefix(key_prefix).unwrap_or(&o.key));
+                let dirty = !is_compacted_key(&o.key);
                 Some((
                     PlannedSlice {
                         start,
@@ -369,7 +359,7 @@ pub async fn compact_once(broker: &Broker, store: &dyn ObjectStore, seq: &Atomic
     let now = broker.seams.clock.now_ms();
     let runs = broker
         .metadata
-        .read(|img| plan(img, broker.id, &broker.key_prefix, now, limits));
+        .read(|img| plan(img, broker.id, now, limits));
     let mut stats = PassStats::default();
     let mut out = Output::new(cfg.block_bytes);
     let mut pacer = Pacer::new(cfg.compaction_read_bytes_per_sec);
@@ -763,24 +753,24 @@ mod tests {
                 ("sso/1/1/5", 40, 50, 0),
             ],
         );
-        let runs = plan(&img, 1, "", 0, LIMITS);
+        let runs = plan(&img, 1, 0, LIMITS);
         // [40, 50) is the tail; the small compacted slice alone is no run.
         assert_eq!(spans(&runs), vec![(0, 20), (30, 40)]);
         assert!(runs.iter().all(|r| r.keys.is_none()));
         // Another broker plans nothing for streams it does not own.
-        assert!(plan(&img, 2, "", 0, LIMITS).is_empty());
+        assert!(plan(&img, 2, 0, LIMITS).is_empty());
         // The budget takes the oldest objects (at least one): a pass reads
         // each object it uses once, whole.
         let tight = Limits {
             max_bytes_per_pass: 1,
             ..LIMITS
         };
-        assert_eq!(spans(&plan(&img, 1, "", 0, tight)), vec![(0, 10)]);
+        assert_eq!(spans(&plan(&img, 1, 0, tight)), vec![(0, 10)]);
         let two = Limits {
             max_bytes_per_pass: 2000,
             ..LIMITS
         };
-        assert_eq!(spans(&plan(&img, 1, "", 0, two)), vec![(0, 20)]);
+        assert_eq!(spans(&plan(&img, 1, 0, two)), vec![(0, 20)]);
     }
 
     #[test]
@@ -793,14 +783,14 @@ mod tests {
             .map(|(k, a, b, t)| (k.as_str(), *a, *b, *t))
             .collect();
         let img = image(&[], &refs);
-        let runs = plan(&img, 1, "", 0, LIMITS);
+        let runs = plan(&img, 1, 0, LIMITS);
         assert_eq!(
             spans(&runs),
             vec![(0, (MAX_SMALL_CLEAN_SLICES as u64 + 1) * 10)]
         );
         // Fewer of them are left alone.
         let img = image(&[], &refs[..MAX_SMALL_CLEAN_SLICES]);
-        assert!(plan(&img, 1, "", 0, LIMITS).is_empty());
+        assert!(plan(&img, 1, 0, LIMITS).is_empty());
     }
 
     #[test]
@@ -820,7 +810,7 @@ mod tests {
             ],
         );
         // At 1000 all but the tail are past the lag: clean [0, 30).
-        let runs = plan(&img, 1, "", 1000, LIMITS);
+        let runs = plan(&img, 1, 1000, LIMITS);
         assert_eq!(spans(&runs), vec![(0, 30)]);
         assert_eq!(
             runs[0].keys,
@@ -830,7 +820,7 @@ mod tests {
         );
         // At 550 the slice with timestamp 500 is too new: [0, 20) is half
         // dirty, which meets the default ratio.
-        assert_eq!(spans(&plan(&img, 1, "", 550, LIMITS)), vec![(0, 20)]);
+        assert_eq!(spans(&plan(&img, 1, 550, LIMITS)), vec![(0, 20)]);
         // A ratio of 0.9 is not met; an overdue dirty slice forces it.
         let mut strict = compact.to_vec();
         strict.push(("min.cleanable.dirty.ratio", "0.9"));
@@ -839,10 +829,10 @@ mod tests {
             ("sso/1/1/2", 10, 20, 20),
             ("sso/1/1/4", 20, 30, 30),
         ];
-        assert!(plan(&image(&strict, &one_third_dirty), 1, "", 550, LIMITS).is_empty());
+        assert!(plan(&image(&strict, &one_third_dirty), 1, 550, LIMITS).is_empty());
         strict.push(("max.compaction.lag.ms", "200"));
         assert_eq!(
-            spans(&plan(&image(&strict, &one_third_dirty), 1, "", 550, LIMITS)),
+            spans(&plan(&image(&strict, &one_third_dirty), 1, 550, LIMITS)),
             vec![(0, 20)]
         );
         // Nothing dirty: nothing to do.
@@ -850,7 +840,7 @@ mod tests {
             &compact,
             &[("cso/1/1/1", 0, 10, 10), ("sso/1/1/2", 10, 20, 20)],
         );
-        assert!(plan(&clean, 1, "", 1000, LIMITS).is_empty());
+        assert!(plan(&clean, 1, 1000, LIMITS).is_empty());
         let _ = ObjectId(0);
     }
 
