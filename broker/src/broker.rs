@@ -53,6 +53,9 @@ struct ProducerIdBlock {
 const PRODUCER_ID_BLOCK: u32 = 1000;
 /// How long a proposer waits for its own write to reach the metadata view.
 const VIEW_SYNC_WAIT: Duration = Duration::from_secs(10);
+/// How often the broker reconciles its partitions with the metadata even
+/// when the metadata has not changed.
+const RECONCILE_INTERVAL: Duration = Duration::from_secs(2);
 
 pub struct Broker {
     pub config: BrokerConfig,
@@ -268,9 +271,15 @@ impl Broker {
         let mut versions = view.subscribe();
         let mut stop = broker.stop.subscribe();
         let reconciler = tokio::spawn(async move {
+            // Also on a timer: a partition whose actor could not start (its
+            // stream tail was unreadable) is opened again without waiting
+            // for the next metadata change.
+            let mut tick = tokio::time::interval(RECONCILE_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     r = versions.changed() => if r.is_err() { return },
+                    _ = tick.tick() => if !b.has_dead_partition() { continue },
                     _ = stop.changed() => return,
                 }
                 b.reconcile().await;
@@ -454,6 +463,12 @@ impl Broker {
             let _ = p.actor.ask(Close).await;
             self.log_cache.remove_stream(p.state.stream);
         }
+    }
+
+    /// Whether an actor of a partition this broker hosts has stopped (it
+    /// could not start, or it panicked).
+    fn has_dead_partition(&self) -> bool {
+        self.partitions_lock().values().any(|p| !p.actor.is_alive())
     }
 
     /// The last committed slices of a stream, newest last, enough to hold

@@ -22,7 +22,7 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
-use object_store::{path::Path, ObjectStore, ObjectStoreExt};
+use object_store::{path::Path, ObjectStore};
 use proto::image::{CommandReply, MetadataCommand, ObjectState};
 use proto::{BrokerId, MetadataImage, ObjectId, StreamId};
 use tokio::sync::watch;
@@ -33,10 +33,12 @@ use crate::config::TOPIC_CONFIG_DEFAULTS;
 use crate::storage::retention::{retention_start, RetentionPolicy};
 use crate::storage::writer::parse_object_key;
 
-/// Deletes sent to the store at once.
-const DELETES_IN_FLIGHT: usize = 16;
 /// Most objects deleted in one pass.
-const MAX_DELETES_PER_PASS: usize = 1000;
+const MAX_DELETES_PER_PASS: usize = 10_000;
+/// How often the encoded size of the metadata image is measured.
+const IMAGE_SIZE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+/// Streams trimmed by one metadata command.
+const TRIMS_PER_COMMAND: usize = 512;
 
 pub async fn run(
     broker: Arc<Broker>,
@@ -45,27 +47,44 @@ pub async fn run(
 ) {
     let mut tick = tokio::time::interval(broker.config.storage.retention_check_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_orphan_scan: Option<tokio::time::Instant> = None;
-    // Compaction runs beside retention and deletion, so a long pass never
-    // holds them up.
+    // Compaction and the orphan scan (a listing of the whole store) run
+    // beside retention and deletion, so a long pass never holds them up.
     let compactor = tokio::spawn(compact_loop(broker.clone(), store.clone(), stop.clone()));
+    let orphans = tokio::spawn(orphan_loop(broker.clone(), store.clone(), stop.clone()));
+    let mut last_image_size: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => {
                 compactor.abort();
+                orphans.abort();
                 return;
             }
         }
         apply_retention(&broker).await;
         collect_garbage(&broker, &*store).await;
-        report_metadata(&broker);
-        let due = last_orphan_scan
-            .is_none_or(|t| t.elapsed() >= broker.config.storage.orphan_scan_interval);
-        if due {
-            last_orphan_scan = Some(tokio::time::Instant::now());
-            collect_orphans(&broker, &*store).await;
+        // Encoding the image to measure it is costly once it is large.
+        let measure = last_image_size.is_none_or(|t| t.elapsed() >= IMAGE_SIZE_INTERVAL);
+        if measure {
+            last_image_size = Some(tokio::time::Instant::now());
         }
+        report_metadata(&broker, measure);
+    }
+}
+
+async fn orphan_loop(
+    broker: Arc<Broker>,
+    store: Arc<dyn ObjectStore>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(broker.config.storage.orphan_scan_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        collect_orphans(&broker, &*store).await;
     }
 }
 
@@ -90,7 +109,7 @@ async fn compact_loop(
 /// Publishes the size of the metadata this broker follows: objects (live
 /// and marked for deletion), their bytes, stream slices, and the image's
 /// encoded size (what a snapshot of it holds).
-fn report_metadata(broker: &Broker) {
+fn report_metadata(broker: &Broker, measure_image: bool) {
     let (live, marked, bytes, slices, encoded) = broker.metadata.read(|img| {
         let marked = img
             .objects
@@ -99,14 +118,16 @@ fn report_metadata(broker: &Broker) {
             .count();
         let bytes: u64 = img.objects.values().map(|o| o.size).sum();
         let slices: usize = img.streams.values().map(|s| s.slices.len()).sum();
-        let encoded = rmp_serde::to_vec_named(img).map_or(0, |v| v.len());
+        let encoded = measure_image.then(|| rmp_serde::to_vec_named(img).map_or(0, |v| v.len()));
         (img.objects.len() - marked, marked, bytes, slices, encoded)
     });
     metrics::gauge!("oxbow_metadata_objects").set(live as f64);
     metrics::gauge!("oxbow_metadata_objects_marked").set(marked as f64);
     metrics::gauge!("oxbow_metadata_object_bytes").set(bytes as f64);
     metrics::gauge!("oxbow_metadata_slices").set(slices as f64);
-    metrics::gauge!("oxbow_metadata_image_bytes").set(encoded as f64);
+    if let Some(encoded) = encoded {
+        metrics::gauge!("oxbow_metadata_image_bytes").set(encoded as f64);
+    }
 }
 
 /// Deletes objects in the store that the metadata does not know, once older
@@ -156,24 +177,18 @@ pub async fn collect_orphans(broker: &Broker, store: &dyn ObjectStore) {
             }
         }
     }
-    let mut deleted = 0u64;
-    for path in orphans {
-        // Re-check: a commit may have landed since the listing.
-        if broker
-            .metadata
-            .read(|img| img.object_keys.contains_key(path.as_ref()))
-            && !proto::planted::active(proto::planted::Bug::DeleteReferencedObject)
-        {
-            continue;
-        }
-        match store.delete(&path).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {
-                metrics::counter!("oxbow_object_deletes_total").increment(1);
-                deleted += 1;
-            }
-            Err(e) => warn!(key = %path, error = %e, "deleting an orphaned object failed"),
-        }
-    }
+    // Re-check: a commit may have landed since the listing.
+    let orphans: Vec<String> = orphans
+        .into_iter()
+        .map(|path| path.to_string())
+        .filter(|key| {
+            !broker
+                .metadata
+                .read(|img| img.object_keys.contains_key(key))
+                || proto::planted::active(proto::planted::Bug::DeleteReferencedObject)
+        })
+        .collect();
+    let deleted = delete_keys(store, orphans).await.len() as u64;
     if deleted > 0 {
         metrics::counter!("oxbow_orphan_objects_deleted_total").increment(deleted);
         info!(objects = deleted, "deleted objects no metadata referenced");
@@ -210,9 +225,28 @@ pub async fn apply_retention(broker: &Broker) {
             })
             .collect()
     });
-    for (stream, offset) in trims {
-        if let Err(e) = trim(broker, stream, offset).await {
-            warn!(stream_id = stream.0, error = %e, "retention trim failed");
+    // One command per chunk, not one per stream: at 1,000 partitions a pass
+    // was 1,000 serial Raft writes and fell minutes behind.
+    for chunk in trims.chunks(TRIMS_PER_COMMAND) {
+        let reply = broker
+            .propose(MetadataCommand::TrimStreams {
+                trims: chunk.to_vec(),
+                now_ms: broker.seams.clock.now_ms(),
+            })
+            .await;
+        match reply {
+            Ok(CommandReply::TrimmedMany(replies)) => {
+                for (&(stream, _), reply) in chunk.iter().zip(replies) {
+                    if let CommandReply::Trimmed { start_offset } = reply {
+                        if let Some(p) = broker.partition(stream) {
+                            p.state.set_log_start(start_offset);
+                        }
+                        metrics::counter!("oxbow_stream_trims_total").increment(1);
+                    }
+                }
+            }
+            Ok(other) => warn!(reply = ?other, "retention trim: unexpected reply"),
+            Err(e) => warn!(streams = chunk.len(), error = %e, "retention trim failed"),
         }
     }
 }
@@ -260,23 +294,14 @@ pub async fn collect_garbage(broker: &Broker, store: &dyn ObjectStore) {
             .map(|o| (o.id, o.key.clone()))
             .collect()
     });
-    let deleted: Vec<ObjectId> = futures::stream::iter(due)
-        .map(|(id, key)| async move {
-            match store.delete(&Path::from(key.clone())).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {
-                    metrics::counter!("oxbow_object_deletes_total").increment(1);
-                    Some(id)
-                }
-                Err(e) => {
-                    warn!(key, error = %e, "deleting object failed; retrying next pass");
-                    None
-                }
-            }
-        })
-        .buffer_unordered(DELETES_IN_FLIGHT)
-        .filter_map(|id| async move { id })
-        .collect()
-        .await;
+    let ids: std::collections::HashMap<String, ObjectId> =
+        due.iter().map(|(id, key)| (key.clone(), *id)).collect();
+    let keys = due.into_iter().map(|(_, key)| key).collect();
+    let deleted: Vec<ObjectId> = delete_keys(store, keys)
+        .await
+        .iter()
+        .filter_map(|key| ids.get(key).copied())
+        .collect();
     if deleted.is_empty() {
         return;
     }
@@ -292,6 +317,37 @@ pub async fn collect_garbage(broker: &Broker, store: &dyn ObjectStore) {
         }
         Err(e) => warn!(error = %e, "recording deleted objects failed; retrying next pass"),
     }
+}
+
+/// Deletes objects from the store and answers the keys now gone (deleted,
+/// or already missing); the others are retried by the next pass. S3 stores
+/// delete in bulk (one DeleteObjects request per 1,000 keys), the local file
+/// store 10 at a time.
+async fn delete_keys(store: &dyn ObjectStore, keys: Vec<String>) -> Vec<String> {
+    let paths = futures::stream::iter(keys.into_iter().map(|key| Ok(Path::from(key))));
+    let mut results = store.delete_stream(paths.boxed());
+    let mut gone = Vec::new();
+    let mut failed = 0usize;
+    while let Some(result) = results.next().await {
+        match result {
+            Ok(path) => gone.push(path.to_string()),
+            Err(object_store::Error::NotFound { path, .. }) => gone.push(path),
+            Err(e) => {
+                failed += 1;
+                if failed <= 3 {
+                    warn!(error = %e, "deleting an object failed; retrying next pass");
+                }
+            }
+        }
+    }
+    if failed > 3 {
+        warn!(
+            objects = failed,
+            "deleting objects failed; retrying next pass"
+        );
+    }
+    metrics::counter!("oxbow_object_deletes_total").increment(gone.len() as u64);
+    gone
 }
 
 #[cfg(test)]

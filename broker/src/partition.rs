@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use kameo::actor::ActorRef;
-use kameo::error::Infallible;
 use kameo::message::{Context, Message};
 use kameo::{Actor, Reply};
 use tokio::sync::oneshot;
@@ -75,13 +74,33 @@ pub struct PartitionArgs {
     pub tail: StreamTail,
 }
 
+/// Attempts at reading each tail slice before the actor gives up starting.
+const TAIL_READ_ATTEMPTS: u32 = 5;
+/// Bytes of a stream's newest blocks replayed into the producer table.
+const TAIL_READ_BUDGET: u64 = 8 * 1024 * 1024;
+
+/// The rebuild could not read the stream tail: the actor does not start, so
+/// produce answers NOT_LEADER_OR_FOLLOWER (retriable) and the broker opens
+/// the partition afresh at its next reconcile.
+#[derive(Debug)]
+pub struct TailUnreadable(String);
+
+impl std::fmt::Display for TailUnreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "could not read the stream tail: {}", self.0)
+    }
+}
+
 impl Actor for Partition {
     type Args = PartitionArgs;
-    type Error = Infallible;
+    type Error = TailUnreadable;
 
-    async fn on_start(args: PartitionArgs, _actor_ref: ActorRef<Self>) -> Result<Self, Infallible> {
+    async fn on_start(
+        args: PartitionArgs,
+        _actor_ref: ActorRef<Self>,
+    ) -> Result<Self, TailUnreadable> {
         let mut p = args.partition;
-        p.rebuild_producer_state(&args.tail).await;
+        p.rebuild_producer_state(&args.tail).await?;
         Ok(p)
     }
 }
@@ -91,43 +110,73 @@ impl Partition {
     /// producer table, so a producer retrying a batch committed before a
     /// restart or move is answered as a duplicate. Appends wait until this
     /// is done (the actor starts serving after `on_start`).
-    async fn rebuild_producer_state(&mut self, tail: &StreamTail) {
-        for (obj, start, end) in &tail.slices {
-            match tail
-                .reader
-                .read(obj, self.state.stream, *start, *end, usize::MAX)
-                .await
-            {
-                Ok(read) => {
-                    for b in &read.batches {
-                        let Ok(h) = batch::parse_header(b) else {
-                            continue;
-                        };
-                        let (Ok(base), Ok(last)) =
-                            (u64::try_from(h.base_offset), u64::try_from(h.last_offset()))
-                        else {
-                            continue;
-                        };
-                        if base < *start || h.producer_id < 0 {
-                            continue;
-                        }
-                        self.producers.record(
-                            h.producer_id,
-                            h.producer_epoch,
-                            BatchSeq {
-                                first_seq: h.base_sequence,
-                                last_seq: last_seq_of(h.base_sequence, h.record_count()),
-                                base_offset: base,
-                                last_offset: last,
-                            },
+    ///
+    /// A partial table would accept a retried batch twice, so the rebuild
+    /// either reads every tail slice (retrying each a few times) or fails.
+    async fn rebuild_producer_state(&mut self, tail: &StreamTail) -> Result<(), TailUnreadable> {
+        // Newest first, until the budget is spent, then replayed oldest
+        // first: only a producer's last batches matter, and a compacted
+        // slice can be tens of MiB.
+        let mut reads = Vec::new();
+        let mut budget = TAIL_READ_BUDGET;
+        for (obj, start, end) in tail.slices.iter().rev() {
+            if budget == 0 {
+                break;
+            }
+            let mut attempt = 0;
+            let read = loop {
+                let read = async {
+                    let from = tail
+                        .reader
+                        .tail_start(obj, self.state.stream, *start, *end, budget)
+                        .await?;
+                    tail.reader
+                        .read(obj, self.state.stream, from, *end, usize::MAX)
+                        .await
+                };
+                match read.await {
+                    Ok(read) => break read,
+                    Err(e) => {
+                        attempt += 1;
+                        warn!(
+                            stream_id = self.state.stream.0,
+                            attempt,
+                            error = %e,
+                            "could not read the stream tail to rebuild idempotent-producer state"
                         );
+                        if attempt >= TAIL_READ_ATTEMPTS {
+                            return Err(TailUnreadable(e.to_string()));
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
                     }
                 }
-                Err(e) => warn!(
-                    stream_id = self.state.stream.0,
-                    error = %e,
-                    "could not read the stream tail; idempotent producers start fresh"
-                ),
+            };
+            budget = budget.saturating_sub(read.bytes as u64);
+            reads.push((*start, read));
+        }
+        for (start, read) in reads.iter().rev() {
+            for b in &read.batches {
+                let Ok(h) = batch::parse_header(b) else {
+                    continue;
+                };
+                let (Ok(base), Ok(last)) =
+                    (u64::try_from(h.base_offset), u64::try_from(h.last_offset()))
+                else {
+                    continue;
+                };
+                if base < *start || h.producer_id < 0 {
+                    continue;
+                }
+                self.producers.record(
+                    h.producer_id,
+                    h.producer_epoch,
+                    BatchSeq {
+                        first_seq: h.base_sequence,
+                        last_seq: last_seq_of(h.base_sequence, h.record_count()),
+                        base_offset: base,
+                        last_offset: last,
+                    },
+                );
             }
         }
         if !self.producers.is_empty() {
@@ -137,6 +186,7 @@ impl Partition {
                 "rebuilt idempotent-producer state from the stream tail"
             );
         }
+        Ok(())
     }
 }
 

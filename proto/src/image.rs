@@ -221,6 +221,12 @@ pub enum MetadataCommand {
         start_offset: u64,
         now_ms: i64,
     },
+    /// Many `TrimStream`s in one command (retention moves every stream a
+    /// broker owns each pass: one Raft entry instead of one per stream).
+    TrimStreams {
+        trims: Vec<(StreamId, u64)>,
+        now_ms: i64,
+    },
     /// Forgets objects already deleted from the store (only marked ones).
     DestroyObjects {
         ids: Vec<ObjectId>,
@@ -287,6 +293,8 @@ pub enum CommandReply {
     Trimmed {
         start_offset: u64,
     },
+    /// One reply per stream of a `TrimStreams`, in its order.
+    TrimmedMany(Vec<CommandReply>),
     /// A `CompactObject`: the object recorded (none if no range was
     /// accepted) and, per range, whether it was.
     Compacted {
@@ -352,6 +360,7 @@ impl MetadataCommand {
             MetadataCommand::MoveStream { .. } => "MoveStream",
             MetadataCommand::ReopenStream { .. } => "ReopenStream",
             MetadataCommand::TrimStream { .. } => "TrimStream",
+            MetadataCommand::TrimStreams { .. } => "TrimStreams",
             MetadataCommand::DestroyObjects { .. } => "DestroyObjects",
             MetadataCommand::AlterTopicConfigs { .. } => "AlterTopicConfigs",
             MetadataCommand::CompactObject { .. } => "CompactObject",
@@ -501,6 +510,18 @@ impl MetadataImage {
                     start_offset: new_start,
                 }
             }
+            MetadataCommand::TrimStreams { trims, now_ms } => CommandReply::TrimmedMany(
+                trims
+                    .iter()
+                    .map(|&(stream, start_offset)| {
+                        self.apply(&MetadataCommand::TrimStream {
+                            stream,
+                            start_offset,
+                            now_ms: *now_ms,
+                        })
+                    })
+                    .collect(),
+            ),
             MetadataCommand::AlterClusterConfigs { set, delete } => {
                 for k in delete {
                     self.cluster_configs.remove(k);
@@ -1313,6 +1334,58 @@ mod tests {
         });
         assert!(img.objects.is_empty());
         assert!(img.object_keys.is_empty());
+    }
+
+    #[test]
+    fn trim_streams_trims_each_and_marks_a_shared_object_once_both_let_go() {
+        let mut img = image_with_topic(2);
+        let range = |stream, start, end| CommitRange {
+            stream: StreamId(stream),
+            stream_epoch: 1,
+            start_offset: start,
+            end_offset: end,
+            max_timestamp: 0,
+            bytes: 10,
+        };
+        for (key, start, end) in [("a", 0, 10), ("b", 10, 20)] {
+            img.apply(&MetadataCommand::CommitObject {
+                broker: 1,
+                broker_epoch: 1,
+                key: key.into(),
+                size: 20,
+                ranges: vec![range(0, start, end), range(1, start, end)],
+            });
+        }
+        // Only stream 0 lets go of "a": it stays.
+        let reply = img.apply(&MetadataCommand::TrimStreams {
+            trims: vec![(StreamId(0), 10), (StreamId(9), 3)],
+            now_ms: 5,
+        });
+        assert_eq!(
+            reply,
+            CommandReply::TrimmedMany(vec![
+                CommandReply::Trimmed { start_offset: 10 },
+                CommandReply::UnknownTopic
+            ])
+        );
+        assert_eq!(img.objects[&ObjectId(0)].state, ObjectState::Committed);
+        // Both streams in one command: stream 1 lets go too, "a" is marked;
+        // stream 0 cannot pass its end.
+        let reply = img.apply(&MetadataCommand::TrimStreams {
+            trims: vec![(StreamId(1), 12), (StreamId(0), 99)],
+            now_ms: 6,
+        });
+        assert_eq!(
+            reply,
+            CommandReply::TrimmedMany(vec![
+                CommandReply::Trimmed { start_offset: 12 },
+                CommandReply::Trimmed { start_offset: 20 }
+            ])
+        );
+        assert_eq!(img.objects[&ObjectId(0)].state, ObjectState::MarkDestroyed);
+        assert_eq!(img.objects[&ObjectId(0)].marked_at_ms, Some(6));
+        // Stream 0 holds no slice of "b" any more, stream 1 still does.
+        assert_eq!(img.objects[&ObjectId(1)].state, ObjectState::Committed);
     }
 
     #[test]

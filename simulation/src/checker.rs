@@ -90,10 +90,12 @@ pub enum Op {
         seek: bool,
         records: Vec<(i64, u64)>,
     },
-    /// A read of the whole partition after the workload stopped (from the
-    /// log start to the end).
+    /// A read of the whole partition after the workload stopped, from the
+    /// log start to the end. Retention may have moved the start: values
+    /// acknowledged below `log_start` are gone by design, not lost.
     FinalRead {
         topic_partition: TopicPartition,
+        log_start: i64,
         records: Vec<(i64, u64)>,
     },
 }
@@ -147,10 +149,17 @@ impl History {
         });
     }
 
-    /// Records the final full read of a partition.
-    pub fn final_read(&mut self, topic_partition: TopicPartition, records: Vec<(i64, u64)>) {
+    /// Records the final full read of a partition, which started at (or,
+    /// retention having moved on while it read, finished at) `log_start`.
+    pub fn final_read(
+        &mut self,
+        topic_partition: TopicPartition,
+        log_start: i64,
+        records: Vec<(i64, u64)>,
+    ) {
         self.push(Op::FinalRead {
             topic_partition,
+            log_start,
             records,
         });
     }
@@ -461,8 +470,8 @@ struct Checker<'h> {
     /// Every partition the history names, by index.
     partitions: Vec<&'h TopicPartition>,
     index: HashMap<&'h TopicPartition, PartitionIx>,
-    /// Which partitions have a final read.
-    has_final_read: Vec<bool>,
+    /// The log start of each partition's final read (none: no final read).
+    final_start: Vec<Option<i64>>,
     values: IntMap<u64, Value>,
     /// Values read at each offset, per partition.
     by_offset: Vec<IntMap<i64, AtOffset>>,
@@ -483,7 +492,7 @@ pub fn check(history: &History, options: &CheckOptions) -> Vec<Violation> {
         options: *options,
         partitions: Vec::new(),
         index: HashMap::new(),
-        has_final_read: Vec::new(),
+        final_start: Vec::new(),
         values: IntMap::default(),
         by_offset: Vec::new(),
         last_read: IntMap::default(),
@@ -519,10 +528,11 @@ pub fn check(history: &History, options: &CheckOptions) -> Vec<Violation> {
             }
             Op::FinalRead {
                 topic_partition,
+                log_start,
                 records,
             } => {
                 let p = c.intern(topic_partition);
-                c.has_final_read[p as usize] = true;
+                c.final_start[p as usize] = Some(*log_start);
                 for &(offset, value) in records {
                     c.observe(p, offset, value, true);
                 }
@@ -546,7 +556,7 @@ impl<'h> Checker<'h> {
             .expect("fewer than 2^32 partitions in a history");
         self.partitions.push(tp);
         self.index.insert(tp, p);
-        self.has_final_read.push(false);
+        self.final_start.push(None);
         self.by_offset.push(IntMap::default());
         p
     }
@@ -679,7 +689,8 @@ impl<'h> Checker<'h> {
                 }
             }
             if let Some(acked) = v.acked.min() {
-                if self.has_final_read[v.partition as usize] && !v.in_final_read {
+                let kept = self.final_start[v.partition as usize].is_some_and(|s| acked >= s);
+                if kept && !v.in_final_read {
                     self.found.push(Violation::LostWrite {
                         topic_partition: tp(),
                         value,
@@ -766,7 +777,7 @@ mod tests {
             for (k, records) in log.chunks(chunk).enumerate() {
                 h.poll(101, tp(p), k == 0, records.to_vec());
             }
-            h.final_read(tp(p), log);
+            h.final_read(tp(p), 0, log);
         }
         h
     }
@@ -820,6 +831,7 @@ mod tests {
                 Op::FinalRead {
                     topic_partition,
                     records,
+                    ..
                 } if *topic_partition == tp(p) => Some(records),
                 _ => None,
             })
@@ -837,6 +849,7 @@ mod tests {
             | Op::FinalRead {
                 topic_partition,
                 records,
+                ..
             } if *topic_partition == tp(p) => Some(records),
             _ => None,
         })
@@ -1074,11 +1087,37 @@ mod tests {
     }
 
     #[test]
+    fn values_below_the_final_reads_log_start_are_trimmed_not_lost() {
+        let mut h = History::new();
+        for v in 0..4 {
+            h.send(0, tp(0), v, SendOutcome::Ok(v as i64));
+        }
+        h.poll(7, tp(0), true, vec![(0, 0), (1, 1)]);
+        // Retention moved the start to 2: 0 and 1 are gone by design.
+        h.final_read(tp(0), 2, vec![(2, 2), (3, 3)]);
+        assert_eq!(check(&h, &dense()), vec![]);
+        // But not 2: acknowledged at the start, missing from the read.
+        let mut h2 = History::new();
+        for v in 0..4 {
+            h2.send(0, tp(0), v, SendOutcome::Ok(v as i64));
+        }
+        h2.final_read(tp(0), 2, vec![(3, 3)]);
+        assert_eq!(
+            check(&h2, &dense()),
+            vec![Violation::LostWrite {
+                topic_partition: tp(0),
+                value: 2,
+                acked_offset: 2,
+            }]
+        );
+    }
+
+    #[test]
     fn a_failed_attempt_followed_by_an_acknowledged_retry_is_not_failed() {
         let mut h = History::new();
         h.send(0, tp(0), 1, SendOutcome::Fail);
         h.send(0, tp(0), 1, SendOutcome::Ok(0));
-        h.final_read(tp(0), vec![(0, 1)]);
+        h.final_read(tp(0), 0, vec![(0, 1)]);
         assert_eq!(check(&h, &dense()), vec![]);
     }
 

@@ -31,7 +31,7 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::indexmap::IndexMap;
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::offset_commit_request::{
@@ -103,6 +103,7 @@ const NOT_LEADER_OR_FOLLOWER: i16 = 6;
 pub(crate) const REQUEST_TIMED_OUT: i16 = 7;
 const NETWORK_EXCEPTION: i16 = 13;
 pub(crate) const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
+pub(crate) const OFFSET_OUT_OF_RANGE: i16 = 1;
 pub(crate) const COORDINATOR_NOT_AVAILABLE: i16 = 15;
 pub(crate) const NOT_COORDINATOR: i16 = 16;
 pub(crate) const UNKNOWN_MEMBER_ID: i16 = 25;
@@ -456,13 +457,26 @@ impl ClusterClient {
 
     /// Creates `name` with `partitions` partitions. A topic that already
     /// exists is success (whatever its partition count).
-    pub async fn create_topic(&mut self, name: &str, partitions: i32) -> Result<()> {
+    pub async fn create_topic(
+        &mut self,
+        name: &str,
+        partitions: i32,
+        configs: &[(&str, String)],
+    ) -> Result<()> {
+        let configs = configs
+            .iter()
+            .map(|(k, v)| {
+                CreatableTopicConfig::default()
+                    .with_name(StrBytes::from_string(k.to_string()))
+                    .with_value(Some(StrBytes::from_string(v.clone())))
+            })
+            .collect();
         let topic = CreatableTopic::default()
             .with_name(topic_name(name))
             .with_num_partitions(partitions)
             .with_replication_factor(-1)
             .with_assignments(Vec::new())
-            .with_configs(Vec::new());
+            .with_configs(configs);
         let request = CreateTopicsRequest::default()
             .with_topics(vec![topic])
             .with_timeout_ms(self.broker_side_timeout_ms())

@@ -62,6 +62,9 @@ pub struct SimConfig {
     /// Test-only switches that plant a known bug, to show the checker
     /// catches it.
     pub planted: Option<PlantedBug>,
+    /// The topic's `retention.ms`: retention trims the partitions (and GC
+    /// deletes their objects) under the faults.
+    pub retention_ms: Option<u64>,
 }
 
 impl SimConfig {
@@ -81,6 +84,10 @@ impl SimConfig {
             think: Duration::from_millis(env_ms("SIM_THINK_MS", 50)),
             tick: Duration::from_millis(env_ms("SIM_TICK_MS", 5)),
             planted: None,
+            // A third of the seeds run with retention, so that trims and
+            // the deletion of trimmed objects race the faults too (the other
+            // seeds keep every value for the lost-write check).
+            retention_ms: seed.is_multiple_of(3).then_some(20_000),
         }
     }
 
@@ -197,6 +204,8 @@ pub struct Report {
     pub final_objects: usize,
     /// Compacted objects committed during the run.
     pub compactions: u64,
+    /// Times retention moved a stream's start offset.
+    pub trims: u64,
     /// Fingerprint of the history and the fault log: the same seed must
     /// give the same fingerprint.
     pub fingerprint: u64,
@@ -276,6 +285,7 @@ pub fn run(config: &SimConfig) -> Report {
         reassignments: 0,
         final_objects: 0,
         compactions: 0,
+        trims: 0,
         fingerprint: 0,
         simulated: Duration::ZERO,
         sim_error: Some(format!("the simulation panicked: {e}")),
@@ -434,6 +444,7 @@ fn run_here(config: &SimConfig) -> Report {
         final_read_by: config.duration + Duration::from_secs(40),
         heal_at: config.duration - config.quiet,
         think: config.think,
+        retention_ms: config.retention_ms,
     };
     for p in 0..config.producers {
         let w = workload.clone();
@@ -550,6 +561,7 @@ fn run_here(config: &SimConfig) -> Report {
         reassignments: observed.moves_done,
         final_objects: observed.final_objects,
         compactions: observed.compactions,
+        trims: observed.trims,
         fingerprint: fp,
         simulated,
         sim_error,

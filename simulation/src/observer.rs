@@ -43,6 +43,8 @@ pub struct ObserverLog {
     pub snapshots: u64,
     /// Compacted objects committed (`CompactObject` accepted).
     pub compactions: u64,
+    /// Trims (retention) that moved a stream's start offset.
+    pub trims: u64,
     /// Reassignments waiting: (partition of the workload topic, target broker).
     pub moves: VecDeque<(u32, u32)>,
     pub moves_done: u64,
@@ -178,7 +180,13 @@ impl Replay {
                     self.version = version;
                     log.commands += 1;
                     let objects_before = self.image.next_object_id;
+                    let starts_before = self.starts();
                     let found = self.apply(&cmd);
+                    log.trims += self
+                        .starts()
+                        .iter()
+                        .filter(|(id, start)| starts_before.get(id).is_some_and(|b| b < start))
+                        .count() as u64;
                     if matches!(cmd, MetadataCommand::CompactObject { .. })
                         && self.image.next_object_id > objects_before
                     {
@@ -224,7 +232,12 @@ impl Replay {
                 let before = self.stream_marks();
                 self.image.apply(other);
                 let mut found = self.monotonic(&before);
-                if matches!(other, MetadataCommand::CompactObject { .. }) {
+                if matches!(
+                    other,
+                    MetadataCommand::CompactObject { .. }
+                        | MetadataCommand::TrimStream { .. }
+                        | MetadataCommand::TrimStreams { .. }
+                ) {
                     found.extend(self.covered());
                 }
                 found
@@ -274,6 +287,14 @@ impl Replay {
             }
         }
         out
+    }
+
+    fn starts(&self) -> BTreeMap<StreamId, u64> {
+        self.image
+            .streams
+            .values()
+            .map(|s| (s.id, s.start_offset))
+            .collect()
     }
 
     fn stream_marks(&self) -> BTreeMap<StreamId, (u64, u64)> {

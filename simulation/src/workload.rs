@@ -15,7 +15,8 @@ use crate::checker::{History, SendOutcome, TopicPartition};
 use crate::client::{
     ClientError, ClusterClient, GroupAssignment, Outcome, ProducerIds,
     COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE, EARLIEST_TIMESTAMP,
-    FENCED_MEMBER_EPOCH, GROUP_ID_NOT_FOUND, NOT_COORDINATOR, REQUEST_TIMED_OUT, UNKNOWN_MEMBER_ID,
+    FENCED_MEMBER_EPOCH, GROUP_ID_NOT_FOUND, NOT_COORDINATOR, OFFSET_OUT_OF_RANGE,
+    REQUEST_TIMED_OUT, UNKNOWN_MEMBER_ID,
 };
 use crate::net::TurmoilNet;
 use crate::seams::{splitmix64, SimClock, SIM_EPOCH_MS};
@@ -37,6 +38,9 @@ pub struct Workload {
     /// consumer this long after each round over the partitions: a client
     /// load that exercises the cluster without drowning the simulation.
     pub think: Duration,
+    /// The topic's `retention.ms`, if it has one: retention then trims the
+    /// partitions while the run goes on, and the readers follow the start.
+    pub retention_ms: Option<u64>,
 }
 
 /// Sleeps a seeded time in `[0, 2 * mean)`.
@@ -233,7 +237,15 @@ pub fn check_members(
 /// Creates the workload's topic, retrying until it exists.
 async fn ensure_topic(w: &Workload, c: &mut ClusterClient) {
     loop {
-        match c.create_topic(&w.topic, w.partitions as i32).await {
+        let configs: Vec<(&str, String)> = w
+            .retention_ms
+            .map(|ms| ("retention.ms", ms.to_string()))
+            .into_iter()
+            .collect();
+        match c
+            .create_topic(&w.topic, w.partitions as i32, &configs)
+            .await
+        {
             Ok(()) => return,
             Err(e) => {
                 tracing::debug!(error = %e, "create topic failed; retrying");
@@ -384,6 +396,16 @@ pub async fn consume(w: Workload, process: u32, history: SharedHistory) {
                     positions.insert(p, (r.log_start_offset, true));
                 }
                 Ok(_) => {}
+                // Retention moved the start past the position: start again
+                // from the new log start, as `auto.offset.reset=earliest`.
+                Err(ClientError::Broker {
+                    code: OFFSET_OUT_OF_RANGE,
+                    ..
+                }) => {
+                    if let Ok(start) = c.list_offsets(&w.topic, p, EARLIEST_TIMESTAMP).await {
+                        positions.insert(p, (start.max(position), true));
+                    }
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, partition = p, "poll failed");
                     backoff().await;
@@ -480,8 +502,11 @@ pub async fn final_read(w: Workload, process: u32, history: SharedHistory) {
     for p in 0..w.partitions as i32 {
         let tp = TopicPartition::new(w.topic.clone(), p);
         match read_all(&w, &mut c, p).await {
-            Ok(records) => {
-                history.borrow_mut().history.final_read(tp, records);
+            Ok((log_start, records)) => {
+                history
+                    .borrow_mut()
+                    .history
+                    .final_read(tp, log_start, records);
             }
             Err(e) => history.borrow_mut().liveness(format!(
                 "final read of {tp} incomplete by {:?}: {e}",
@@ -491,22 +516,16 @@ pub async fn final_read(w: Workload, process: u32, history: SharedHistory) {
     }
 }
 
-async fn read_all(w: &Workload, c: &mut ClusterClient, p: i32) -> Result<Vec<(i64, u64)>, String> {
+/// Reads a partition from its log start to its end: the log start (the
+/// last one, if retention moved it while reading) and the records.
+async fn read_all(
+    w: &Workload,
+    c: &mut ClusterClient,
+    p: i32,
+) -> Result<(i64, Vec<(i64, u64)>), String> {
     let mut last_error = String::from("no attempt");
-    let mut start = None;
-    while start.is_none() {
-        if now() > w.final_read_by {
-            return Err(last_error);
-        }
-        match c.list_offsets(&w.topic, p, EARLIEST_TIMESTAMP).await {
-            Ok(s) => start = Some(s),
-            Err(e) => {
-                last_error = e.to_string();
-                backoff().await;
-            }
-        }
-    }
-    let mut position = start.unwrap_or(0);
+    let mut log_start = earliest(w, c, p, &mut last_error).await?;
+    let mut position = log_start;
     let mut out = Vec::new();
     loop {
         if now() > w.final_read_by {
@@ -520,11 +539,39 @@ async fn read_all(w: &Workload, c: &mut ClusterClient, p: i32) -> Result<Vec<(i6
                 }
                 out.extend(records);
                 if position >= r.high_watermark {
-                    return Ok(out);
+                    return Ok((log_start, out));
                 }
+            }
+            Err(ClientError::Broker {
+                code: OFFSET_OUT_OF_RANGE,
+                ..
+            }) => {
+                log_start = earliest(w, c, p, &mut last_error).await?;
+                position = position.max(log_start);
             }
             Err(e) => {
                 last_error = describe(&e);
+                backoff().await;
+            }
+        }
+    }
+}
+
+/// The partition's log start, retried until `final_read_by`.
+async fn earliest(
+    w: &Workload,
+    c: &mut ClusterClient,
+    p: i32,
+    last_error: &mut String,
+) -> Result<i64, String> {
+    loop {
+        if now() > w.final_read_by {
+            return Err(last_error.clone());
+        }
+        match c.list_offsets(&w.topic, p, EARLIEST_TIMESTAMP).await {
+            Ok(start) => return Ok(start),
+            Err(e) => {
+                *last_error = e.to_string();
                 backoff().await;
             }
         }

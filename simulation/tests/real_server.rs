@@ -101,12 +101,12 @@ async fn client_round_trip_against_oxbow_server() {
     assert!(ready, "oxbow server did not answer within 30 s");
 
     client
-        .create_topic("sim-it", 2)
+        .create_topic("sim-it", 2, &[])
         .await
         .expect("create topic");
     // Creating it again is not an error.
     client
-        .create_topic("sim-it", 2)
+        .create_topic("sim-it", 2, &[])
         .await
         .expect("create again");
 

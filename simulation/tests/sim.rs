@@ -71,9 +71,18 @@ fn fixed_seeds_hold_every_invariant_under_faults() {
     let mut failures = Vec::new();
     let mut faults = 0;
     let mut compactions = 0;
+    let mut trims = 0;
+    let mut trimmed_seeds = 0;
     for (config, report) in run_many((1..=seeds).collect(), duration) {
         faults += report.faults.len();
         compactions += report.compactions;
+        trims += report.trims;
+        trimmed_seeds += u64::from(report.trims > 0);
+        assert!(
+            config.retention_ms.is_some() || report.trims == 0,
+            "seed {}: trimmed without retention",
+            config.seed
+        );
         assert!(
             report.acknowledged > 0,
             "seed {}: the workload got no acknowledgement at all",
@@ -89,11 +98,19 @@ fn fixed_seeds_hold_every_invariant_under_faults() {
             failures.push(describe(&config, &report));
         }
     }
-    println!("{seeds} seeds of {duration:?}, {faults} faults injected, {compactions} compactions");
+    println!(
+        "{seeds} seeds of {duration:?}, {faults} faults injected, {compactions} compactions, \
+         {trims} trims in {trimmed_seeds} seeds"
+    );
     assert!(faults as u64 >= seeds, "too few faults injected: {faults}");
     assert!(
         compactions >= seeds,
         "compaction barely ran under the faults: {compactions} compacted objects"
+    );
+    // A third of the seeds have retention; most of those must have trimmed.
+    assert!(
+        trimmed_seeds >= seeds / 4,
+        "retention barely ran under the faults: {trims} trims in {trimmed_seeds} seeds"
     );
     assert!(failures.is_empty(), "violations:\n{}", failures.join("\n"));
 }

@@ -340,6 +340,36 @@ impl ObjectReader {
         Ok(out)
     }
 
+    /// Where the newest part of `stream`'s `[start, end)` in this object
+    /// that fits in `budget` bytes of blocks begins (at least the last
+    /// block): the offset a reader that wants only the tail reads from.
+    pub async fn tail_start(
+        &self,
+        obj: &ObjectLocation,
+        stream: StreamId,
+        start: u64,
+        end: u64,
+        budget: u64,
+    ) -> Result<u64, ReadError> {
+        let index = self.index(obj).await?;
+        let mut from = start;
+        let mut bytes = 0u64;
+        for block in index.stream_blocks(stream).iter().rev() {
+            if block.start_offset >= end {
+                continue;
+            }
+            if block.end_offset <= start {
+                break;
+            }
+            from = block.start_offset.max(start);
+            bytes += u64::from(block.size);
+            if bytes >= budget {
+                break;
+            }
+        }
+        Ok(from)
+    }
+
     /// Every batch of `stream` in this object that overlaps `[start, end)`,
     /// read with one ranged GET and without going through the block cache
     /// (compaction reads data once; it must not evict what fetches use).
@@ -491,6 +521,52 @@ mod tests {
             .unwrap()
             .batches
             .is_empty());
+    }
+
+    #[tokio::test]
+    async fn tail_start_keeps_the_newest_blocks_within_the_budget() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        // One batch per block: each is about 600 bytes.
+        let mut w = ObjectWriter::new(100);
+        for i in 0..6u64 {
+            w.push(StreamId(1), i * 5, i * 5 + 5, 5, &batch((i * 5) as i64, 5))
+                .unwrap();
+        }
+        let (bytes, _) = w.finish();
+        let size = bytes.len() as u64;
+        store
+            .put(&Path::from("o"), PutPayload::from(bytes))
+            .await
+            .unwrap();
+        let reader = ObjectReader::new(store, 16, 1 << 20);
+        let obj = ObjectLocation {
+            id: ObjectId(1),
+            key: "o".into(),
+            size,
+        };
+        let block = reader.index(&obj).await.unwrap().stream_blocks(StreamId(1))[0].size as u64;
+        let at = |budget| reader.tail_start(&obj, StreamId(1), 0, 30, budget);
+        // At least the last block, however small the budget.
+        assert_eq!(at(1).await.unwrap(), 25);
+        assert_eq!(at(block).await.unwrap(), 25);
+        assert_eq!(at(2 * block).await.unwrap(), 20);
+        assert_eq!(at(2 * block + 1).await.unwrap(), 15);
+        // Never before the slice's start, nor counting blocks past its end.
+        assert_eq!(at(u64::MAX).await.unwrap(), 0);
+        assert_eq!(
+            reader
+                .tail_start(&obj, StreamId(1), 7, 30, u64::MAX)
+                .await
+                .unwrap(),
+            7
+        );
+        assert_eq!(
+            reader
+                .tail_start(&obj, StreamId(1), 0, 10, block)
+                .await
+                .unwrap(),
+            5
+        );
     }
 
     #[tokio::test]

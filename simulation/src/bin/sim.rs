@@ -110,7 +110,7 @@ fn main() -> ExitCode {
             *kinds.entry(f.kind()).or_default() += 1;
         }
         println!(
-            "seed {seed}: {} in {:.1}s wall, {:.0}s simulated; acked {} indeterminate {} failed {} polls {}; offsets committed {} read {}; {} faults, {} reassignments, {} compactions; {} metadata commands checked, {} objects at the end; fingerprint {:016x}",
+            "seed {seed}: {} in {:.1}s wall, {:.0}s simulated; acked {} indeterminate {} failed {} polls {}; offsets committed {} read {}; {} faults, {} reassignments, {} compactions, {} trims; {} metadata commands checked, {} objects at the end; fingerprint {:016x}",
             if report.ok() { "ok" } else { "VIOLATION" },
             started.elapsed().as_secs_f64(),
             report.simulated.as_secs_f64(),
@@ -123,6 +123,7 @@ fn main() -> ExitCode {
             report.faults.len(),
             report.reassignments,
             report.compactions,
+            report.trims,
             report.commands_checked,
             report.final_objects,
             report.fingerprint,
