@@ -40,6 +40,8 @@
 #   LINGER_MS=100                    [storage] linger_ms of the soak server: how long the writer
 #                                    gathers data into one object (DESIGN: 50-250 ms on cloud S3,
 #                                    where a PUT costs; Oxbow's default of 5 ms suits a local store)
+#   SEAL_WHEN_IDLE=false             [storage] seal_when_idle of the soak server (Oxbow's default,
+#                                    true, seals after 1 ms whenever the upload pipeline is idle)
 #   COMPACTION_INTERVAL_MS=10000     [storage] compaction_interval_ms of the soak server (the
 #                                    lifecycle task runs every 5 s, so less than 5000 acts as 5000)
 #   SAMPLE_S=60 (QUICK: 20)          seconds between rows
@@ -84,6 +86,7 @@ RATE=${RATE:-5000}
 RECORD_SIZE=${RECORD_SIZE:-1024}
 COMPACTION_INTERVAL_MS=${COMPACTION_INTERVAL_MS:-10000}
 LINGER_MS=${LINGER_MS:-100}
+SEAL_WHEN_IDLE=${SEAL_WHEN_IDLE:-false}
 COLD_PARTITIONS=${COLD_PARTITIONS:-100}
 SOAK_TIMEOUT_S=${SOAK_TIMEOUT_S:-$((MINUTES * 60 + 5400))}
 RUST_LOG_OXBOW=${SOAK_RUST_LOG:-info,openraft=warn}
@@ -224,6 +227,7 @@ compaction_interval_ms = $2
 orphan_scan_interval_ms = 60000
 orphan_min_age_ms = 120000
 linger_ms = $LINGER_MS
+seal_when_idle = $SEAL_WHEN_IDLE
 ${3:-}
 EOF
 }
@@ -469,7 +473,7 @@ WATCHDOG_PID=$!
   echo "oxbow binary: $oxbow_bin ($(stat -c '%y' "$oxbow_bin" | cut -d. -f1)); $(nproc) cores," \
        "$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM, $(java -version 2>&1 | head -n 1)"
   echo "QUICK=$QUICK MINUTES=$MINUTES PARTITIONS=$PARTITIONS RATE=$RATE RECORD_SIZE=$RECORD_SIZE" \
-       "RETENTION_MS=$RETENTION_MS LINGER_MS=$LINGER_MS COMPACTION_INTERVAL_MS=$COMPACTION_INTERVAL_MS SAMPLE_S=$SAMPLE_S" \
+       "RETENTION_MS=$RETENTION_MS LINGER_MS=$LINGER_MS SEAL_WHEN_IDLE=$SEAL_WHEN_IDLE COMPACTION_INTERVAL_MS=$COMPACTION_INTERVAL_MS SAMPLE_S=$SAMPLE_S" \
        "COLD_MB=$COLD_MB COLD_PARTITIONS=$COLD_PARTITIONS COLD_RUNS=$COLD_RUNS; producer props: ${PRODUCER_PROPS[*]}"
   echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee -a "$results"

@@ -5,6 +5,7 @@ objects that no longer hold live data.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -66,6 +67,36 @@ def test_delete_records_with_the_java_admin_client(server, topic_name, tmp_path)
         assert first == 40
     finally:
         c.close()
+
+
+@pytest.mark.oxbow_only
+def test_seal_when_idle_off_gathers_concurrent_requests_into_one_object(server_factory, tmp_path, topic_name):
+    """`[storage] seal_when_idle = false` (the cloud-S3 setting): an object gathers for the
+    whole `linger_ms`, so requests arriving together share one PUT even with the upload
+    pipeline idle (the default seals after 1 ms then)."""
+    cfg = tmp_path / "oxbow.toml"
+    cfg.write_text("[storage]\nlinger_ms = 3000\nseal_when_idle = false\n")
+    srv = server_factory(extra_args=["--config", str(cfg)])
+    clients.create_topic(srv.bootstrap, topic_name, 1)
+    producers = [Producer({"bootstrap.servers": srv.bootstrap, "acks": "all", "linger.ms": 0})
+                 for _ in range(6)]
+    for p in producers:  # connected before the burst
+        p.list_topics(topic_name, timeout=30)
+    assert not sso_objects(srv)
+    acked = []
+
+    def send(p, i):
+        p.produce(topic_name, value=b"burst-%d" % i, partition=0,
+                  on_delivery=lambda err, msg: acked.append((err, msg.offset())))
+        assert p.flush(30) == 0
+
+    threads = [threading.Thread(target=send, args=(p, i)) for i, p in enumerate(producers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(o for _, o in acked) == list(range(6)) and all(e is None for e, _ in acked), acked
+    assert len(sso_objects(srv)) == 1, sso_objects(srv)
 
 
 @pytest.mark.oxbow_only

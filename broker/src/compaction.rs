@@ -38,10 +38,14 @@ use crate::storage::batch;
 use crate::storage::object_format::ObjectIndex;
 use crate::storage::object_format::ObjectWriter;
 use crate::storage::reader::{stream_batches_in, ObjectLocation};
+use crate::storage::retention::RetentionPolicy;
 use futures::StreamExt;
 
 /// A run of a stream's small compacted slices longer than this is merged.
 const MAX_SMALL_CLEAN_SLICES: usize = 16;
+/// Plain-topic data that retention drops within this long (or a quarter of
+/// `retention.ms`, if less) is not rewritten.
+const EXPIRY_MARGIN_MS: i64 = 60_000;
 
 /// Key-based compaction rules of a compacted topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,9 +123,12 @@ fn config_i64(configs: &std::collections::BTreeMap<String, String>, key: &str) -
 /// runs of slices in them. Compacted topics are planned within the same
 /// budget, whole cleanable range by whole cleanable range.
 pub fn plan(img: &MetadataImage, me: BrokerId, now_ms: i64, limits: Limits) -> Vec<Run> {
+    /// A stream, whether it is key-compacted, the timestamp below which
+    /// its data expires too soon to rewrite, and its slices but the last.
     type Planned<'a> = (
         &'a proto::image::StreamRecord,
         bool,
+        Option<i64>,
         Vec<(PlannedSlice, bool, i64)>,
     );
     let mut streams: Vec<Planned<'_>> = Vec::new();
@@ -156,14 +163,27 @@ pub fn plan(img: &MetadataImage, me: BrokerId, now_ms: i64, limits: Limits) -> V
             continue; // nothing to do, or the view is inconsistent for a moment
         }
         let keyed = is_compacted_topic(img, topic);
+        // Data retention drops within the next minute (a quarter of the
+        // retention, if less) is not worth a rewrite, and would be gone
+        // before a long pass reads it.
+        let expires_by = RetentionPolicy::from_configs(
+            &effective_topic_configs(img, topic),
+            crate::config::TOPIC_CONFIG_DEFAULTS,
+        )
+        .retention_ms
+        .map(|ms| {
+            now_ms
+                .saturating_sub(ms)
+                .saturating_add(EXPIRY_MARGIN_MS.min(ms / 4))
+        });
         if !keyed {
-            for (sl, dirty, _) in &slices {
-                if *dirty {
+            for (sl, dirty, max_ts) in &slices {
+                if *dirty && expires_by.is_none_or(|t| *max_ts >= t) {
                     dirty_objects.insert(sl.object.id, sl.object.size);
                 }
             }
         }
-        streams.push((s, keyed, slices));
+        streams.push((s, keyed, expires_by, slices));
     }
     let mut chosen = std::collections::BTreeSet::new();
     let mut total = 0u64;
@@ -176,7 +196,7 @@ pub fn plan(img: &MetadataImage, me: BrokerId, now_ms: i64, limits: Limits) -> V
     }
     let mut runs = Vec::new();
     let mut keyed_bytes = 0u64;
-    for (s, keyed, slices) in streams {
+    for (s, keyed, expires_by, slices) in streams {
         if keyed {
             if keyed_bytes >= limits.max_bytes_per_pass {
                 continue;
@@ -190,7 +210,14 @@ pub fn plan(img: &MetadataImage, me: BrokerId, now_ms: i64, limits: Limits) -> V
                 runs.push(r);
             }
         } else {
-            runs.extend(plan_plain(s.id, s.start_offset, &slices, limits, &chosen));
+            runs.extend(plan_plain(
+                s.id,
+                s.start_offset,
+                &slices,
+                limits,
+                &chosen,
+                expires_by,
+            ));
         }
     }
     runs
@@ -248,6 +275,7 @@ fn plan_plain(
     slices: &[(PlannedSlice, bool, i64)],
     limits: Limits,
     chosen: &std::collections::BTreeSet<proto::ObjectId>,
+    expires_by: Option<i64>,
 ) -> Vec<Run> {
     let mut runs = Vec::new();
     let mut current: Vec<PlannedSlice> = Vec::new();
@@ -268,7 +296,12 @@ fn plan_plain(
         }
         current.clear();
     };
-    for (slice, dirty, _) in slices {
+    for (slice, dirty, max_ts) in slices {
+        if expires_by.is_some_and(|t| *max_ts < t) {
+            // Retention drops it soon: left as it is, and it ends a run.
+            flush(&mut current, current_dirty, &mut runs);
+            continue;
+        }
         // A dirty slice in an object this pass does not read is left.
         let dirty = &(*dirty && chosen.contains(&slice.object.id));
         let small_clean = !*dirty
@@ -309,6 +342,9 @@ pub struct PassStats {
     pub bytes_written: u64,
     pub objects_committed: u64,
     pub ranges_refused: u64,
+    /// Runs left because they changed since the plan or an object of
+    /// theirs could not be read.
+    pub runs_skipped: u64,
 }
 
 /// A compaction output being assembled.
@@ -365,6 +401,20 @@ pub async fn compact_once(broker: &Broker, store: &dyn ObjectStore, seq: &Atomic
     let mut pacer = Pacer::new(cfg.compaction_read_bytes_per_sec);
     let loaded = load_objects(broker, &runs, limits.max_bytes_per_pass, &mut pacer).await;
     for run in runs {
+        // A long pass outlives its plan: a run a trim or another
+        // compaction changed since would be refused, and its objects may
+        // be deleted already. Nor is one whose object could not be read
+        // worth a slice-by-slice retry now.
+        let current = broker.metadata.read(|img| run_is_current(img, &run));
+        if !current
+            || run
+                .slices
+                .iter()
+                .any(|sl| loaded.failed.contains(&sl.object.id))
+        {
+            stats.runs_skipped += 1;
+            continue;
+        }
         if let Err(e) = rewrite_run(broker, &run, &mut out, &mut stats, &mut pacer, &loaded).await {
             // Batches of the run already appended stay in the object
             // unreferenced (no range names them); the run is retried on
@@ -388,6 +438,7 @@ pub async fn compact_once(broker: &Broker, store: &dyn ObjectStore, seq: &Atomic
             read = stats.bytes_read,
             written = stats.bytes_written,
             refused = stats.ranges_refused,
+            skipped = stats.runs_skipped,
             "compacted"
         );
     }
@@ -425,8 +476,25 @@ impl Pacer {
     }
 }
 
-/// Objects a pass read whole, by id, with their indexes.
-type Loaded = HashMap<proto::ObjectId, (Bytes, std::sync::Arc<ObjectIndex>)>;
+/// Objects a pass read whole, by id, with their indexes, and those it
+/// could not read.
+#[derive(Default)]
+struct Loaded {
+    objects: HashMap<proto::ObjectId, (Bytes, std::sync::Arc<ObjectIndex>)>,
+    failed: std::collections::HashSet<proto::ObjectId>,
+}
+
+/// Whether each slice of `run` is still in its stream's map as planned.
+fn run_is_current(img: &MetadataImage, run: &Run) -> bool {
+    let Some(s) = img.streams.get(&run.stream) else {
+        return false;
+    };
+    run.slices.iter().all(|p| {
+        s.slices
+            .get(&p.start)
+            .is_some_and(|sl| sl.end_offset == p.end && sl.object == p.object.id)
+    })
+}
 
 /// Reads every dirty object the runs use, whole, once (a few at a time),
 /// up to twice the pass budget; slices in other objects are read alone.
@@ -440,6 +508,14 @@ async fn load_objects(broker: &Broker, runs: &[Run], budget: u64, pacer: &mut Pa
                 .or_insert_with(|| s.object.clone());
         }
     }
+    // Objects marked since the plan are about to go.
+    broker.metadata.read(|img| {
+        wanted.retain(|id, _| {
+            img.objects
+                .get(id)
+                .is_some_and(|o| o.state == proto::image::ObjectState::Committed)
+        })
+    });
     let mut total = 0u64;
     let chosen: Vec<ObjectLocation> = wanted
         .into_values()
@@ -457,14 +533,25 @@ async fn load_objects(broker: &Broker, runs: &[Run], budget: u64, pacer: &mut Pa
         .buffer_unordered(4)
         .collect()
         .await;
-    let mut loaded = Loaded::new();
+    let mut loaded = Loaded::default();
     for (o, r) in results {
         match r {
             Ok((bytes, index)) => {
                 pacer.read(bytes.len() as u64).await;
-                loaded.insert(o.id, (bytes, index));
+                loaded.objects.insert(o.id, (bytes, index));
             }
-            Err(e) => warn!(key = o.key, error = %e, "compaction could not read an object"),
+            Err(e) => {
+                // Trimmed and deleted since the plan: nothing to say.
+                let gone = broker.metadata.read(|img| {
+                    img.objects
+                        .get(&o.id)
+                        .is_none_or(|x| x.state != proto::image::ObjectState::Committed)
+                });
+                if !gone {
+                    warn!(key = o.key, error = %e, "compaction could not read an object");
+                }
+                loaded.failed.insert(o.id);
+            }
         }
     }
     loaded
@@ -479,7 +566,7 @@ async fn read_slice(
     pacer: &mut Pacer,
     loaded: &Loaded,
 ) -> Result<Vec<Bytes>, String> {
-    if let Some((bytes, index)) = loaded.get(&slice.object.id) {
+    if let Some((bytes, index)) = loaded.objects.get(&slice.object.id) {
         return stream_batches_in(bytes, 0, index, run.stream, slice.start, slice.end);
     }
     let batches = broker
@@ -771,6 +858,44 @@ mod tests {
             ..LIMITS
         };
         assert_eq!(spans(&plan(&img, 1, 0, two)), vec![(0, 20)]);
+    }
+
+    #[test]
+    fn data_retention_drops_soon_is_not_rewritten() {
+        let now = 1_000_000;
+        // Expires once older than 120 s: at 880,000; within a quarter of
+        // that (30 s) of now, anything older than 910,000.
+        let img = image(
+            &[("retention.ms", "120000")],
+            &[
+                ("sso/1/1/1", 0, 10, 900_000),
+                ("sso/1/1/2", 10, 20, 909_999),
+                ("sso/1/1/3", 20, 30, 910_000),
+                ("sso/1/1/4", 30, 40, 960_000),
+                ("sso/1/1/5", 40, 50, 970_000),
+            ],
+        );
+        assert_eq!(spans(&plan(&img, 1, now, LIMITS)), vec![(20, 40)]);
+        // A long retention: a minute of margin.
+        let img = image(
+            &[("retention.ms", "3600000")],
+            &[
+                ("sso/1/1/1", 0, 10, now - 3_600_000 + 59_999),
+                ("sso/1/1/2", 10, 20, now - 3_600_000 + 60_000),
+                ("sso/1/1/3", 20, 30, now),
+            ],
+        );
+        assert_eq!(spans(&plan(&img, 1, now, LIMITS)), vec![(10, 20)]);
+        // Without retention everything but the tail is rewritten.
+        let img = image(
+            &[("retention.ms", "-1")],
+            &[
+                ("sso/1/1/1", 0, 10, 900_000),
+                ("sso/1/1/2", 10, 20, 939_999),
+                ("sso/1/1/3", 20, 30, 950_000),
+            ],
+        );
+        assert_eq!(spans(&plan(&img, 1, now, LIMITS)), vec![(0, 20)]);
     }
 
     #[test]

@@ -147,6 +147,11 @@ pub fn topic_config<'a>(
 pub struct StorageConfig {
     /// How long the writer waits for more data before sealing an object.
     pub linger: Duration,
+    /// Seal after 1 ms instead of `linger` while the upload pipeline is
+    /// idle (fewer than 2 objects in flight): lowest latency, one PUT per
+    /// burst. Off, every object gathers for `linger` (or `flush_bytes`):
+    /// fewer, larger objects, as cloud S3's per-request price wants.
+    pub seal_when_idle: bool,
     /// Seal an object once this many bytes are buffered.
     pub flush_bytes: usize,
     /// Stream-set object PUTs in flight at once.
@@ -196,6 +201,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             linger: Duration::from_millis(5),
+            seal_when_idle: true,
             flush_bytes: 8 * 1024 * 1024,
             max_inflight_puts: 4,
             max_unflushed_bytes: 128 * 1024 * 1024,

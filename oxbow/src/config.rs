@@ -204,6 +204,7 @@ struct FileGroups {
 #[serde(deny_unknown_fields)]
 struct FileStorage {
     linger_ms: Option<u64>,
+    seal_when_idle: Option<bool>,
     flush_bytes: Option<usize>,
     max_inflight_puts: Option<usize>,
     max_unflushed_bytes: Option<usize>,
@@ -325,6 +326,9 @@ impl Settings {
         if let Some(st) = file.storage {
             if let Some(v) = st.linger_ms {
                 storage.linger = Duration::from_millis(v);
+            }
+            if let Some(v) = st.seal_when_idle {
+                storage.seal_when_idle = v;
             }
             if let Some(v) = st.flush_bytes {
                 storage.flush_bytes = positive(v, "storage.flush_bytes")?;

@@ -216,7 +216,8 @@ async fn gather_loop(
                     buffered += b.bytes.len();
                     buffer.push(b);
                     if deadline.is_none() {
-                        let wait = if pipeline.in_flight() < EARLY_SEAL_BELOW { IDLE_LINGER.min(cfg.linger) } else { cfg.linger };
+                        let idle = cfg.seal_when_idle && pipeline.in_flight() < EARLY_SEAL_BELOW;
+                        let wait = if idle { IDLE_LINGER.min(cfg.linger) } else { cfg.linger };
                         deadline = Some(tokio::time::Instant::now() + wait);
                     }
                     buffered >= cfg.flush_bytes
@@ -231,7 +232,7 @@ async fn gather_loop(
                 }
             },
             _ = sleep => true,
-            _ = pipeline.drained.notified(), if !buffer.is_empty() => pipeline.in_flight() < EARLY_SEAL_BELOW,
+            _ = pipeline.drained.notified(), if cfg.seal_when_idle && !buffer.is_empty() => pipeline.in_flight() < EARLY_SEAL_BELOW,
         };
         if seal_now && !buffer.is_empty() {
             pipeline.sealed();
