@@ -42,6 +42,9 @@
 #                                    where a PUT costs; Oxbow's default of 5 ms suits a local store)
 #   SEAL_WHEN_IDLE=false             [storage] seal_when_idle of the soak server (Oxbow's default,
 #                                    true, seals after 1 ms whenever the upload pipeline is idle)
+#   SNAPSHOT_EVERY_ENTRIES=2000      snapshot_every_entries of the soak server (Oxbow's default,
+#                                    20,000, may take no snapshot in a short soak once objects are
+#                                    large: the snapshot column would stay 0)
 #   COMPACTION_INTERVAL_MS=10000     [storage] compaction_interval_ms of the soak server (the
 #                                    lifecycle task runs every 5 s, so less than 5000 acts as 5000)
 #   SAMPLE_S=60 (QUICK: 20)          seconds between rows
@@ -87,6 +90,7 @@ RECORD_SIZE=${RECORD_SIZE:-1024}
 COMPACTION_INTERVAL_MS=${COMPACTION_INTERVAL_MS:-10000}
 LINGER_MS=${LINGER_MS:-100}
 SEAL_WHEN_IDLE=${SEAL_WHEN_IDLE:-false}
+SNAPSHOT_EVERY_ENTRIES=${SNAPSHOT_EVERY_ENTRIES:-2000}
 COLD_PARTITIONS=${COLD_PARTITIONS:-100}
 SOAK_TIMEOUT_S=${SOAK_TIMEOUT_S:-$((MINUTES * 60 + 5400))}
 RUST_LOG_OXBOW=${SOAK_RUST_LOG:-info,openraft=warn}
@@ -220,6 +224,7 @@ s3_start() {  # s3s-fs over $work/s3 (one directory per bucket)
 
 write_config() {  # write_config FILE COMPACTION_INTERVAL_MS [EXTRA_STORAGE_LINE]
   cat > "$1" <<EOF
+snapshot_every_entries = $SNAPSHOT_EVERY_ENTRIES
 [storage]
 retention_check_ms = 5000
 object_delete_grace_ms = 10000
@@ -473,7 +478,7 @@ WATCHDOG_PID=$!
   echo "oxbow binary: $oxbow_bin ($(stat -c '%y' "$oxbow_bin" | cut -d. -f1)); $(nproc) cores," \
        "$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM, $(java -version 2>&1 | head -n 1)"
   echo "QUICK=$QUICK MINUTES=$MINUTES PARTITIONS=$PARTITIONS RATE=$RATE RECORD_SIZE=$RECORD_SIZE" \
-       "RETENTION_MS=$RETENTION_MS LINGER_MS=$LINGER_MS SEAL_WHEN_IDLE=$SEAL_WHEN_IDLE COMPACTION_INTERVAL_MS=$COMPACTION_INTERVAL_MS SAMPLE_S=$SAMPLE_S" \
+       "RETENTION_MS=$RETENTION_MS LINGER_MS=$LINGER_MS SEAL_WHEN_IDLE=$SEAL_WHEN_IDLE SNAPSHOT_EVERY_ENTRIES=$SNAPSHOT_EVERY_ENTRIES COMPACTION_INTERVAL_MS=$COMPACTION_INTERVAL_MS SAMPLE_S=$SAMPLE_S" \
        "COLD_MB=$COLD_MB COLD_PARTITIONS=$COLD_PARTITIONS COLD_RUNS=$COLD_RUNS; producer props: ${PRODUCER_PROPS[*]}"
   echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee -a "$results"

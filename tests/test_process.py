@@ -101,6 +101,17 @@ def test_bad_groups_settings(tmp_path, groups, mention):
     assert_one_line_error(p, mention)
 
 
+@pytest.mark.parametrize("text, mention", [
+    ("snapshot_every_entries = 0", "snapshot_every_entries"),
+    ("[storage]\nseal_when_idle = 3", "seal_when_idle"),
+])
+def test_bad_top_level_and_storage_settings(tmp_path, text, mention):
+    cfg = tmp_path / "oxbow.toml"
+    cfg.write_text(text + "\n")
+    p = run_oxbow([*base_args(tmp_path), "--config", str(cfg)], tmp_path)
+    assert_one_line_error(p, mention)
+
+
 def test_unreachable_object_store(tmp_path):
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     p = run_oxbow([*base_args(tmp_path), "--object-store", "s3://no-bucket/prefix"], tmp_path,

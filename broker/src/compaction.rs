@@ -525,16 +525,15 @@ async fn load_objects(broker: &Broker, runs: &[Run], budget: u64, pacer: &mut Pa
         })
         .collect();
     let reader = &broker.reader;
-    let results: Vec<_> = futures::stream::iter(chosen)
+    // Consumed one by one, so the pacer's waits hold back further reads.
+    let mut results = futures::stream::iter(chosen)
         .map(|o| async move {
             let r = reader.read_whole_uncached(&o).await;
             (o, r)
         })
-        .buffer_unordered(4)
-        .collect()
-        .await;
+        .buffer_unordered(4);
     let mut loaded = Loaded::default();
-    for (o, r) in results {
+    while let Some((o, r)) = results.next().await {
         match r {
             Ok((bytes, index)) => {
                 pacer.read(bytes.len() as u64).await;

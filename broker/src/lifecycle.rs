@@ -75,34 +75,47 @@ pub async fn run(
 async fn orphan_loop(
     broker: Arc<Broker>,
     store: Arc<dyn ObjectStore>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(broker.config.storage.orphan_scan_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
-        }
-        collect_orphans(&broker, &*store).await;
-    }
+    let period = broker.config.storage.orphan_scan_interval;
+    every(period, false, stop, || collect_orphans(&broker, &*store)).await;
 }
 
 async fn compact_loop(
     broker: Arc<Broker>,
     store: Arc<dyn ObjectStore>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(broker.config.storage.compaction_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await; // the first tick is immediate: wait one interval
+    let period = broker.config.storage.compaction_interval;
     let seq = std::sync::atomic::AtomicU64::new(0);
+    every(period, true, stop, || async {
+        crate::compaction::compact_once(&broker, &*store, &seq).await;
+    })
+    .await;
+}
+
+/// Runs `pass` every `period` (a long pass delays the next one) until
+/// `stop`; the first right away unless `wait_first`.
+async fn every<'a, F, Fut>(
+    period: std::time::Duration,
+    wait_first: bool,
+    mut stop: watch::Receiver<bool>,
+    mut pass: F,
+) where
+    F: FnMut() -> Fut + 'a,
+    Fut: std::future::Future<Output = ()> + 'a,
+{
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    if wait_first {
+        tick.tick().await; // the first tick is immediate
+    }
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        crate::compaction::compact_once(&broker, &*store, &seq).await;
+        pass().await;
     }
 }
 

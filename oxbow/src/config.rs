@@ -185,6 +185,7 @@ struct FileConfig {
     auto_create_topics: Option<bool>,
     default_partitions: Option<u32>,
     max_request_bytes: Option<usize>,
+    snapshot_every_entries: Option<u64>,
     storage: Option<FileStorage>,
     groups: Option<FileGroups>,
 }
@@ -229,6 +230,9 @@ pub struct Settings {
     pub metrics_listen: String,
     pub object_store: String,
     pub broker: BrokerConfig,
+    /// The embedded controller snapshots its state every this many log
+    /// entries (none: the controller's default).
+    pub snapshot_every_entries: Option<u64>,
 }
 
 /// Parses the command line; on `--help`/`--version` or a bad flag, prints
@@ -287,8 +291,20 @@ impl Settings {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading config file {}", path.display()))?;
                 toml::from_str(&text).map_err(|e| {
+                    // Where: the line and its text, so a bad value names its key.
+                    let at = e
+                        .span()
+                        .map(|span| {
+                            let line = text
+                                .get(..span.start)
+                                .map_or(0, |before| before.matches('\n').count());
+                            let shown = text.lines().nth(line).unwrap_or("").trim();
+                            let shown: String = shown.chars().take(80).collect();
+                            format!(", line {} (`{shown}`)", line + 1)
+                        })
+                        .unwrap_or_default();
                     anyhow!(
-                        "config file {}: {}",
+                        "config file {}{at}: {}",
                         path.display(),
                         e.message().lines().next().unwrap_or("invalid TOML")
                     )
@@ -440,12 +456,18 @@ impl Settings {
         if let Some(v) = file.max_request_bytes {
             broker.max_request_bytes = v.clamp(1024, i32::MAX as usize);
         }
+        let snapshot_every_entries = match file.snapshot_every_entries {
+            Some(0) => bail!("snapshot_every_entries must be greater than 0"),
+            Some(v) => Some(v),
+            None => None,
+        };
         Ok(Settings {
             data_dir,
             kafka_listen,
             metrics_listen,
             object_store,
             broker,
+            snapshot_every_entries,
         })
     }
 }

@@ -116,6 +116,9 @@ async fn run_server(s: config::Settings) -> Result<()> {
     let _lock = config::lock_data_dir(&s.data_dir)?;
     let mut ccfg = ControllerConfig::new(1, s.data_dir.join("controller"));
     ccfg.rpc_addr = String::new();
+    if let Some(n) = s.snapshot_every_entries {
+        ccfg.snapshot_every_entries = n;
+    }
     let controller = Arc::new(
         Controller::start(ccfg)
             .await
