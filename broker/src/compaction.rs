@@ -484,6 +484,13 @@ struct Loaded {
     failed: std::collections::HashSet<proto::ObjectId>,
 }
 
+/// Whether the object is committed and not marked for deletion.
+fn is_committed(img: &MetadataImage, id: proto::ObjectId) -> bool {
+    img.objects
+        .get(&id)
+        .is_some_and(|o| o.state == proto::image::ObjectState::Committed)
+}
+
 /// Whether each slice of `run` is still in its stream's map as planned.
 fn run_is_current(img: &MetadataImage, run: &Run) -> bool {
     let Some(s) = img.streams.get(&run.stream) else {
@@ -509,13 +516,9 @@ async fn load_objects(broker: &Broker, runs: &[Run], budget: u64, pacer: &mut Pa
         }
     }
     // Objects marked since the plan are about to go.
-    broker.metadata.read(|img| {
-        wanted.retain(|id, _| {
-            img.objects
-                .get(id)
-                .is_some_and(|o| o.state == proto::image::ObjectState::Committed)
-        })
-    });
+    broker
+        .metadata
+        .read(|img| wanted.retain(|id, _| is_committed(img, *id)));
     let mut total = 0u64;
     let chosen: Vec<ObjectLocation> = wanted
         .into_values()
@@ -540,13 +543,8 @@ async fn load_objects(broker: &Broker, runs: &[Run], budget: u64, pacer: &mut Pa
                 loaded.objects.insert(o.id, (bytes, index));
             }
             Err(e) => {
-                // Trimmed and deleted since the plan: nothing to say.
-                let gone = broker.metadata.read(|img| {
-                    img.objects
-                        .get(&o.id)
-                        .is_none_or(|x| x.state != proto::image::ObjectState::Committed)
-                });
-                if !gone {
+                // An object trimmed and deleted since the plan is no news.
+                if broker.metadata.read(|img| is_committed(img, o.id)) {
                     warn!(key = o.key, error = %e, "compaction could not read an object");
                 }
                 loaded.failed.insert(o.id);

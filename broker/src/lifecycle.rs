@@ -251,10 +251,7 @@ pub async fn apply_retention(broker: &Broker) {
             Ok(CommandReply::TrimmedMany(replies)) => {
                 for (&(stream, _), reply) in chunk.iter().zip(replies) {
                     if let CommandReply::Trimmed { start_offset } = reply {
-                        if let Some(p) = broker.partition(stream) {
-                            p.state.set_log_start(start_offset);
-                        }
-                        metrics::counter!("oxbow_stream_trims_total").increment(1);
+                        trimmed(broker, stream, start_offset);
                     }
                 }
             }
@@ -276,14 +273,19 @@ pub async fn trim(broker: &Broker, stream: StreamId, offset: u64) -> Result<u64,
         .map_err(|e| e.to_string())?;
     match reply {
         CommandReply::Trimmed { start_offset } => {
-            if let Some(p) = broker.partition(stream) {
-                p.state.set_log_start(start_offset);
-            }
-            metrics::counter!("oxbow_stream_trims_total").increment(1);
+            trimmed(broker, stream, start_offset);
             Ok(start_offset)
         }
         other => Err(format!("unexpected reply {other:?}")),
     }
+}
+
+/// A committed trim: the hosted partition serves from its new start at once.
+fn trimmed(broker: &Broker, stream: StreamId, start_offset: u64) {
+    if let Some(p) = broker.partition(stream) {
+        p.state.set_log_start(start_offset);
+    }
+    metrics::counter!("oxbow_stream_trims_total").increment(1);
 }
 
 /// Deletes marked objects past their grace period. One broker does it for
