@@ -73,6 +73,10 @@ pub struct Broker {
     pub reader: Arc<ObjectReader>,
     /// The group coordinator for the `__consumer_offsets` partitions owned here.
     pub groups: Arc<GroupCoordinator>,
+    /// The transaction coordinator for the `__transaction_state` partitions owned here.
+    pub txns: Arc<crate::txn::TxnCoordinator>,
+    /// Connections to other brokers (transaction markers, verification).
+    pub peers: crate::peer::Peers,
     writer: StdMutex<Option<WriterHandle>>,
     writer_task: Mutex<Option<JoinHandle<()>>>,
     partitions: StdMutex<HashMap<StreamId, Arc<OpenPartition>>>,
@@ -235,6 +239,7 @@ impl Broker {
         ));
         let (reopen_tx, reopen_rx) = tokio::sync::mpsc::unbounded_channel();
         let broker = Arc::new(Broker {
+            peers: crate::peer::Peers::new(seams.net.clone(), config.node_id),
             seams,
             key_prefix: key_prefix.clone(),
             id: config.node_id,
@@ -245,6 +250,7 @@ impl Broker {
             log_cache,
             reader,
             groups,
+            txns: Arc::new(crate::txn::TxnCoordinator::new()),
             writer: StdMutex::new(Some(writer)),
             writer_task: Mutex::new(Some(writer_task)),
             partitions: StdMutex::new(HashMap::new()),
@@ -255,6 +261,7 @@ impl Broker {
             stop: watch::Sender::new(false),
             tasks: StdMutex::new(Vec::new()),
         });
+        broker.txns.attach(&broker);
         broker.reconcile().await;
         info!(
             broker_id = broker.id,
@@ -403,6 +410,7 @@ impl Broker {
                 .collect()
         });
         let mut to_close = Vec::new();
+        let mut opened = Vec::new();
         {
             let mut parts = self.partitions_lock();
             let wanted: HashMap<StreamId, u64> = owned.iter().map(|o| (o.0, o.1)).collect();
@@ -454,12 +462,17 @@ impl Broker {
                 );
                 if let Some(p) = parts.get(&sid) {
                     self.groups.partition_opened(p);
+                    opened.push(p.clone());
                 }
             }
             metrics::gauge!("oxbow_partitions_hosted").set(parts.len() as f64);
         }
+        for p in opened {
+            self.txns.partition_opened(self, &p);
+        }
         for p in to_close {
             self.groups.partition_closed(&p);
+            self.txns.partition_closed(&p);
             let _ = p.actor.ask(Close).await;
             self.log_cache.remove_stream(p.state.stream);
         }
@@ -535,6 +548,7 @@ impl Broker {
         // Every later reconcile sees `stop` and does nothing.
         let reconciling = self.reconcile_lock.lock().await;
         self.groups.shutdown();
+        self.txns.shutdown();
         let open: Vec<_> = self.partitions_lock().drain().map(|(_, p)| p).collect();
         for p in open {
             if p.actor.ask(Close).await.is_err() {

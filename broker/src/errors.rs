@@ -49,9 +49,19 @@ pub enum ErrorCode {
     OutOfOrderSequenceNumber = 45,
     DuplicateSequenceNumber = 46,
     InvalidProducerEpoch = 47,
+    InvalidTxnState = 48,
+    InvalidProducerIdMapping = 49,
     InvalidTransactionTimeout = 50,
+    ConcurrentTransactions = 51,
+    TransactionCoordinatorFenced = 52,
+    TransactionalIdAuthorizationFailed = 53,
+    OperationNotAttempted = 55,
+    ProducerFenced = 90,
+    TransactionalIdNotFound = 105,
+    TransactionAbortable = 120,
     InvalidConfig = 40,
     KafkaStorageError = 56,
+    NotEnoughReplicas = 19,
     FetchSessionIdNotFound = 70,
     UnknownTopicId = 100,
     InvalidRecord = 87,
@@ -60,9 +70,85 @@ pub enum ErrorCode {
     UnknownServerError = -1,
 }
 
+/// Every code above, for decoding.
+const ALL: &[ErrorCode] = &[
+    ErrorCode::None,
+    ErrorCode::OffsetOutOfRange,
+    ErrorCode::CorruptMessage,
+    ErrorCode::UnknownTopicOrPartition,
+    ErrorCode::InvalidFetchSize,
+    ErrorCode::LeaderNotAvailable,
+    ErrorCode::NotLeaderOrFollower,
+    ErrorCode::RequestTimedOut,
+    ErrorCode::MessageTooLarge,
+    ErrorCode::OffsetMetadataTooLarge,
+    ErrorCode::CoordinatorLoadInProgress,
+    ErrorCode::CoordinatorNotAvailable,
+    ErrorCode::NotCoordinator,
+    ErrorCode::IllegalGeneration,
+    ErrorCode::InconsistentGroupProtocol,
+    ErrorCode::InvalidGroupId,
+    ErrorCode::UnknownMemberId,
+    ErrorCode::InvalidSessionTimeout,
+    ErrorCode::RebalanceInProgress,
+    ErrorCode::NonEmptyGroup,
+    ErrorCode::GroupIdNotFound,
+    ErrorCode::MemberIdRequired,
+    ErrorCode::GroupMaxSizeReached,
+    ErrorCode::FencedInstanceId,
+    ErrorCode::GroupSubscribedToTopic,
+    ErrorCode::UnstableOffsetCommit,
+    ErrorCode::FencedMemberEpoch,
+    ErrorCode::UnreleasedInstanceId,
+    ErrorCode::UnsupportedAssignor,
+    ErrorCode::StaleMemberEpoch,
+    ErrorCode::InvalidRegularExpression,
+    ErrorCode::InvalidTopicException,
+    ErrorCode::RecordListTooLarge,
+    ErrorCode::InvalidRequiredAcks,
+    ErrorCode::UnsupportedVersion,
+    ErrorCode::TopicAlreadyExists,
+    ErrorCode::InvalidPartitions,
+    ErrorCode::InvalidReplicationFactor,
+    ErrorCode::InvalidRequest,
+    ErrorCode::UnsupportedForMessageFormat,
+    ErrorCode::PolicyViolation,
+    ErrorCode::OutOfOrderSequenceNumber,
+    ErrorCode::DuplicateSequenceNumber,
+    ErrorCode::InvalidProducerEpoch,
+    ErrorCode::InvalidTxnState,
+    ErrorCode::InvalidProducerIdMapping,
+    ErrorCode::InvalidTransactionTimeout,
+    ErrorCode::ConcurrentTransactions,
+    ErrorCode::TransactionCoordinatorFenced,
+    ErrorCode::TransactionalIdAuthorizationFailed,
+    ErrorCode::OperationNotAttempted,
+    ErrorCode::ProducerFenced,
+    ErrorCode::TransactionalIdNotFound,
+    ErrorCode::TransactionAbortable,
+    ErrorCode::InvalidConfig,
+    ErrorCode::KafkaStorageError,
+    ErrorCode::NotEnoughReplicas,
+    ErrorCode::FetchSessionIdNotFound,
+    ErrorCode::UnknownTopicId,
+    ErrorCode::InvalidRecord,
+    ErrorCode::InvalidReplicaAssignment,
+    ErrorCode::NoReassignmentInProgress,
+    ErrorCode::UnknownServerError,
+];
+
 impl ErrorCode {
     pub fn code(self) -> i16 {
         self as i16
+    }
+
+    /// The code for a number read from a peer's response; unknown numbers
+    /// become UNKNOWN_SERVER_ERROR.
+    pub fn from_code(code: i16) -> ErrorCode {
+        ALL.iter()
+            .copied()
+            .find(|c| c.code() == code)
+            .unwrap_or(ErrorCode::UnknownServerError)
     }
 
     /// The Kafka code for a batch that failed validation.

@@ -16,7 +16,9 @@ pub mod kafka;
 pub mod lifecycle;
 pub mod metadata;
 pub mod partition;
+pub mod peer;
 pub mod storage;
+pub mod txn;
 
 pub use broker::Broker;
 pub use config::{BrokerConfig, StorageConfig};

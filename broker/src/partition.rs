@@ -21,7 +21,9 @@ use proto::StreamId;
 
 use crate::errors::ErrorCode;
 use crate::storage::batch::{self, BatchHeader};
-use crate::storage::producer_state::{last_seq_of, BatchSeq, ProducerStateTable, SequenceVerdict};
+use crate::storage::producer_state::{
+    last_seq_of, BatchSeq, ProducerInfo, ProducerStateTable, SequenceVerdict,
+};
 use crate::storage::reader::{ObjectLocation, ObjectReader};
 use crate::storage::stream::StreamState;
 use crate::storage::writer::{AckOutcome, PendingBatch, WriterHandle};
@@ -167,6 +169,21 @@ impl Partition {
                 if base < *start || h.producer_id < 0 {
                     continue;
                 }
+                if h.is_control() {
+                    if let Some(kind) = batch::control_type(b) {
+                        self.producers
+                            .record_marker(h.producer_id, h.producer_epoch);
+                        self.state.txns().record_marker(
+                            h.producer_id,
+                            base,
+                            kind == batch::CONTROL_COMMIT,
+                        );
+                    }
+                    continue;
+                }
+                if h.is_transactional() {
+                    self.state.txns().record_data(h.producer_id, base);
+                }
                 self.producers.record(
                     h.producer_id,
                     h.producer_epoch,
@@ -177,6 +194,9 @@ impl Partition {
                         last_offset: last,
                     },
                 );
+                if h.is_transactional() {
+                    self.producers.set_in_txn(h.producer_id, true);
+                }
             }
         }
         if !self.producers.is_empty() {
@@ -198,6 +218,9 @@ pub struct IncomingBatch {
 
 pub struct Append {
     pub batches: Vec<IncomingBatch>,
+    /// Written by a coordinator (transactional offset commits): no
+    /// sequence check, as Kafka's `AppendOrigin.COORDINATOR`.
+    pub coordinator: bool,
 }
 
 /// What became of an append, before durability.
@@ -231,19 +254,14 @@ impl Message<Append> for Partition {
             status,
             log_start: state.log_start(),
         };
-        if self.state.is_fenced() {
-            return reply(AppendStatus::Refused(ErrorCode::NotLeaderOrFollower));
-        }
-        if self.state.has_failed() {
-            // A flush failed: what this incarnation appended above the
-            // committed end is void, but a commit of it may still be on its
-            // way and the broker's view of the committed end may lag. So the
-            // partition stops here and is reopened at a new stream epoch
-            // (refusing any late commit of this one), from the committed
-            // end and with producer state rebuilt from committed data.
-            self.state.set_fenced();
-            let _ = self.reopen.send((self.state.stream, self.stream_epoch));
-            return reply(AppendStatus::Refused(ErrorCode::NotLeaderOrFollower));
+        // After a failed flush, what this incarnation appended above the
+        // committed end is void, but a commit of it may still be on its way
+        // and the broker's view of the committed end may lag. So the
+        // partition stops here and is reopened at a new stream epoch
+        // (refusing any late commit of this one), from the committed end
+        // and with producer state rebuilt from committed data.
+        if let Err(code) = self.writable() {
+            return reply(AppendStatus::Refused(code));
         }
         let mut acks = Vec::with_capacity(msg.batches.len());
         let mut first_base: Option<u64> = None;
@@ -251,10 +269,23 @@ impl Message<Append> for Partition {
         for b in msg.batches {
             let h = b.header;
             let count = h.record_count();
-            match self
-                .producers
-                .check(h.producer_id, h.producer_epoch, h.base_sequence, count)
+            if h.producer_id >= 0
+                && !h.is_transactional()
+                && self.state.txns().open_first(h.producer_id).is_some()
             {
+                // A plain batch of a producer whose transaction is open here.
+                return reply(AppendStatus::Refused(ErrorCode::InvalidTxnState));
+            }
+            let verdict = if msg.coordinator {
+                match self.producers.epoch_of(h.producer_id) {
+                    Some(e) if h.producer_epoch < e => SequenceVerdict::StaleEpoch,
+                    _ => SequenceVerdict::Append,
+                }
+            } else {
+                self.producers
+                    .check(h.producer_id, h.producer_epoch, h.base_sequence, count)
+            };
+            match verdict {
                 SequenceVerdict::Append => {}
                 SequenceVerdict::Duplicate(seq) => {
                     let (lo, hi) = duplicate.unwrap_or((seq.base_offset, seq.last_offset));
@@ -270,32 +301,15 @@ impl Message<Append> for Partition {
             }
             let base = self.next_offset;
             let end = base + u64::from(count);
-            let mut bytes = BytesMut::from(&b.bytes[..]);
-            batch::set_base_offset(&mut bytes, base as i64);
-            batch::set_partition_leader_epoch(&mut bytes, self.leader_epoch);
-            let Some(permit) = self.writer.reserve(bytes.len()).await else {
-                return reply(AppendStatus::Refused(ErrorCode::KafkaStorageError));
+            let rx = match self
+                .submit(&b.bytes, base, end, count, h.max_timestamp)
+                .await
+            {
+                Ok(rx) => rx,
+                Err(code) => return reply(AppendStatus::Refused(code)),
             };
-            let (tx, rx) = oneshot::channel();
-            self.state.batch_submitted();
-            let pending = PendingBatch {
-                stream: self.state.clone(),
-                stream_epoch: self.stream_epoch,
-                base_offset: base,
-                end_offset: end,
-                record_count: count,
-                max_timestamp: h.max_timestamp,
-                bytes: bytes.freeze(),
-                ack: tx,
-                permit,
-            };
-            if self.writer.submit(pending).await.is_err() {
-                warn!(
-                    stream_id = self.state.stream.0,
-                    "writer stopped; refusing append"
-                );
-                self.state.batch_resolved();
-                return reply(AppendStatus::Refused(ErrorCode::KafkaStorageError));
+            if h.is_transactional() {
+                self.state.txns().record_data(h.producer_id, base);
             }
             self.producers.record(
                 h.producer_id,
@@ -307,6 +321,9 @@ impl Message<Append> for Partition {
                     last_offset: end - 1,
                 },
             );
+            if h.is_transactional() {
+                self.producers.set_in_txn(h.producer_id, true);
+            }
             self.next_offset = end;
             first_base.get_or_insert(base);
             acks.push(rx);
@@ -319,6 +336,139 @@ impl Message<Append> for Partition {
             }),
             (None, None) => reply(AppendStatus::Refused(ErrorCode::CorruptMessage)),
         }
+    }
+}
+
+impl Partition {
+    /// Places one batch at `base` and hands it to the writer; the receiver
+    /// gets its outcome.
+    async fn submit(
+        &self,
+        bytes: &[u8],
+        base: u64,
+        end: u64,
+        count: u32,
+        max_timestamp: i64,
+    ) -> Result<oneshot::Receiver<AckOutcome>, ErrorCode> {
+        let mut bytes = BytesMut::from(bytes);
+        batch::set_base_offset(&mut bytes, base as i64);
+        batch::set_partition_leader_epoch(&mut bytes, self.leader_epoch);
+        let Some(permit) = self.writer.reserve(bytes.len()).await else {
+            return Err(ErrorCode::KafkaStorageError);
+        };
+        let (tx, rx) = oneshot::channel();
+        self.state.batch_submitted();
+        let pending = PendingBatch {
+            stream: self.state.clone(),
+            stream_epoch: self.stream_epoch,
+            base_offset: base,
+            end_offset: end,
+            record_count: count,
+            max_timestamp,
+            bytes: bytes.freeze(),
+            ack: tx,
+            permit,
+        };
+        if self.writer.submit(pending).await.is_err() {
+            warn!(
+                stream_id = self.state.stream.0,
+                "writer stopped; refusing append"
+            );
+            self.state.batch_resolved();
+            return Err(ErrorCode::KafkaStorageError);
+        }
+        Ok(rx)
+    }
+
+    /// Whether the partition may take a write now; a failed flush fences it
+    /// and asks for a reopen.
+    fn writable(&self) -> Result<(), ErrorCode> {
+        if self.state.is_fenced() {
+            return Err(ErrorCode::NotLeaderOrFollower);
+        }
+        if self.state.has_failed() {
+            self.state.set_fenced();
+            let _ = self.reopen.send((self.state.stream, self.stream_epoch));
+            return Err(ErrorCode::NotLeaderOrFollower);
+        }
+        Ok(())
+    }
+}
+
+/// A transaction marker (WriteTxnMarkers) for this partition.
+pub struct AppendMarker {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub commit: bool,
+    pub coordinator_epoch: i32,
+    pub timestamp_ms: i64,
+}
+
+/// The marker's outcome arrives on the receiver once it is placed.
+#[derive(Reply)]
+pub struct MarkerReply(pub Result<oneshot::Receiver<AckOutcome>, ErrorCode>);
+
+impl Message<AppendMarker> for Partition {
+    type Reply = MarkerReply;
+
+    async fn handle(
+        &mut self,
+        msg: AppendMarker,
+        _ctx: &mut Context<Self, Self::Reply>,
+    ) -> MarkerReply {
+        MarkerReply(self.append_marker(msg).await)
+    }
+}
+
+impl Partition {
+    async fn append_marker(
+        &mut self,
+        msg: AppendMarker,
+    ) -> Result<oneshot::Receiver<AckOutcome>, ErrorCode> {
+        self.writable()?;
+        if !self
+            .producers
+            .check_marker(msg.producer_id, msg.producer_epoch)
+        {
+            return Err(ErrorCode::InvalidProducerEpoch);
+        }
+        let bytes = batch::build_end_txn_marker(
+            msg.producer_id,
+            msg.producer_epoch,
+            msg.commit,
+            msg.coordinator_epoch,
+            msg.timestamp_ms,
+        );
+        let base = self.next_offset;
+        let rx = self
+            .submit(&bytes, base, base + 1, 1, msg.timestamp_ms)
+            .await?;
+        self.producers
+            .record_marker(msg.producer_id, msg.producer_epoch);
+        self.state
+            .txns()
+            .record_marker(msg.producer_id, base, msg.commit);
+        self.next_offset = base + 1;
+        Ok(rx)
+    }
+}
+
+/// Producers with state on this partition (DescribeProducers).
+pub struct DescribeProducers;
+
+#[derive(Reply)]
+pub struct ProducersReply(pub Vec<ProducerInfo>);
+
+impl Message<DescribeProducers> for Partition {
+    type Reply = ProducersReply;
+
+    async fn handle(
+        &mut self,
+        _msg: DescribeProducers,
+        _ctx: &mut Context<Self, Self::Reply>,
+    ) -> ProducersReply {
+        let txns = self.state.txns();
+        ProducersReply(self.producers.describe(|pid| txns.open_first(pid)))
     }
 }
 

@@ -53,6 +53,9 @@ struct ShardInner {
     syncs: HashMap<WaiterId, oneshot::Sender<SyncResponse>>,
     /// Offset commits appended but not yet committed, per group.
     pending_commits: HashMap<String, usize>,
+    /// Transactional offset commits waiting for their producer's marker:
+    /// producer id -> (group, record) in log order.
+    pending_txn: HashMap<i64, Vec<(String, records::LogRecord)>>,
 }
 
 struct Shard {
@@ -127,6 +130,7 @@ impl Shard {
             .actor
             .ask(Append {
                 batches: vec![IncomingBatch { header, bytes }],
+                coordinator: false,
             })
             .await
             .map_err(|_| ErrorCode::NotCoordinator)?;
@@ -198,6 +202,7 @@ impl Shard {
             inner.loaded = false;
             inner.joins.clear();
             inner.syncs.clear();
+            inner.pending_txn.clear();
             inner.groups = GroupSet::new(GroupConfig::default());
             shard.commit_resolved.notify_waiters();
         });
@@ -352,6 +357,7 @@ impl GroupCoordinator {
                 joins: HashMap::new(),
                 syncs: HashMap::new(),
                 pending_commits: HashMap::new(),
+                pending_txn: HashMap::new(),
             }),
             closed: AtomicBool::new(false),
             commit_resolved: Notify::new(),
@@ -729,7 +735,11 @@ impl GroupCoordinator {
         loop {
             let inner = shard.inner.lock().await;
             serving(&shard, &inner)?;
-            if !require_stable || !inner.pending_commits.contains_key(group_id) {
+            let txn_pending = inner
+                .pending_txn
+                .values()
+                .any(|v| v.iter().any(|(g, _)| g == group_id));
+            if !require_stable || (!inner.pending_commits.contains_key(group_id) && !txn_pending) {
                 return Ok(inner.groups.fetch_offsets(group_id, wanted.as_deref()));
             }
             let notified = shard.commit_resolved.notified();
@@ -738,6 +748,139 @@ impl GroupCoordinator {
                 return Err(ErrorCode::UnstableOffsetCommit);
             }
         }
+    }
+
+    /// TxnOffsetCommit: appends the offsets in a transactional batch of the
+    /// producer; they take effect when its commit marker does.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn txn_commit_offsets(
+        &self,
+        group_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+        offsets: Vec<OffsetCommit>,
+    ) -> ErrorCode {
+        let shard = match self.shard_for(group_id) {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
+        let mut inner = shard.inner.lock().await;
+        if let Err(code) = serving(&shard, &inner) {
+            return code;
+        }
+        let now = shard.now();
+        // Kafka checks membership only when the request names a member.
+        if generation >= 0 || !member_id.is_empty() {
+            if let Err(code) =
+                inner
+                    .groups
+                    .validate_commit(now, group_id, member_id, instance_id, generation, 8)
+            {
+                return code;
+            }
+        }
+        if offsets.is_empty() {
+            return ErrorCode::None;
+        }
+        let records: Vec<(Bytes, Option<Bytes>)> = offsets
+            .iter()
+            .map(|(topic, partition, v)| {
+                (
+                    records::encode_key(&RecordKey::Offset {
+                        group: group_id.to_string(),
+                        topic: topic.clone(),
+                        partition: *partition,
+                    }),
+                    Some(records::encode_offset_value(v)),
+                )
+            })
+            .collect();
+        if shard.closed.load(Ordering::Acquire) {
+            return ErrorCode::NotCoordinator;
+        }
+        let mut bytes = records::encode_batch(now.wall_ms, &records).to_vec();
+        batch::make_transactional(&mut bytes, producer_id, producer_epoch);
+        let bytes = Bytes::from(bytes);
+        let Ok(header) = batch::parse_header(&bytes) else {
+            return ErrorCode::UnknownServerError;
+        };
+        let reply = match shard
+            .open
+            .actor
+            .ask(Append {
+                batches: vec![IncomingBatch { header, bytes }],
+                coordinator: true,
+            })
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => return ErrorCode::NotCoordinator,
+        };
+        let (base, acks) = match reply.status {
+            AppendStatus::Queued { base_offset, acks } => (base_offset, acks),
+            AppendStatus::Duplicate { .. } => return ErrorCode::UnknownServerError,
+            AppendStatus::Refused(ErrorCode::InvalidProducerEpoch) => {
+                return ErrorCode::ProducerFenced
+            }
+            AppendStatus::Refused(code) => return map_append_error(code),
+        };
+        *inner
+            .pending_commits
+            .entry(group_id.to_string())
+            .or_default() += 1;
+        drop(inner);
+        let result = wait_acks(acks).await;
+        let mut inner = shard.inner.lock().await;
+        if let Some(n) = inner.pending_commits.get_mut(group_id) {
+            *n -= 1;
+            if *n == 0 {
+                inner.pending_commits.remove(group_id);
+            }
+        }
+        let code = match result {
+            Ok(()) if inner.loaded && !shard.closed.load(Ordering::Acquire) => {
+                let pending = inner.pending_txn.entry(producer_id).or_default();
+                for (i, (key, value)) in records.into_iter().enumerate() {
+                    pending.push((
+                        group_id.to_string(),
+                        records::LogRecord {
+                            offset: (base + i as u64) as i64,
+                            key: Some(key),
+                            value,
+                        },
+                    ));
+                }
+                ErrorCode::None
+            }
+            Ok(()) => ErrorCode::NotCoordinator,
+            Err(code) => code,
+        };
+        shard.commit_resolved.notify_waiters();
+        code
+    }
+
+    /// A transaction marker of `producer_id` committed on a partition of
+    /// `__consumer_offsets`: its pending offsets there take effect (commit)
+    /// or are dropped (abort).
+    pub async fn txn_completed(&self, open: &Arc<OpenPartition>, producer_id: i64, commit: bool) {
+        let shard = match self.shards().get(&open.state.partition) {
+            Some(s) if Arc::ptr_eq(&s.open, open) => s.clone(),
+            _ => return,
+        };
+        let mut inner = shard.inner.lock().await;
+        if let Some(recs) = inner.pending_txn.remove(&producer_id) {
+            if commit {
+                let now = shard.now();
+                for (_, r) in recs {
+                    replay(&mut inner.groups, now, r);
+                }
+            }
+        }
+        drop(inner);
+        shard.commit_resolved.notify_waiters();
     }
 
     /// Groups of every partition this broker coordinates.
@@ -875,32 +1018,26 @@ impl GroupCoordinator {
 /// Reads committed batches of the shard's stream from `offset`, from the
 /// log cache or from objects, and the offset to go on from when there are
 /// none because compaction emptied the rest up to `end`.
-async fn read_batches(
-    shared: &Shared,
-    shard: &Shard,
+pub async fn read_batches(
+    metadata: &MetadataView,
+    log_cache: &LogCache,
+    reader: &ObjectReader,
+    stream: proto::StreamId,
     offset: u64,
     end: u64,
+    max: usize,
 ) -> Result<(Vec<Bytes>, u64), String> {
-    let stream = shard.open.state.stream;
-    let max = shared.config.load_read_bytes;
-    if let Some(c) = shared.log_cache.read(stream, offset, max) {
+    if let Some(c) = log_cache.read(stream, offset, max) {
         return Ok((c.batches, offset));
     }
-    crate::storage::reader::read_committed(
-        &shared.metadata,
-        &shared.reader,
-        stream,
-        offset,
-        end,
-        max,
-    )
-    .await
-    .map(|r| match r {
-        Some(r) if r.batches.is_empty() => (Vec::new(), r.end_offset.max(offset)),
-        Some(r) => (r.batches, offset),
-        None => (Vec::new(), offset), // the view lags; retry
-    })
-    .map_err(|e| e.to_string())
+    crate::storage::reader::read_committed(metadata, reader, stream, offset, end, max)
+        .await
+        .map(|r| match r {
+            Some(r) if r.batches.is_empty() => (Vec::new(), r.end_offset.max(offset)),
+            Some(r) => (r.batches, offset),
+            None => (Vec::new(), offset), // the view lags; retry
+        })
+        .map_err(|e| e.to_string())
 }
 
 fn replay(groups: &mut GroupSet, now: Now, rec: records::LogRecord) {
@@ -965,6 +1102,7 @@ async fn load(shared: Arc<Shared>, shard: Arc<Shard>) {
     let mut offset = state.log_start();
     let mut records_read = 0u64;
     let mut idle_retries = 0u32;
+    let mut txn_pending: HashMap<i64, Vec<(String, records::LogRecord)>> = HashMap::new();
     loop {
         if shard.closed.load(Ordering::Acquire) {
             return;
@@ -982,6 +1120,7 @@ async fn load(shared: Arc<Shared>, shard: Arc<Shard>) {
             groups.start_sessions(now);
             let count = groups.group_count();
             inner.groups = groups;
+            inner.pending_txn = std::mem::take(&mut txn_pending);
             inner.loaded = true;
             metrics::histogram!("oxbow_group_load_seconds").record(started.elapsed().as_secs_f64());
             info!(
@@ -994,7 +1133,17 @@ async fn load(shared: Arc<Shared>, shard: Arc<Shard>) {
             );
             return;
         }
-        let batches = match read_batches(&shared, &shard, offset, end).await {
+        let read = read_batches(
+            &shared.metadata,
+            &shared.log_cache,
+            &shared.reader,
+            state.stream,
+            offset,
+            end,
+            shared.config.load_read_bytes,
+        )
+        .await;
+        let batches = match read {
             Ok((b, _)) if !b.is_empty() => b,
             Ok((_, skip_to)) if skip_to > offset => {
                 offset = skip_to; // compacted away
@@ -1027,7 +1176,33 @@ async fn load(shared: Arc<Shared>, shard: Arc<Shard>) {
             if last < offset {
                 continue;
             }
+            if h.is_control() {
+                // A transaction marker: the producer's pending offsets
+                // take effect or are dropped.
+                if let Some(recs) = txn_pending.remove(&h.producer_id) {
+                    if batch::control_type(&b) == Some(batch::CONTROL_COMMIT) {
+                        for (_, r) in recs {
+                            replay(&mut groups, now, r);
+                        }
+                    }
+                }
+                offset = last + 1;
+                continue;
+            }
             match records::batch_records(&b) {
+                Ok(recs) if h.is_transactional() => {
+                    let pending = txn_pending.entry(h.producer_id).or_default();
+                    for r in recs {
+                        if u64::try_from(r.offset).unwrap_or(0) >= offset {
+                            records_read += 1;
+                            let group = match r.key.as_deref().map(records::decode_key) {
+                                Some(Ok(RecordKey::Offset { group, .. })) => group,
+                                _ => String::new(),
+                            };
+                            pending.push((group, r));
+                        }
+                    }
+                }
                 Ok(recs) => {
                     for r in recs {
                         if u64::try_from(r.offset).unwrap_or(0) >= offset {

@@ -445,17 +445,14 @@ pub async fn create_partitions(
     resp
 }
 
-pub async fn init_producer_id(
+/// InitProducerId without a transactional id: an idempotent producer.
+pub async fn init_idempotent(
     broker: &Arc<Broker>,
     req: InitProducerIdRequest,
 ) -> InitProducerIdResponse {
     let mut resp = InitProducerIdResponse::default();
     resp.producer_id = ProducerId(-1);
     resp.producer_epoch = -1;
-    if req.transactional_id.is_some() {
-        resp.error_code = ErrorCode::InvalidRequest.code();
-        return resp;
-    }
     // KIP-360: a producer that already has an id may ask for an epoch bump.
     if req.producer_id.0 >= 0 && req.producer_epoch >= 0 && req.producer_epoch < i16::MAX - 1 {
         resp.producer_id = req.producer_id;

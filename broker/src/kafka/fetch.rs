@@ -12,12 +12,14 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::future::select_all;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
+};
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
 use kafka_protocol::messages::{
-    FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, TopicName,
+    FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, ProducerId, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use proto::StreamId;
@@ -27,6 +29,7 @@ use crate::broker::Broker;
 use crate::errors::ErrorCode;
 use crate::storage::batch;
 use crate::storage::reader::{self, ObjectLocation};
+use crate::storage::txn_index::AbortedTxn;
 
 /// Longest long-poll we honour, whatever the client asks.
 const MAX_WAIT: Duration = Duration::from_secs(30);
@@ -34,9 +37,12 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 struct PartitionRead {
     code: ErrorCode,
     high_watermark: i64,
+    last_stable: i64,
     log_start: i64,
     records: Vec<Bytes>,
     bytes: usize,
+    /// read_committed: the aborted transactions the records overlap.
+    aborted: Option<Vec<AbortedTxn>>,
 }
 
 impl PartitionRead {
@@ -44,20 +50,39 @@ impl PartitionRead {
         PartitionRead {
             code,
             high_watermark: -1,
+            last_stable: -1,
             log_start: -1,
             records: Vec::new(),
             bytes: 0,
+            aborted: None,
         }
     }
 }
 
-/// Reads committed batches of one partition from `offset`, up to `max_bytes`.
+/// Keeps the batches that start below `upper` (the LSO is always a batch
+/// boundary, so no batch straddles it).
+fn clip(read: &mut PartitionRead, upper: u64) {
+    let keep = read
+        .records
+        .iter()
+        .take_while(|b| batch::parse_header(b).is_ok_and(|h| (h.base_offset as u64) < upper))
+        .count();
+    read.records.truncate(keep);
+    read.bytes = read.records.iter().map(|b| b.len()).sum();
+}
+
+/// Kafka's FetchRequest `isolation_level` 1.
+const READ_COMMITTED: i8 = 1;
+
+/// Reads committed batches of one partition from `offset`, up to
+/// `max_bytes`; with read_committed, only below the last stable offset.
 async fn read_partition(
     broker: &Broker,
     topic: &str,
     partition: i32,
     offset: i64,
     max_bytes: usize,
+    isolation: i8,
 ) -> PartitionRead {
     let Some(stream_id) = broker
         .metadata
@@ -68,23 +93,50 @@ async fn read_partition(
     let Some(open) = broker.partition(stream_id) else {
         return PartitionRead::error(ErrorCode::NotLeaderOrFollower);
     };
-    let hw = open.state.high_watermark();
+    let lso = open.state.last_stable_offset();
+    let hw = open.state.high_watermark().max(lso);
     let log_start = open.state.log_start();
     let mut read = PartitionRead {
         code: ErrorCode::None,
         high_watermark: hw as i64,
+        last_stable: lso as i64,
         log_start: log_start as i64,
         records: Vec::new(),
         bytes: 0,
+        aborted: None,
     };
     if offset < 0 || (offset as u64) < log_start || (offset as u64) > hw {
         read.code = ErrorCode::OffsetOutOfRange;
         return read;
     }
     let offset = offset as u64;
-    if offset == hw || max_bytes == 0 {
+    let committed = isolation == READ_COMMITTED;
+    let upper = if committed { lso } else { hw };
+    if committed {
+        read.aborted = Some(Vec::new());
+    }
+    if offset >= upper || max_bytes == 0 {
         return read;
     }
+    read_records(broker, stream_id, offset, upper, max_bytes, &mut read).await;
+    if committed {
+        clip(&mut read, upper);
+        if !read.records.is_empty() {
+            read.aborted = Some(open.state.aborted_between(offset, upper));
+        }
+    }
+    read
+}
+
+/// Fills `read` with batches of `stream_id` from `offset`, below `hw`.
+async fn read_records(
+    broker: &Broker,
+    stream_id: StreamId,
+    offset: u64,
+    hw: u64,
+    max_bytes: usize,
+    read: &mut PartitionRead,
+) {
     // The log cache holds batches as written; once key compaction has
     // cleaned the offset's slice, readers get the cleaned object instead.
     let cleaned = broker.metadata.read(|img| {
@@ -105,7 +157,7 @@ async fn read_partition(
     if let Some(cached) = cached {
         read.bytes = cached.bytes;
         read.records = cached.batches;
-        return read;
+        return;
     }
     match reader::read_committed(
         &broker.metadata,
@@ -129,7 +181,6 @@ async fn read_partition(
             read.code = ErrorCode::KafkaStorageError;
         }
     }
-    read
 }
 
 fn concat(parts: &[Bytes]) -> Bytes {
@@ -159,6 +210,7 @@ pub async fn handle(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> Fe
     let min_bytes = usize::try_from(req.min_bytes).unwrap_or(0);
     let max_bytes = usize::try_from(req.max_bytes).unwrap_or(0);
     let max_bytes = if version >= 3 { max_bytes } else { usize::MAX };
+    let isolation = if version >= 4 { req.isolation_level } else { 0 };
 
     // (topic name, partition, fetch offset, partition max bytes); v13+
     // names topics by id only.
@@ -195,7 +247,15 @@ pub async fn handle(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> Fe
             let r = if budget == 0 {
                 PartitionRead::error(ErrorCode::None)
             } else {
-                read_partition(broker, topic.0.as_str(), *partition, *offset, budget).await
+                read_partition(
+                    broker,
+                    topic.0.as_str(),
+                    *partition,
+                    *offset,
+                    budget,
+                    isolation,
+                )
+                .await
             };
             total += r.bytes;
             reads.push(r);
@@ -213,9 +273,18 @@ pub async fn handle(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> Fe
                     r.code.code()
                 };
                 pd.high_watermark = r.high_watermark;
-                pd.last_stable_offset = r.high_watermark;
+                pd.last_stable_offset = r.last_stable;
                 pd.log_start_offset = r.log_start;
-                pd.aborted_transactions = Some(Vec::new());
+                pd.aborted_transactions = r.aborted.map(|list| {
+                    list.into_iter()
+                        .map(|a| {
+                            let mut t = AbortedTransaction::default();
+                            t.producer_id = ProducerId(a.producer_id);
+                            t.first_offset = a.first_offset as i64;
+                            t
+                        })
+                        .collect()
+                });
                 pd.preferred_read_replica = kafka_protocol::messages::BrokerId(-1);
                 metrics::counter!("oxbow_bytes_out_total").increment(r.bytes as u64);
                 pd.records = Some(concat(&r.records));
@@ -287,17 +356,22 @@ pub async fn list_offsets(
                         if version >= 4 {
                             pr.leader_epoch = leader_epoch;
                         }
-                        let hw = open.state.high_watermark();
+                        // read_committed (v2+) sees up to the last stable offset.
+                        let hw = if version >= 2 && req.isolation_level == READ_COMMITTED {
+                            open.state.last_stable_offset()
+                        } else {
+                            open.state.high_watermark()
+                        };
                         let start = open.state.log_start();
                         match p.timestamp {
                             LATEST => pr.offset = hw as i64,
                             EARLIEST => pr.offset = start as i64,
                             ts => match offset_for_timestamp(broker, sid, ts, start, hw).await {
-                                Ok(Some((offset, timestamp))) => {
+                                Ok(Some((offset, timestamp))) if offset < hw as i64 => {
                                     pr.offset = offset;
                                     pr.timestamp = timestamp;
                                 }
-                                Ok(None) => {}
+                                Ok(_) => {}
                                 Err(code) => pr.error_code = code.code(),
                             },
                         }

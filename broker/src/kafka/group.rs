@@ -46,6 +46,7 @@ use crate::group::classic::{JoinRequest, Protocol, SyncRequest};
 use crate::group::consumer::{Assignment, HeartbeatRequest as ConsumerHeartbeat};
 use crate::group::records::OffsetValue;
 use crate::group::{partition_for, OFFSETS_TOPIC};
+use crate::txn::TXN_TOPIC;
 
 const KEY_TYPE_GROUP: i8 = 0;
 const KEY_TYPE_TRANSACTION: i8 = 1;
@@ -66,7 +67,7 @@ fn opt(v: &Option<StrBytes>) -> Option<String> {
 /// Creates `__consumer_offsets` if it does not exist (internal, compacted,
 /// `offsets.topic.num.partitions` partitions), whatever auto-creation says,
 /// as Kafka does. Returns its partition count.
-async fn ensure_offsets_topic(broker: &Broker) -> Option<usize> {
+pub async fn ensure_offsets_topic(broker: &Broker) -> Option<usize> {
     let count = |b: &Broker| {
         b.metadata
             .read(|img| img.topics.get(OFFSETS_TOPIC).map(|t| t.partitions.len()))
@@ -103,18 +104,22 @@ async fn coordinator_for(
     key: &str,
 ) -> (ErrorCode, i32, String, i32) {
     let none = |code| (code, -1, String::new(), -1);
-    match key_type {
-        KEY_TYPE_GROUP => {}
-        // Transactions are not built yet.
-        KEY_TYPE_TRANSACTION => return none(ErrorCode::CoordinatorNotAvailable),
+    let (topic, partitions) = match key_type {
+        KEY_TYPE_GROUP => (OFFSETS_TOPIC, ensure_offsets_topic(broker).await),
+        KEY_TYPE_TRANSACTION => {
+            if key.is_empty() {
+                return none(ErrorCode::InvalidRequest);
+            }
+            (TXN_TOPIC, super::txn::ensure_txn_topic(broker).await)
+        }
         _ => return none(ErrorCode::InvalidRequest),
-    }
-    let Some(partitions) = ensure_offsets_topic(broker).await else {
+    };
+    let Some(partitions) = partitions else {
         return none(ErrorCode::CoordinatorNotAvailable);
     };
     let partition = partition_for(key, u32::try_from(partitions).unwrap_or(u32::MAX));
     let owner = broker.metadata.read(|img| {
-        let s = img.stream_of(OFFSETS_TOPIC, partition)?;
+        let s = img.stream_of(topic, partition)?;
         let b = img.brokers.get(&s.owner?)?;
         (!b.fenced).then(|| (b.id, b.endpoint.host.clone(), i32::from(b.endpoint.port)))
     });

@@ -17,6 +17,7 @@ mod group;
 mod produce;
 mod reassign;
 mod records;
+mod txn;
 pub mod versions;
 
 use std::future::Future;
@@ -274,7 +275,48 @@ async fn dispatch(
         }),
         RequestKind::InitProducerId(req) => Box::pin(async move {
             Some(ResponseKind::InitProducerId(
-                admin::init_producer_id(&broker, req).await,
+                txn::init_producer_id(&broker, req, version).await,
+            ))
+        }),
+        // Transaction coordinator (kafka/txn.rs).
+        RequestKind::AddPartitionsToTxn(req) => Box::pin(async move {
+            Some(ResponseKind::AddPartitionsToTxn(
+                txn::add_partitions(&broker, req, version).await,
+            ))
+        }),
+        RequestKind::AddOffsetsToTxn(req) => Box::pin(async move {
+            Some(ResponseKind::AddOffsetsToTxn(
+                txn::add_offsets(&broker, req, version).await,
+            ))
+        }),
+        RequestKind::EndTxn(req) => Box::pin(async move {
+            Some(ResponseKind::EndTxn(
+                txn::end_txn(&broker, req, version).await,
+            ))
+        }),
+        RequestKind::TxnOffsetCommit(req) => Box::pin(async move {
+            Some(ResponseKind::TxnOffsetCommit(
+                txn::txn_offset_commit(&broker, req, version).await,
+            ))
+        }),
+        RequestKind::WriteTxnMarkers(req) => Box::pin(async move {
+            Some(ResponseKind::WriteTxnMarkers(
+                txn::write_txn_markers(&broker, req).await,
+            ))
+        }),
+        RequestKind::DescribeTransactions(req) => Box::pin(async move {
+            Some(ResponseKind::DescribeTransactions(
+                txn::describe_transactions(&broker, req).await,
+            ))
+        }),
+        RequestKind::ListTransactions(req) => Box::pin(async move {
+            Some(ResponseKind::ListTransactions(
+                txn::list_transactions(&broker, req, version).await,
+            ))
+        }),
+        RequestKind::DescribeProducers(req) => Box::pin(async move {
+            Some(ResponseKind::DescribeProducers(
+                txn::describe_producers(&broker, req).await,
             ))
         }),
         RequestKind::DescribeConfigs(req) => Box::pin(async move {

@@ -84,21 +84,16 @@ fn refuse_all(
     Box::pin(async move { Some(ResponseKind::Produce(resp)) })
 }
 
-pub async fn handle(broker: Arc<Broker>, req: ProduceRequest, _version: i16) -> ResponseFuture {
+pub async fn handle(broker: Arc<Broker>, req: ProduceRequest, version: i16) -> ResponseFuture {
     let acks = req.acks;
     let timeout = Duration::from_millis(u64::try_from(req.timeout_ms).unwrap_or(0).max(1));
     if !(-1..=1).contains(&acks) {
         return refuse_all(&req, ErrorCode::InvalidRequiredAcks, None);
     }
-    if req.transactional_id.is_some() {
-        // Transactions are not built yet: refuse rather than pretend.
-        return refuse_all(
-            &req,
-            ErrorCode::InvalidRequest,
-            Some("transactions are not supported yet"),
-        );
-    }
-
+    let transactional_id = req
+        .transactional_id
+        .as_ref()
+        .map(|t| t.0.as_str().to_string());
     let mut topics: Vec<(TopicName, Vec<Pending>)> = Vec::with_capacity(req.topic_data.len());
     for t in req.topic_data {
         let name = t.name.0.as_str().to_string();
@@ -107,7 +102,17 @@ pub async fn handle(broker: Arc<Broker>, req: ProduceRequest, _version: i16) -> 
         }
         let mut parts = Vec::with_capacity(t.partition_data.len());
         for p in t.partition_data {
-            parts.push(append_partition(&broker, &name, p.index, p.records).await);
+            parts.push(
+                append_partition(
+                    &broker,
+                    &name,
+                    p.index,
+                    p.records,
+                    transactional_id.as_deref(),
+                    version,
+                )
+                .await,
+            );
         }
         topics.push((t.name, parts));
     }
@@ -136,6 +141,8 @@ async fn append_partition(
     topic: &str,
     index: i32,
     records: Option<bytes::Bytes>,
+    transactional_id: Option<&str>,
+    version: i16,
 ) -> Pending {
     let refuse = |code| Pending::Done(partition_response(index, code));
     let Some((stream, max_batch, log_append_time)) = broker.metadata.read(|img| {
@@ -182,8 +189,25 @@ async fn append_partition(
             Ok(h) => h,
             Err(e) => return refuse(ErrorCode::from_batch_code(e.kafka_error_code())),
         };
-        if header.is_transactional() || header.is_control() {
+        if header.is_control() {
+            // Only coordinators write markers (Kafka's LogValidator).
             return refuse(ErrorCode::InvalidRecord);
+        }
+        if header.is_transactional() {
+            let Some(txn_id) = transactional_id else {
+                // Kafka refuses transactional records without a
+                // transactional id as unauthorized.
+                return refuse(ErrorCode::TransactionalIdAuthorizationFailed);
+            };
+            if header.producer_id < 0 {
+                return refuse(ErrorCode::InvalidRecord);
+            }
+            if open.state.txns().open_first(header.producer_id).is_none() {
+                let code = verify(broker, txn_id, &header, topic, index, version).await;
+                if code != ErrorCode::None {
+                    return refuse(code);
+                }
+            }
         }
         if header.producer_id >= 0 && header.base_sequence < 0 {
             // An idempotent batch without a sequence.
@@ -196,7 +220,14 @@ async fn append_partition(
         metrics::counter!("oxbow_bytes_in_total").increment(bytes.len() as u64);
         incoming.push(IncomingBatch { header, bytes });
     }
-    let reply = match open.actor.ask(Append { batches: incoming }).await {
+    let reply = match open
+        .actor
+        .ask(Append {
+            batches: incoming,
+            coordinator: false,
+        })
+        .await
+    {
         Ok(r) => r,
         Err(_) => return refuse(ErrorCode::NotLeaderOrFollower),
     };
@@ -219,6 +250,59 @@ async fn append_partition(
             state: open.state.clone(),
         },
         AppendStatus::Refused(code) => refuse(code),
+    }
+}
+
+/// KIP-890: the first transactional batch of a producer on a partition is
+/// taken only if its coordinator says the partition is in the producer's
+/// open transaction, so a late or zombie write cannot open a transaction
+/// that no marker will ever end. Errors map as Kafka's `ReplicaManager`.
+async fn verify(
+    broker: &Arc<Broker>,
+    txn_id: &str,
+    header: &batch::BatchHeader,
+    topic: &str,
+    partition: i32,
+    version: i16,
+) -> ErrorCode {
+    let (pid, epoch) = (header.producer_id, header.producer_epoch);
+    let coordinator = broker.metadata.read(|img| {
+        let count = img.topics.get(crate::txn::TXN_TOPIC)?.partitions.len();
+        let p = crate::group::partition_for(txn_id, u32::try_from(count).unwrap_or(u32::MAX));
+        let s = img.stream_of(crate::txn::TXN_TOPIC, p)?;
+        let owner = s.owner?;
+        let b = img.brokers.get(&owner)?;
+        Some((owner, format!("{}:{}", b.endpoint.host, b.endpoint.port)))
+    });
+    let code = match coordinator {
+        None => ErrorCode::NotEnoughReplicas,
+        Some((owner, _)) if owner == broker.id => {
+            broker
+                .txns
+                .verify(broker, txn_id, pid, epoch, topic, partition)
+                .await
+        }
+        Some((_, addr)) => {
+            broker
+                .peers
+                .verify_txn_partition(&addr, txn_id, pid, epoch, topic, partition)
+                .await
+        }
+    };
+    match code {
+        ErrorCode::None => ErrorCode::None,
+        ErrorCode::ProducerFenced | ErrorCode::InvalidProducerEpoch => {
+            ErrorCode::InvalidProducerEpoch
+        }
+        ErrorCode::TransactionAbortable | ErrorCode::InvalidProducerIdMapping => {
+            if version > 10 {
+                ErrorCode::TransactionAbortable
+            } else {
+                ErrorCode::InvalidTxnState
+            }
+        }
+        // Coordinator moving, loading or busy: retriable for the client.
+        _ => ErrorCode::NotEnoughReplicas,
     }
 }
 

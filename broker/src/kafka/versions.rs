@@ -35,6 +35,16 @@ const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteRecords, 0, 2),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::ListPartitionReassignments, 0, 0),
+    // Transaction coordinator (kafka/txn.rs): protocol v1 (no
+    // `transaction.version` feature is advertised, so clients keep to it).
+    (ApiKey::AddPartitionsToTxn, 0, 5),
+    (ApiKey::AddOffsetsToTxn, 0, 4),
+    (ApiKey::EndTxn, 0, 4),
+    (ApiKey::TxnOffsetCommit, 0, 4),
+    (ApiKey::WriteTxnMarkers, 1, 1),
+    (ApiKey::DescribeTransactions, 0, 0),
+    (ApiKey::ListTransactions, 0, 1),
+    (ApiKey::DescribeProducers, 0, 0),
 ];
 
 pub fn supported(key: ApiKey) -> Option<(i16, i16)> {
@@ -58,6 +68,14 @@ pub fn name(key: ApiKey) -> &'static str {
         ApiKey::InitProducerId => "init_producer_id",
         ApiKey::DescribeConfigs => "describe_configs",
         ApiKey::DescribeCluster => "describe_cluster",
+        ApiKey::AddPartitionsToTxn => "add_partitions_to_txn",
+        ApiKey::AddOffsetsToTxn => "add_offsets_to_txn",
+        ApiKey::EndTxn => "end_txn",
+        ApiKey::TxnOffsetCommit => "txn_offset_commit",
+        ApiKey::WriteTxnMarkers => "write_txn_markers",
+        ApiKey::DescribeTransactions => "describe_transactions",
+        ApiKey::ListTransactions => "list_transactions",
+        ApiKey::DescribeProducers => "describe_producers",
         ApiKey::FindCoordinator => "find_coordinator",
         ApiKey::JoinGroup => "join_group",
         ApiKey::SyncGroup => "sync_group",
@@ -138,6 +156,14 @@ mod tests {
                 ApiKey::ListPartitionReassignments => range::<ListPartitionReassignmentsRequest>(),
                 ApiKey::DeleteRecords => range::<DeleteRecordsRequest>(),
                 ApiKey::IncrementalAlterConfigs => range::<IncrementalAlterConfigsRequest>(),
+                ApiKey::AddPartitionsToTxn => range::<AddPartitionsToTxnRequest>(),
+                ApiKey::AddOffsetsToTxn => range::<AddOffsetsToTxnRequest>(),
+                ApiKey::EndTxn => range::<EndTxnRequest>(),
+                ApiKey::TxnOffsetCommit => range::<TxnOffsetCommitRequest>(),
+                ApiKey::WriteTxnMarkers => range::<WriteTxnMarkersRequest>(),
+                ApiKey::DescribeTransactions => range::<DescribeTransactionsRequest>(),
+                ApiKey::ListTransactions => range::<ListTransactionsRequest>(),
+                ApiKey::DescribeProducers => range::<DescribeProducersRequest>(),
                 other => panic!("no codec check for {other:?}"),
             };
             assert!(

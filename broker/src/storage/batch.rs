@@ -607,6 +607,32 @@ pub fn build_test_batch(
     base_sequence: i32,
     records: &[TestRecord<'_>],
 ) -> Vec<u8> {
+    build_batch(
+        &BatchSpec {
+            base_offset,
+            attributes: 0,
+            base_timestamp: TEST_BASE_TIMESTAMP,
+            producer_id,
+            producer_epoch,
+            base_sequence,
+        },
+        records,
+    )
+}
+
+/// The header fields of a batch to build.
+struct BatchSpec {
+    base_offset: i64,
+    attributes: i16,
+    base_timestamp: i64,
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+}
+
+/// One uncompressed v2 batch of `records`, timestamped `base_timestamp + i`,
+/// no headers, `partitionLeaderEpoch` -1, with a correct CRC-32C.
+fn build_batch(spec: &BatchSpec, records: &[TestRecord<'_>]) -> Vec<u8> {
     let count = i32::try_from(records.len()).expect("test batch holds fewer than 2^31 records");
     let mut body = Vec::new();
     let mut record = Vec::new();
@@ -624,23 +650,23 @@ pub fn build_test_batch(
     }
 
     let last_offset_delta = count - 1;
-    let max_timestamp = TEST_BASE_TIMESTAMP + i64::from(last_offset_delta.max(0));
+    let max_timestamp = spec.base_timestamp + i64::from(last_offset_delta.max(0));
     let batch_length = i32::try_from(BATCH_HEADER_LEN - LOG_OVERHEAD + body.len())
         .expect("test batch is smaller than 2 GiB");
 
     let mut out = Vec::with_capacity(BATCH_HEADER_LEN + body.len());
-    out.extend_from_slice(&base_offset.to_be_bytes());
+    out.extend_from_slice(&spec.base_offset.to_be_bytes());
     out.extend_from_slice(&batch_length.to_be_bytes());
     out.extend_from_slice(&(-1i32).to_be_bytes()); // partitionLeaderEpoch
     out.push(MAGIC_V2 as u8);
     out.extend_from_slice(&[0; 4]); // crc, filled below
-    out.extend_from_slice(&0i16.to_be_bytes()); // attributes: no compression, CreateTime
+    out.extend_from_slice(&spec.attributes.to_be_bytes());
     out.extend_from_slice(&last_offset_delta.to_be_bytes());
-    out.extend_from_slice(&TEST_BASE_TIMESTAMP.to_be_bytes());
+    out.extend_from_slice(&spec.base_timestamp.to_be_bytes());
     out.extend_from_slice(&max_timestamp.to_be_bytes());
-    out.extend_from_slice(&producer_id.to_be_bytes());
-    out.extend_from_slice(&producer_epoch.to_be_bytes());
-    out.extend_from_slice(&base_sequence.to_be_bytes());
+    out.extend_from_slice(&spec.producer_id.to_be_bytes());
+    out.extend_from_slice(&spec.producer_epoch.to_be_bytes());
+    out.extend_from_slice(&spec.base_sequence.to_be_bytes());
     out.extend_from_slice(&count.to_be_bytes());
     debug_assert_eq!(out.len(), BATCH_HEADER_LEN);
     out.extend_from_slice(&body);
@@ -648,6 +674,85 @@ pub fn build_test_batch(
     let crc = crc32c::crc32c(&out[CRC_COVERED_FROM..]);
     out[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_be_bytes());
     out
+}
+
+/// Control record types (Kafka's `ControlRecordType`).
+pub const CONTROL_ABORT: i16 = 0;
+pub const CONTROL_COMMIT: i16 = 1;
+
+/// A transaction marker as Kafka writes it (`EndTransactionMarker`): one
+/// control record in a transactional control batch of the producer, with
+/// key (version 0, type) and value (version 0, coordinator epoch), base
+/// sequence -1, stamped `timestamp_ms`.
+pub fn build_end_txn_marker(
+    producer_id: i64,
+    producer_epoch: i16,
+    commit: bool,
+    coordinator_epoch: i32,
+    timestamp_ms: i64,
+) -> Vec<u8> {
+    let kind = if commit {
+        CONTROL_COMMIT
+    } else {
+        CONTROL_ABORT
+    };
+    let mut key = Vec::with_capacity(4);
+    key.extend_from_slice(&0i16.to_be_bytes());
+    key.extend_from_slice(&kind.to_be_bytes());
+    let mut value = Vec::with_capacity(6);
+    value.extend_from_slice(&0i16.to_be_bytes());
+    value.extend_from_slice(&coordinator_epoch.to_be_bytes());
+    build_batch(
+        &BatchSpec {
+            base_offset: 0,
+            attributes: ATTR_TRANSACTIONAL | ATTR_CONTROL,
+            base_timestamp: timestamp_ms,
+            producer_id,
+            producer_epoch,
+            base_sequence: -1,
+        },
+        &[(Some(&key), Some(&value))],
+    )
+}
+
+/// The type of a control batch's record (commit or abort marker), if the
+/// batch is an uncompressed control batch whose first record reads as one.
+pub fn control_type(batch: &[u8]) -> Option<i16> {
+    let h = parse_header(batch).ok()?;
+    if h.compression() != 0 || !h.is_control() || h.records_count < 1 {
+        return None;
+    }
+    let end = h.total_len().min(batch.len());
+    let rec = &batch[..end];
+    let mut p = BATCH_HEADER_LEN;
+    let _len = read_varint(rec, &mut p)?;
+    p += 1; // attributes
+    let _ts_delta = read_varint(rec, &mut p)?;
+    let _offset_delta = read_varint(rec, &mut p)?;
+    let key_len = usize::try_from(read_varint(rec, &mut p)?).ok()?;
+    if key_len < 4 {
+        return None;
+    }
+    let key = rec.get(p..p.checked_add(key_len)?)?;
+    Some(i16::from_be_bytes([key[2], key[3]]))
+}
+
+/// Makes an uncompressed batch without a producer transactional for
+/// `producer_id`/`producer_epoch` (sequence 0), as the coordinators write
+/// transactional offset commits; the CRC is recomputed.
+pub fn make_transactional(batch: &mut [u8], producer_id: i64, producer_epoch: i16) {
+    if batch.len() < BATCH_HEADER_LEN {
+        return;
+    }
+    let attrs = i16::from_be_bytes([batch[OFF_ATTRIBUTES], batch[OFF_ATTRIBUTES + 1]]);
+    batch[OFF_ATTRIBUTES..OFF_ATTRIBUTES + 2]
+        .copy_from_slice(&(attrs | ATTR_TRANSACTIONAL).to_be_bytes());
+    batch[OFF_PRODUCER_ID..OFF_PRODUCER_ID + 8].copy_from_slice(&producer_id.to_be_bytes());
+    batch[OFF_PRODUCER_EPOCH..OFF_PRODUCER_EPOCH + 2]
+        .copy_from_slice(&producer_epoch.to_be_bytes());
+    batch[OFF_BASE_SEQUENCE..OFF_BASE_SEQUENCE + 4].copy_from_slice(&0i32.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[CRC_COVERED_FROM..]);
+    batch[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
 #[cfg(test)]
@@ -666,6 +771,45 @@ mod tests {
             })
             .collect();
         build_test_batch(base_offset, 7, 3, 11, &records)
+    }
+
+    #[test]
+    fn end_txn_marker_is_a_valid_control_batch() {
+        for commit in [false, true] {
+            let mut m = build_end_txn_marker(42, 3, commit, 7, 1_000);
+            let h = validate(&m).expect("valid");
+            assert!(h.is_control() && h.is_transactional());
+            assert_eq!(
+                (h.producer_id, h.producer_epoch, h.base_sequence),
+                (42, 3, -1)
+            );
+            assert_eq!(h.record_count(), 1);
+            assert_eq!(h.max_timestamp, 1_000);
+            let want = if commit {
+                CONTROL_COMMIT
+            } else {
+                CONTROL_ABORT
+            };
+            assert_eq!(control_type(&m), Some(want));
+            set_base_offset(&mut m, 99);
+            assert_eq!(
+                validate(&m).expect("offset is outside the CRC").base_offset,
+                99
+            );
+        }
+        assert_eq!(control_type(&simple_batch(0, 2)), None);
+    }
+
+    #[test]
+    fn make_transactional_keeps_the_batch_valid() {
+        let mut b = build_test_batch(0, -1, -1, -1, &[(Some(b"k"), Some(b"v"))]);
+        make_transactional(&mut b, 9, 2);
+        let h = validate(&b).expect("valid");
+        assert!(h.is_transactional() && !h.is_control());
+        assert_eq!(
+            (h.producer_id, h.producer_epoch, h.base_sequence),
+            (9, 2, 0)
+        );
     }
 
     /// Recomputes the CRC after a test edits a covered field.

@@ -11,4 +11,5 @@ pub mod producer_state;
 pub mod reader;
 pub mod retention;
 pub mod stream;
+pub mod txn_index;
 pub mod writer;

@@ -30,6 +30,9 @@ struct ProducerEntry {
     epoch: i16,
     batches: VecDeque<BatchSeq>,
     last_touch: u64,
+    /// A transaction of this producer is open on the partition: the entry
+    /// is never evicted (Kafka never expires such producers).
+    in_txn: bool,
 }
 
 /// What to do with a batch from an idempotent producer.
@@ -43,6 +46,17 @@ pub enum SequenceVerdict {
     OutOfOrder,
     /// Kafka's INVALID_PRODUCER_EPOCH (47): an older epoch than we know.
     StaleEpoch,
+}
+
+/// One producer's state on a partition, as DescribeProducers reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerInfo {
+    pub producer_id: i64,
+    pub epoch: i16,
+    /// -1 when no batch of the current epoch is remembered.
+    pub last_sequence: i32,
+    /// First offset of its open transaction here, or -1.
+    pub current_txn_start_offset: i64,
 }
 
 #[derive(Debug, Default)]
@@ -118,14 +132,13 @@ impl ProducerStateTable {
         let clock = self.clock;
         if !self.producers.contains_key(&pid) && self.producers.len() >= MAX_PRODUCERS_PER_PARTITION
         {
-            if let Some((&oldest, _)) = self.producers.iter().min_by_key(|(_, e)| e.last_touch) {
-                self.producers.remove(&oldest);
-            }
+            self.evict_one();
         }
         let entry = self.producers.entry(pid).or_insert_with(|| ProducerEntry {
             epoch,
             batches: VecDeque::with_capacity(BATCHES_KEPT_PER_PRODUCER),
             last_touch: clock,
+            in_txn: false,
         });
         if epoch != entry.epoch {
             entry.epoch = epoch;
@@ -136,6 +149,82 @@ impl ProducerStateTable {
         }
         entry.batches.push_back(batch);
         entry.last_touch = clock;
+    }
+
+    /// Forgets the least recently written producer without an open
+    /// transaction.
+    fn evict_one(&mut self) {
+        if let Some((&oldest, _)) = self
+            .producers
+            .iter()
+            .filter(|(_, e)| !e.in_txn)
+            .min_by_key(|(_, e)| e.last_touch)
+        {
+            self.producers.remove(&oldest);
+        }
+    }
+
+    /// Marks that `pid` has (or no longer has) a transaction open here.
+    pub fn set_in_txn(&mut self, pid: i64, open: bool) {
+        if let Some(e) = self.producers.get_mut(&pid) {
+            e.in_txn = open;
+        }
+    }
+
+    /// The epoch known for `pid`, if any.
+    pub fn epoch_of(&self, pid: i64) -> Option<i16> {
+        self.producers.get(&pid).map(|e| e.epoch)
+    }
+
+    /// Judges a transaction marker of `pid` at `epoch`: refused (Kafka's
+    /// INVALID_PRODUCER_EPOCH) when older than the epoch known.
+    pub fn check_marker(&self, pid: i64, epoch: i16) -> bool {
+        self.producers.get(&pid).is_none_or(|e| epoch >= e.epoch)
+    }
+
+    /// Records a transaction marker: the producer takes the marker's epoch
+    /// (a newer one clears its sequence window) and its transaction ends.
+    pub fn record_marker(&mut self, pid: i64, epoch: i16) {
+        if pid == NO_PRODUCER_ID {
+            return;
+        }
+        self.clock += 1;
+        let clock = self.clock;
+        if !self.producers.contains_key(&pid) && self.producers.len() >= MAX_PRODUCERS_PER_PARTITION
+        {
+            self.evict_one();
+        }
+        let entry = self.producers.entry(pid).or_insert_with(|| ProducerEntry {
+            epoch,
+            batches: VecDeque::new(),
+            last_touch: clock,
+            in_txn: false,
+        });
+        if epoch > entry.epoch {
+            entry.epoch = epoch;
+            entry.batches.clear();
+        }
+        entry.in_txn = false;
+        entry.last_touch = clock;
+    }
+
+    /// Every producer, by id; `open_txn` gives a producer's open
+    /// transaction's first offset.
+    pub fn describe(&self, open_txn: impl Fn(i64) -> Option<u64>) -> Vec<ProducerInfo> {
+        let mut v: Vec<ProducerInfo> = self
+            .producers
+            .iter()
+            .map(|(pid, e)| ProducerInfo {
+                producer_id: *pid,
+                epoch: e.epoch,
+                last_sequence: e.batches.back().map_or(-1, |b| b.last_seq),
+                current_txn_start_offset: open_txn(*pid)
+                    .and_then(|o| i64::try_from(o).ok())
+                    .unwrap_or(-1),
+            })
+            .collect();
+        v.sort_by_key(|p| p.producer_id);
+        v
     }
 
     pub fn clear(&mut self) {

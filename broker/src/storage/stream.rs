@@ -6,9 +6,12 @@
 //! sees an offset that is not committed.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use proto::StreamId;
 use tokio::sync::{watch, Notify};
+
+use super::txn_index::{AbortedTxn, TxnIndex};
 
 #[derive(Debug)]
 pub struct StreamState {
@@ -26,6 +29,9 @@ pub struct StreamState {
     /// The controller refused this broker's ranges: it no longer owns the
     /// stream at this epoch.
     fenced: AtomicBool,
+    /// Open and aborted transactions (the partition actor records them as
+    /// it assigns offsets; fetches read the LSO and aborted lists).
+    txns: Mutex<TxnIndex>,
 }
 
 impl StreamState {
@@ -46,6 +52,7 @@ impl StreamState {
             drained: Notify::new(),
             failed: AtomicBool::new(false),
             fenced: AtomicBool::new(false),
+            txns: Mutex::new(TxnIndex::default()),
         }
     }
 
@@ -59,6 +66,23 @@ impl StreamState {
 
     pub fn set_log_start(&self, offset: u64) {
         self.log_start.fetch_max(offset, Ordering::AcqRel);
+        self.txns().trim(self.log_start());
+    }
+
+    pub fn txns(&self) -> std::sync::MutexGuard<'_, TxnIndex> {
+        self.txns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The last stable offset: the high watermark, or the first offset of
+    /// the earliest transaction not yet decided below it.
+    pub fn last_stable_offset(&self) -> u64 {
+        let hw = self.high_watermark();
+        self.txns().last_stable_offset(hw)
+    }
+
+    /// Aborted transactions a read_committed read of `[from, upper)` needs.
+    pub fn aborted_between(&self, from: u64, upper: u64) -> Vec<AbortedTxn> {
+        self.txns().aborted_between(from, upper)
     }
 
     /// Moves the high watermark forward; never back.

@@ -1,0 +1,948 @@
+//! The async shell around `txn::decide_*`: one shard per
+//! `__transaction_state` partition this broker owns, loaded from the log
+//! when the partition opens; every transition appended through the
+//! partition actor and applied once committed; markers written to the
+//! transaction's partitions after a Prepare* commits; a ticker that aborts
+//! timed-out transactions and finishes any Prepare* left unfinished.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{oneshot, Mutex, MutexGuard};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use super::records;
+use super::{decide_add, decide_end, decide_init, Step, TxnMeta, TxnState, TXN_TOPIC};
+use crate::broker::{Broker, OpenPartition};
+use crate::errors::ErrorCode;
+use crate::group::{partition_for, OFFSETS_TOPIC};
+use crate::partition::{Append, AppendMarker, AppendStatus, IncomingBatch};
+use crate::storage::batch;
+use crate::storage::writer::AckOutcome;
+
+/// How often open transactions are checked against their timeouts (Kafka's
+/// `transaction.abort.timed.out.transaction.cleanup.interval.ms` is 10 s).
+const TICK: Duration = Duration::from_secs(1);
+/// Bound on the bytes read in one step when loading a partition.
+const LOAD_READ_BYTES: usize = 4 * 1024 * 1024;
+
+struct ShardInner {
+    loaded: bool,
+    txns: HashMap<String, TxnMeta>,
+    /// Ids with a transition being written.
+    pending: HashSet<String>,
+    /// Ids whose markers are being written.
+    completing: HashSet<String>,
+}
+
+struct Shard {
+    partition: i32,
+    open: Arc<OpenPartition>,
+    /// The coordinator epoch markers carry: the stream's leader epoch.
+    coordinator_epoch: i32,
+    inner: Mutex<ShardInner>,
+    closed: AtomicBool,
+}
+
+struct Shared {
+    broker: OnceLock<Weak<Broker>>,
+    shards: RwLock<HashMap<i32, Arc<Shard>>>,
+}
+
+pub struct TxnCoordinator {
+    shared: Arc<Shared>,
+    ticker: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+/// One row of ListTransactions.
+pub struct ListedTxn {
+    pub transactional_id: String,
+    pub producer_id: i64,
+    pub state: TxnState,
+    pub start_ms: i64,
+}
+
+fn serving(shard: &Shard, inner: &ShardInner) -> Result<(), ErrorCode> {
+    if shard.closed.load(Ordering::Acquire) {
+        Err(ErrorCode::NotCoordinator)
+    } else if !inner.loaded {
+        Err(ErrorCode::CoordinatorLoadInProgress)
+    } else {
+        Ok(())
+    }
+}
+
+/// Kafka's `appendTransactionToLog` error mapping.
+fn map_append_error(code: ErrorCode) -> ErrorCode {
+    match code {
+        ErrorCode::UnknownTopicOrPartition | ErrorCode::RequestTimedOut => {
+            ErrorCode::CoordinatorNotAvailable
+        }
+        ErrorCode::MessageTooLarge | ErrorCode::RecordListTooLarge => ErrorCode::UnknownServerError,
+        _ => ErrorCode::NotCoordinator,
+    }
+}
+
+async fn wait_acks(acks: Vec<oneshot::Receiver<AckOutcome>>) -> Result<(), ErrorCode> {
+    for rx in acks {
+        match rx.await {
+            Ok(AckOutcome::Committed) => {}
+            Ok(AckOutcome::Fenced) | Ok(AckOutcome::Failed) | Err(_) => {
+                return Err(ErrorCode::NotCoordinator)
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Shard {
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    async fn append(
+        &self,
+        id: &str,
+        meta: &TxnMeta,
+        wall_ms: i64,
+    ) -> Result<Vec<oneshot::Receiver<AckOutcome>>, ErrorCode> {
+        if self.is_closed() {
+            return Err(ErrorCode::NotCoordinator);
+        }
+        let rec: (Bytes, Option<Bytes>) = (
+            records::encode_key(id),
+            Some(records::encode_value(&meta.value())),
+        );
+        let bytes = crate::group::records::encode_batch(wall_ms, &[rec]);
+        let header = batch::parse_header(&bytes).map_err(|_| ErrorCode::UnknownServerError)?;
+        let reply = self
+            .open
+            .actor
+            .ask(Append {
+                batches: vec![IncomingBatch { header, bytes }],
+                coordinator: false,
+            })
+            .await
+            .map_err(|_| ErrorCode::NotCoordinator)?;
+        match reply.status {
+            AppendStatus::Queued { acks, .. } => Ok(acks),
+            AppendStatus::Duplicate { .. } => Err(ErrorCode::UnknownServerError),
+            AppendStatus::Refused(code) => Err(map_append_error(code)),
+        }
+    }
+
+    /// Writes `meta` for `id` and applies it once committed. The lock is
+    /// held while the record is handed to the partition (so records reach
+    /// the log in decision order) and released while it commits; the id
+    /// is marked pending meanwhile.
+    async fn write(
+        &self,
+        mut inner: MutexGuard<'_, ShardInner>,
+        id: &str,
+        meta: TxnMeta,
+        wall_ms: i64,
+    ) -> Result<(), ErrorCode> {
+        inner.pending.insert(id.to_string());
+        let appended = self.append(id, &meta, wall_ms).await;
+        drop(inner);
+        let result = match appended {
+            Ok(acks) => wait_acks(acks).await,
+            Err(code) => Err(code),
+        };
+        let mut inner = self.inner.lock().await;
+        inner.pending.remove(id);
+        if result.is_ok() {
+            if self.is_closed() || !inner.loaded {
+                return Err(ErrorCode::NotCoordinator);
+            }
+            inner.txns.insert(id.to_string(), meta);
+        }
+        result
+    }
+
+    fn close(self: &Arc<Self>) {
+        self.closed.store(true, Ordering::Release);
+        let shard = self.clone();
+        tokio::spawn(async move {
+            let mut inner = shard.inner.lock().await;
+            inner.loaded = false;
+            inner.txns.clear();
+        });
+    }
+}
+
+impl Default for TxnCoordinator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TxnCoordinator {
+    pub fn new() -> Self {
+        TxnCoordinator {
+            shared: Arc::new(Shared {
+                broker: OnceLock::new(),
+                shards: RwLock::new(HashMap::new()),
+            }),
+            ticker: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Gives the coordinator its broker (set once, right after the broker
+    /// is built).
+    pub fn attach(&self, broker: &Arc<Broker>) {
+        let _ = self.shared.broker.set(Arc::downgrade(broker));
+    }
+
+    fn shards(&self) -> std::sync::RwLockReadGuard<'_, HashMap<i32, Arc<Shard>>> {
+        self.shared.shards.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn shard_for(&self, broker: &Broker, id: &str) -> Result<Arc<Shard>, ErrorCode> {
+        let count = broker
+            .metadata
+            .read(|img| img.topics.get(TXN_TOPIC).map(|t| t.partitions.len()))
+            .ok_or(ErrorCode::NotCoordinator)?;
+        let partition = partition_for(id, u32::try_from(count).unwrap_or(u32::MAX));
+        match self.shards().get(&partition) {
+            Some(s) if !s.is_closed() => Ok(s.clone()),
+            _ => Err(ErrorCode::NotCoordinator),
+        }
+    }
+
+    // ------------------------------------------------------ partition hooks
+
+    pub fn partition_opened(&self, broker: &Broker, open: &Arc<OpenPartition>) {
+        if open.state.topic != TXN_TOPIC {
+            return;
+        }
+        let partition = open.state.partition;
+        let coordinator_epoch = broker
+            .metadata
+            .read(|img| img.streams.get(&open.state.stream).map(|s| s.leader_epoch))
+            .unwrap_or(0);
+        let shard = Arc::new(Shard {
+            partition,
+            open: open.clone(),
+            coordinator_epoch,
+            inner: Mutex::new(ShardInner {
+                loaded: false,
+                txns: HashMap::new(),
+                pending: HashSet::new(),
+                completing: HashSet::new(),
+            }),
+            closed: AtomicBool::new(false),
+        });
+        let previous = self
+            .shared
+            .shards
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(partition, shard.clone());
+        if let Some(old) = previous {
+            old.close();
+        }
+        self.ensure_ticker();
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            if let Some(broker) = shared.broker.get().and_then(Weak::upgrade) {
+                load(broker, shard).await;
+            }
+        });
+    }
+
+    pub fn partition_closed(&self, open: &Arc<OpenPartition>) {
+        if open.state.topic != TXN_TOPIC {
+            return;
+        }
+        let mut shards = self
+            .shared
+            .shards
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = shards.get(&open.state.partition) {
+            if Arc::ptr_eq(&s.open, open) {
+                let s = shards.remove(&open.state.partition).expect("present");
+                info!(
+                    partition = s.partition,
+                    "transaction coordinator partition closed"
+                );
+                s.close();
+            }
+        }
+    }
+
+    pub fn shutdown(&self) {
+        if let Some(t) = self.ticker.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            t.abort();
+        }
+        let shards: Vec<_> = self
+            .shared
+            .shards
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, s)| s)
+            .collect();
+        for s in shards {
+            s.close();
+        }
+    }
+
+    fn ensure_ticker(&self) {
+        let mut t = self.ticker.lock().unwrap_or_else(|e| e.into_inner());
+        if t.is_some() {
+            return;
+        }
+        let shared = self.shared.clone();
+        *t = Some(tokio::spawn(async move {
+            let mut interval = tokio::time::interval(TICK);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                let Some(broker) = shared.broker.get().and_then(Weak::upgrade) else {
+                    continue;
+                };
+                let shards: Vec<Arc<Shard>> = shared
+                    .shards
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .cloned()
+                    .collect();
+                for shard in shards {
+                    tick(&broker, &shard).await;
+                }
+            }
+        }));
+    }
+
+    // ------------------------------------------------------------ requests
+
+    /// InitProducerId with a transactional id: (error, producer id, epoch).
+    pub async fn init_producer_id(
+        &self,
+        broker: &Arc<Broker>,
+        id: &str,
+        timeout_ms: i32,
+        expected: (i64, i16),
+        version: i16,
+    ) -> (ErrorCode, i64, i16) {
+        let fail = |code| (code, -1, -1);
+        let shard = match self.shard_for(broker, id) {
+            Ok(s) => s,
+            Err(code) => return fail(code),
+        };
+        let inner = shard.inner.lock().await;
+        if let Err(code) = serving(&shard, &inner) {
+            return fail(code);
+        }
+        if inner.pending.contains(id) || inner.completing.contains(id) {
+            return fail(ErrorCode::ConcurrentTransactions);
+        }
+        let now = broker.seams.clock.now_ms();
+        let step = match inner.txns.get(id) {
+            None => {
+                let pid = match broker.next_producer_id().await {
+                    Ok(p) => p,
+                    Err(_) => return fail(ErrorCode::CoordinatorNotAvailable),
+                };
+                Step::Write(TxnMeta {
+                    producer_id: pid,
+                    epoch: 0,
+                    last_epoch: -1,
+                    timeout_ms,
+                    state: TxnState::Empty,
+                    partitions: Default::default(),
+                    start_ms: -1,
+                    last_update_ms: now,
+                })
+            }
+            Some(m) => decide_init(m, expected, timeout_ms, now, version),
+        };
+        let m = match step {
+            Step::Reply(code) => return fail(code),
+            Step::FenceAndAbort(m) => {
+                info!(
+                    transactional_id = id,
+                    producer_id = m.producer_id,
+                    epoch = m.epoch,
+                    "a new producer fences the open transaction; aborting it"
+                );
+                if shard.write(inner, id, m, now).await.is_ok() {
+                    spawn_completion(broker.clone(), shard.clone(), id.to_string()).await;
+                }
+                return fail(ErrorCode::ConcurrentTransactions);
+            }
+            Step::NewProducerId(mut m) => {
+                m.producer_id = match broker.next_producer_id().await {
+                    Ok(p) => p,
+                    Err(_) => return fail(ErrorCode::CoordinatorNotAvailable),
+                };
+                m
+            }
+            Step::Write(m) => m,
+        };
+        let (pid, epoch) = (m.producer_id, m.epoch);
+        match shard.write(inner, id, m, now).await {
+            Ok(()) => (ErrorCode::None, pid, epoch),
+            Err(code) => fail(code),
+        }
+    }
+
+    /// AddPartitionsToTxn (v0-3) and AddOffsetsToTxn: adds `partitions` to
+    /// the producer's transaction.
+    pub async fn add_partitions(
+        &self,
+        broker: &Arc<Broker>,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+        partitions: &[(String, i32)],
+        version: i16,
+    ) -> ErrorCode {
+        let shard = match self.shard_for(broker, id) {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
+        let inner = shard.inner.lock().await;
+        if let Err(code) = serving(&shard, &inner) {
+            return code;
+        }
+        if inner.pending.contains(id) {
+            return ErrorCode::ConcurrentTransactions;
+        }
+        let now = broker.seams.clock.now_ms();
+        match decide_add(
+            inner.txns.get(id),
+            producer_id,
+            epoch,
+            partitions,
+            now,
+            version,
+        ) {
+            Step::Reply(code) => code,
+            Step::Write(m) => match shard.write(inner, id, m, now).await {
+                Ok(()) => ErrorCode::None,
+                Err(code) => code,
+            },
+            _ => ErrorCode::UnknownServerError,
+        }
+    }
+
+    /// Whether `topic`/`partition` is in the open transaction of
+    /// `producer_id` at `epoch` (KIP-890's verification): NONE, or the
+    /// error the produce should get.
+    pub async fn verify(
+        &self,
+        broker: &Arc<Broker>,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+        topic: &str,
+        partition: i32,
+    ) -> ErrorCode {
+        let shard = match self.shard_for(broker, id) {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
+        let inner = shard.inner.lock().await;
+        if let Err(code) = serving(&shard, &inner) {
+            return code;
+        }
+        match inner.txns.get(id) {
+            Some(m) if m.producer_id == producer_id => {
+                if m.epoch > epoch {
+                    ErrorCode::ProducerFenced
+                } else if m.state == TxnState::Ongoing
+                    && m.partitions.contains(&(topic.to_string(), partition))
+                {
+                    ErrorCode::None
+                } else {
+                    ErrorCode::TransactionAbortable
+                }
+            }
+            _ => ErrorCode::InvalidProducerIdMapping,
+        }
+    }
+
+    /// EndTxn: answered once the Prepare* record is committed; the markers
+    /// and the Complete* record follow.
+    pub async fn end_txn(
+        &self,
+        broker: &Arc<Broker>,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+        version: i16,
+    ) -> ErrorCode {
+        let shard = match self.shard_for(broker, id) {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
+        let inner = shard.inner.lock().await;
+        if let Err(code) = serving(&shard, &inner) {
+            return code;
+        }
+        if inner.pending.contains(id) {
+            return ErrorCode::ConcurrentTransactions;
+        }
+        let now = broker.seams.clock.now_ms();
+        match decide_end(inner.txns.get(id), producer_id, epoch, commit, now, version) {
+            Step::Reply(code) => code,
+            Step::Write(m) => match shard.write(inner, id, m, now).await {
+                Ok(()) => {
+                    spawn_completion(broker.clone(), shard.clone(), id.to_string()).await;
+                    ErrorCode::None
+                }
+                Err(code) => code,
+            },
+            _ => ErrorCode::UnknownServerError,
+        }
+    }
+
+    /// DescribeTransactions for one id.
+    pub async fn describe(&self, broker: &Arc<Broker>, id: &str) -> Result<TxnMeta, ErrorCode> {
+        let shard = self.shard_for(broker, id)?;
+        let inner = shard.inner.lock().await;
+        serving(&shard, &inner)?;
+        match inner.txns.get(id) {
+            Some(m) if m.state != TxnState::Dead => Ok(m.clone()),
+            _ => Err(ErrorCode::TransactionalIdNotFound),
+        }
+    }
+
+    /// Every transaction this broker coordinates.
+    pub async fn list(&self) -> Result<Vec<ListedTxn>, ErrorCode> {
+        let shards: Vec<Arc<Shard>> = self.shards().values().cloned().collect();
+        let mut out = Vec::new();
+        for shard in shards {
+            let inner = shard.inner.lock().await;
+            if shard.is_closed() {
+                continue;
+            }
+            if !inner.loaded {
+                return Err(ErrorCode::CoordinatorLoadInProgress);
+            }
+            out.extend(
+                inner
+                    .txns
+                    .iter()
+                    .filter(|(_, m)| m.state != TxnState::Dead)
+                    .map(|(id, m)| ListedTxn {
+                        transactional_id: id.clone(),
+                        producer_id: m.producer_id,
+                        state: m.state,
+                        start_ms: m.start_ms,
+                    }),
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// The `__consumer_offsets` partition that holds `group`'s offsets, as
+/// AddOffsetsToTxn adds it to a transaction.
+pub fn offsets_partition(broker: &Broker, group: &str) -> Option<(String, i32)> {
+    let count = broker
+        .metadata
+        .read(|img| img.topics.get(OFFSETS_TOPIC).map(|t| t.partitions.len()))?;
+    Some((
+        OFFSETS_TOPIC.to_string(),
+        partition_for(group, u32::try_from(count).unwrap_or(u32::MAX)),
+    ))
+}
+
+/// Aborts timed-out transactions and finishes Prepare* left unfinished.
+async fn tick(broker: &Arc<Broker>, shard: &Arc<Shard>) {
+    let now = broker.seams.clock.now_ms();
+    let (expired, unfinished) = {
+        let inner = shard.inner.lock().await;
+        if serving(shard, &inner).is_err() {
+            return;
+        }
+        let expired: Vec<(String, TxnMeta)> = inner
+            .txns
+            .iter()
+            .filter(|(id, _)| !inner.pending.contains(*id))
+            .filter_map(|(id, m)| super::timed_out(m, now).map(|n| (id.clone(), n)))
+            .collect();
+        let unfinished: Vec<String> = inner
+            .txns
+            .iter()
+            .filter(|(id, m)| {
+                m.needs_markers() && !inner.pending.contains(*id) && !inner.completing.contains(*id)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        (expired, unfinished)
+    };
+    for (id, m) in expired {
+        let inner = shard.inner.lock().await;
+        if inner.pending.contains(&id)
+            || inner
+                .txns
+                .get(&id)
+                .is_none_or(|cur| cur.state != TxnState::Ongoing)
+        {
+            continue;
+        }
+        info!(
+            transactional_id = %id,
+            producer_id = m.producer_id,
+            "transaction timed out; aborting it"
+        );
+        metrics::counter!("oxbow_txn_timed_out_total").increment(1);
+        if shard.write(inner, &id, m, now).await.is_ok() {
+            spawn_completion(broker.clone(), shard.clone(), id).await;
+        }
+    }
+    for id in unfinished {
+        spawn_completion(broker.clone(), shard.clone(), id).await;
+    }
+}
+
+/// Starts writing the markers of `id`'s Prepare* and then its Complete*,
+/// unless that is already under way.
+async fn spawn_completion(broker: Arc<Broker>, shard: Arc<Shard>, id: String) {
+    {
+        let mut inner = shard.inner.lock().await;
+        if !inner.completing.insert(id.clone()) {
+            return;
+        }
+    }
+    tokio::spawn(async move {
+        complete(&broker, &shard, &id).await;
+        shard.inner.lock().await.completing.remove(&id);
+    });
+}
+
+async fn complete(broker: &Arc<Broker>, shard: &Arc<Shard>, id: &str) {
+    let meta = {
+        let inner = shard.inner.lock().await;
+        match inner.txns.get(id) {
+            Some(m) if m.needs_markers() => m.clone(),
+            _ => return,
+        }
+    };
+    let commit = meta.state == TxnState::PrepareCommit;
+    let started = tokio::time::Instant::now();
+    let writes = meta.partitions.iter().map(|(topic, partition)| {
+        write_marker_until_done(
+            broker,
+            shard,
+            topic,
+            *partition,
+            meta.producer_id,
+            meta.epoch,
+            commit,
+        )
+    });
+    let done = futures::future::join_all(writes).await;
+    if done.iter().any(|ok| !ok) {
+        return; // the shard closed; its new owner finishes the transaction
+    }
+    let mut inner = shard.inner.lock().await;
+    if serving(shard, &inner).is_err() || inner.txns.get(id) != Some(&meta) {
+        return;
+    }
+    let now = broker.seams.clock.now_ms();
+    let next = super::completed(&meta, now);
+    // The lock is released by `write`; a failed write leaves Prepare*,
+    // which the ticker finishes again.
+    inner.completing.remove(id);
+    match shard.write(inner, id, next, now).await {
+        Ok(()) => {
+            metrics::counter!(
+                "oxbow_txn_completed_total",
+                "result" => if commit { "commit" } else { "abort" }
+            )
+            .increment(1);
+            metrics::histogram!("oxbow_txn_markers_seconds")
+                .record(started.elapsed().as_secs_f64());
+        }
+        Err(code) => debug!(transactional_id = id, ?code, "writing Complete* failed"),
+    }
+}
+
+/// Writes one marker, retrying while the partition is unavailable. `false`
+/// if the coordinator shard closed first.
+async fn write_marker_until_done(
+    broker: &Arc<Broker>,
+    shard: &Arc<Shard>,
+    topic: &str,
+    partition: i32,
+    producer_id: i64,
+    epoch: i16,
+    commit: bool,
+) -> bool {
+    let mut backoff = Duration::from_millis(20);
+    let mut attempts = 0u32;
+    loop {
+        if shard.is_closed() {
+            return false;
+        }
+        let exists = broker
+            .metadata
+            .read(|img| img.stream_of(topic, partition).is_some());
+        if !exists {
+            // The topic was deleted: nothing to mark.
+            return true;
+        }
+        let code = send_marker(
+            broker,
+            topic,
+            partition,
+            producer_id,
+            epoch,
+            commit,
+            shard.coordinator_epoch,
+        )
+        .await;
+        match code {
+            ErrorCode::None => return true,
+            // A newer epoch or coordinator already wrote past this one.
+            ErrorCode::InvalidProducerEpoch | ErrorCode::TransactionCoordinatorFenced => {
+                return true
+            }
+            code => {
+                attempts += 1;
+                if attempts.is_multiple_of(50) {
+                    warn!(
+                        topic,
+                        partition,
+                        producer_id,
+                        ?code,
+                        attempts,
+                        "writing a transaction marker keeps failing; retrying"
+                    );
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// Sends one marker to the partition's owner: a local append when it is
+/// this broker, else WriteTxnMarkers to the owner.
+async fn send_marker(
+    broker: &Arc<Broker>,
+    topic: &str,
+    partition: i32,
+    producer_id: i64,
+    epoch: i16,
+    commit: bool,
+    coordinator_epoch: i32,
+) -> ErrorCode {
+    let owner = broker.metadata.read(|img| {
+        let s = img.stream_of(topic, partition)?;
+        let id = s.owner?;
+        let b = img.brokers.get(&id)?;
+        Some((id, s.id, format!("{}:{}", b.endpoint.host, b.endpoint.port)))
+    });
+    let Some((owner, stream, addr)) = owner else {
+        return ErrorCode::NotLeaderOrFollower;
+    };
+    if owner == broker.id {
+        return write_marker(
+            broker,
+            stream,
+            topic,
+            producer_id,
+            epoch,
+            commit,
+            coordinator_epoch,
+        )
+        .await;
+    }
+    broker
+        .peers
+        .write_txn_marker(
+            &addr,
+            topic,
+            partition,
+            producer_id,
+            epoch,
+            commit,
+            coordinator_epoch,
+        )
+        .await
+}
+
+/// Appends a marker to a partition this broker owns and waits for its
+/// commit; a committed marker on `__consumer_offsets` completes the
+/// producer's pending offset commits there.
+#[allow(clippy::too_many_arguments)]
+pub async fn write_marker(
+    broker: &Arc<Broker>,
+    stream: proto::StreamId,
+    topic: &str,
+    producer_id: i64,
+    epoch: i16,
+    commit: bool,
+    coordinator_epoch: i32,
+) -> ErrorCode {
+    let Some(open) = broker.partition(stream) else {
+        return ErrorCode::NotLeaderOrFollower;
+    };
+    let reply = open
+        .actor
+        .ask(AppendMarker {
+            producer_id,
+            producer_epoch: epoch,
+            commit,
+            coordinator_epoch,
+            timestamp_ms: broker.seams.clock.now_ms(),
+        })
+        .await;
+    let rx = match reply {
+        Ok(r) => match r.0 {
+            Ok(rx) => rx,
+            Err(code) => return code,
+        },
+        Err(_) => return ErrorCode::NotLeaderOrFollower,
+    };
+    match rx.await {
+        Ok(AckOutcome::Committed) => {}
+        Ok(AckOutcome::Fenced) => return ErrorCode::NotLeaderOrFollower,
+        Ok(AckOutcome::Failed) | Err(_) => return ErrorCode::KafkaStorageError,
+    }
+    metrics::counter!("oxbow_txn_markers_total").increment(1);
+    if topic == OFFSETS_TOPIC {
+        broker
+            .groups
+            .txn_completed(&open, producer_id, commit)
+            .await;
+    }
+    ErrorCode::None
+}
+
+// ----------------------------------------------------------------- loading
+
+fn replay(txns: &mut HashMap<String, TxnMeta>, rec: crate::group::records::LogRecord) {
+    let Some(key) = rec.key else {
+        return;
+    };
+    let id = match records::decode_key(&key) {
+        Ok(Some(id)) => id,
+        Ok(None) => return,
+        Err(e) => {
+            warn!(offset = rec.offset, error = %e, "skipping __transaction_state record");
+            return;
+        }
+    };
+    match rec.value.as_deref().map(records::decode_value) {
+        None => {
+            txns.remove(&id);
+        }
+        Some(Ok(Some(v))) => {
+            txns.insert(id, TxnMeta::from_value(v));
+        }
+        Some(Ok(None)) => {}
+        Some(Err(e)) => {
+            warn!(offset = rec.offset, error = %e, "skipping __transaction_state value");
+        }
+    }
+}
+
+/// Replays the shard's partition from its log start to its high watermark,
+/// then serves it and finishes any Prepare* it found.
+async fn load(broker: Arc<Broker>, shard: Arc<Shard>) {
+    let started = tokio::time::Instant::now();
+    let state = shard.open.state.clone();
+    let mut txns = HashMap::new();
+    let mut offset = state.log_start();
+    loop {
+        if shard.is_closed() {
+            return;
+        }
+        let end = state.high_watermark();
+        if offset >= end {
+            let mut inner = shard.inner.lock().await;
+            if offset < state.high_watermark() {
+                continue;
+            }
+            let unfinished: Vec<String> = txns
+                .iter()
+                .filter(|(_, m): &(&String, &TxnMeta)| m.needs_markers())
+                .map(|(id, _)| id.clone())
+                .collect();
+            info!(
+                partition = shard.partition,
+                transactions = txns.len(),
+                unfinished = unfinished.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "transaction coordinator partition loaded"
+            );
+            inner.txns = txns;
+            inner.loaded = true;
+            drop(inner);
+            for id in unfinished {
+                spawn_completion(broker.clone(), shard.clone(), id).await;
+            }
+            return;
+        }
+        let read = crate::group::coordinator::read_batches(
+            &broker.metadata,
+            &broker.log_cache,
+            &broker.reader,
+            state.stream,
+            offset,
+            end,
+            LOAD_READ_BYTES,
+        )
+        .await;
+        let batches = match read {
+            Ok((b, _)) if !b.is_empty() => b,
+            Ok((_, skip_to)) if skip_to > offset => {
+                offset = skip_to;
+                continue;
+            }
+            Ok(_) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(e) => {
+                warn!(partition = shard.partition, offset, error = %e, "loading __transaction_state failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let before = offset;
+        for b in batches {
+            let Ok(h) = batch::parse_header(&b) else {
+                continue;
+            };
+            let last = u64::try_from(h.last_offset()).unwrap_or(0);
+            if last < offset {
+                continue;
+            }
+            match crate::group::records::batch_records(&b) {
+                Ok(recs) => {
+                    for r in recs {
+                        if u64::try_from(r.offset).unwrap_or(0) >= offset {
+                            replay(&mut txns, r);
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(partition = shard.partition, base_offset = h.base_offset, error = %e, "skipping __transaction_state batch")
+                }
+            }
+            offset = last + 1;
+        }
+        if offset == before {
+            warn!(
+                partition = shard.partition,
+                offset, "no readable batch at this offset of __transaction_state"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
