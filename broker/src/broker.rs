@@ -27,6 +27,7 @@ use crate::partition::{Close, Partition, PartitionArgs, ReopenRequests, StreamTa
 use crate::storage::log_cache::LogCache;
 use crate::storage::reader::{ObjectLocation, ObjectReader};
 use crate::storage::stream::StreamState;
+use crate::storage::txn_index::AbortedTxn;
 use crate::storage::writer::{self, WriterHandle, WriterIdentity};
 
 #[derive(Debug, thiserror::Error)]
@@ -439,6 +440,20 @@ impl Broker {
                     continue;
                 }
                 let state = Arc::new(StreamState::new(sid, topic, partition, start, end));
+                // Open and aborted transactions as of `end`: nothing commits
+                // to the stream at this epoch before its actor runs.
+                self.metadata.read(|img| {
+                    if let Some(s) = img.streams.get(&sid) {
+                        state.txns().seed(
+                            &s.open_txns,
+                            s.aborted_txns.iter().map(|a| AbortedTxn {
+                                producer_id: a.producer_id,
+                                first_offset: a.first_offset,
+                                last_offset: a.last_offset,
+                            }),
+                        );
+                    }
+                });
                 let actor = Partition::spawn(PartitionArgs {
                     partition: Partition::new(
                         state.clone(),

@@ -71,9 +71,23 @@ pub struct Run {
     pub log_start: u64,
     pub slices: Vec<PlannedSlice>,
     pub keys: Option<KeyRules>,
+    /// Key compaction: producer id -> (first offset, marker offset) of its
+    /// aborted transactions. Their records never win a key and are dropped.
+    pub aborted: HashMap<i64, Vec<(u64, u64)>>,
 }
 
 impl Run {
+    /// Whether `h` is a data batch of an aborted transaction.
+    fn is_aborted(&self, h: &batch::BatchHeader) -> bool {
+        if !h.is_transactional() || h.is_control() {
+            return false;
+        }
+        let base = u64::try_from(h.base_offset).unwrap_or(0);
+        self.aborted
+            .get(&h.producer_id)
+            .is_some_and(|v| v.iter().any(|&(first, last)| base >= first && base < last))
+    }
+
     fn start(&self) -> u64 {
         self.slices.first().map_or(0, |s| s.start)
     }
@@ -205,7 +219,23 @@ pub fn plan(img: &MetadataImage, me: BrokerId, now_ms: i64, limits: Limits) -> V
                 continue;
             };
             let configs = effective_topic_configs(img, topic);
-            for r in plan_keyed(s.id, s.start_offset, &slices, &configs, now_ms) {
+            // Never past the last stable offset: an open transaction's
+            // outcome decides which of its records survive.
+            let uncleanable = s.open_txns.values().min().copied().unwrap_or(u64::MAX);
+            let cleanable: Vec<_> = slices
+                .iter()
+                .take_while(|(sl, _, _)| sl.end <= uncleanable)
+                .cloned()
+                .collect();
+            let mut aborted: HashMap<i64, Vec<(u64, u64)>> = HashMap::new();
+            for a in &s.aborted_txns {
+                aborted
+                    .entry(a.producer_id)
+                    .or_default()
+                    .push((a.first_offset, a.last_offset));
+            }
+            for mut r in plan_keyed(s.id, s.start_offset, &cleanable, &configs, now_ms) {
+                r.aborted = aborted.clone();
                 keyed_bytes += r.bytes();
                 runs.push(r);
             }
@@ -266,6 +296,7 @@ fn plan_keyed(
         keys: Some(KeyRules {
             drop_tombstones_before_ms: now_ms.saturating_sub(delete_retention),
         }),
+        aborted: HashMap::new(),
     }]
 }
 
@@ -292,6 +323,7 @@ fn plan_plain(
                 log_start,
                 slices: std::mem::take(current),
                 keys: None,
+                aborted: HashMap::new(),
             });
         }
         current.clear();
@@ -602,19 +634,21 @@ async fn rewrite_run(
                 continue;
             }
             let kept = match (&latest, run.keys) {
-                (Some(latest), Some(rules)) => match filter_batch(&b, &latest.keys, rules) {
-                    Filtered::Whole => b,
-                    // A producer's last batch stays, empty, so that its
-                    // sequence survives (Kafka's cleaner does the same).
-                    Filtered::Empty
-                        if h.producer_id >= 0
-                            && latest.producers.get(&h.producer_id) == Some(&h.base_offset) =>
-                    {
-                        Bytes::from(batch::retain_records(&b, &[]))
+                (Some(latest), Some(rules)) => {
+                    match filter_batch(&b, &latest.keys, rules, run.is_aborted(&h)) {
+                        Filtered::Whole => b,
+                        // A producer's last batch stays, empty, so that its
+                        // sequence survives (Kafka's cleaner does the same).
+                        Filtered::Empty
+                            if h.producer_id >= 0
+                                && latest.producers.get(&h.producer_id) == Some(&h.base_offset) =>
+                        {
+                            Bytes::from(batch::retain_records(&b, &[]))
+                        }
+                        Filtered::Empty => continue,
+                        Filtered::Rebuilt(v) => Bytes::from(v),
                     }
-                    Filtered::Empty => continue,
-                    Filtered::Rebuilt(v) => Bytes::from(v),
-                },
+                }
                 _ => b,
             };
             written += out.push(run.stream, run.start(), &kept)?;
@@ -658,6 +692,9 @@ async fn latest_offsets(
                 if h.producer_id >= 0 {
                     producers.insert(h.producer_id, h.base_offset);
                 }
+                if run.is_aborted(&h) {
+                    continue; // its records never count as a key's latest
+                }
             }
             let Some(records) = batch::record_spans(&b) else {
                 continue;
@@ -688,8 +725,11 @@ enum Filtered {
 
 /// Keeps the records of `b` that are the latest of their key and not an
 /// expired tombstone. Compressed and control batches, and records without
-/// a key, are kept.
-fn filter_batch(b: &[u8], latest: &HashMap<u128, i64>, rules: KeyRules) -> Filtered {
+/// a key, are kept; nothing of an aborted transaction's batch is.
+fn filter_batch(b: &[u8], latest: &HashMap<u128, i64>, rules: KeyRules, aborted: bool) -> Filtered {
+    if aborted {
+        return Filtered::Empty;
+    }
     let Some(records) = batch::record_spans(b) else {
         return Filtered::Whole;
     };
@@ -810,6 +850,7 @@ mod tests {
                     end_offset: *end,
                     max_timestamp: *ts,
                     bytes: 100,
+                    txn_events: Vec::new(),
                 }],
             });
         }
@@ -940,6 +981,19 @@ mod tests {
                 drop_tombstones_before_ms: 950
             })
         );
+        // An open transaction from offset 25 stops cleaning at the slice
+        // before it (the last stable offset); its aborted ones are passed on.
+        let mut open = img.clone();
+        let s = open.streams.get_mut(&StreamId(0)).expect("stream");
+        s.open_txns.insert(9, 25);
+        s.aborted_txns.push_back(proto::image::AbortedTxnRecord {
+            producer_id: 4,
+            first_offset: 2,
+            last_offset: 5,
+        });
+        let runs = plan(&open, 1, 1000, LIMITS);
+        assert_eq!(spans(&runs), vec![(0, 20)]);
+        assert_eq!(runs[0].aborted.get(&4), Some(&vec![(2, 5)]));
         // At 550 the slice with timestamp 500 is too new: [0, 20) is half
         // dirty, which meets the default ratio.
         assert_eq!(spans(&plan(&img, 1, 550, LIMITS)), vec![(0, 20)]);
@@ -1010,11 +1064,21 @@ mod tests {
         let fresh = KeyRules {
             drop_tombstones_before_ms: ts,
         };
-        assert_eq!(offsets(filter_batch(&b, &latest, fresh)), vec![2, 3, 4]);
+        assert_eq!(
+            offsets(filter_batch(&b, &latest, fresh, false)),
+            vec![2, 3, 4]
+        );
+        assert!(
+            offsets(filter_batch(&b, &latest, fresh, true)).is_empty(),
+            "an aborted transaction's batch keeps nothing"
+        );
         let expired = KeyRules {
             drop_tombstones_before_ms: ts + 100,
         };
-        assert_eq!(offsets(filter_batch(&b, &latest, expired)), vec![2, 4]);
+        assert_eq!(
+            offsets(filter_batch(&b, &latest, expired, false)),
+            vec![2, 4]
+        );
         assert_ne!(key_digest(b"a"), key_digest(b"b"));
     }
 }

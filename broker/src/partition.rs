@@ -17,6 +17,7 @@ use kameo::{Actor, Reply};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
+use proto::image::TxnEvent;
 use proto::StreamId;
 
 use crate::errors::ErrorCode;
@@ -170,19 +171,14 @@ impl Partition {
                     continue;
                 }
                 if h.is_control() {
-                    if let Some(kind) = batch::control_type(b) {
+                    // Open and aborted transactions come from the metadata
+                    // (see `Broker::reconcile`); a marker here only moves
+                    // the producer's epoch.
+                    if batch::control_type(b).is_some() {
                         self.producers
                             .record_marker(h.producer_id, h.producer_epoch);
-                        self.state.txns().record_marker(
-                            h.producer_id,
-                            base,
-                            kind == batch::CONTROL_COMMIT,
-                        );
                     }
                     continue;
-                }
-                if h.is_transactional() {
-                    self.state.txns().record_data(h.producer_id, base);
                 }
                 self.producers.record(
                     h.producer_id,
@@ -194,10 +190,10 @@ impl Partition {
                         last_offset: last,
                     },
                 );
-                if h.is_transactional() {
-                    self.producers.set_in_txn(h.producer_id, true);
-                }
             }
+        }
+        for (pid, _) in self.state.txns().open_transactions() {
+            self.producers.set_in_txn(pid, true);
         }
         if !self.producers.is_empty() {
             info!(
@@ -301,8 +297,14 @@ impl Message<Append> for Partition {
             }
             let base = self.next_offset;
             let end = base + u64::from(count);
+            let begins =
+                h.is_transactional() && self.state.txns().open_first(h.producer_id).is_none();
+            let txn = begins.then_some(TxnEvent::Begin {
+                producer_id: h.producer_id,
+                offset: base,
+            });
             let rx = match self
-                .submit(&b.bytes, base, end, count, h.max_timestamp)
+                .submit(&b.bytes, base, end, count, h.max_timestamp, txn)
                 .await
             {
                 Ok(rx) => rx,
@@ -349,6 +351,7 @@ impl Partition {
         end: u64,
         count: u32,
         max_timestamp: i64,
+        txn: Option<TxnEvent>,
     ) -> Result<oneshot::Receiver<AckOutcome>, ErrorCode> {
         let mut bytes = BytesMut::from(bytes);
         batch::set_base_offset(&mut bytes, base as i64);
@@ -368,6 +371,7 @@ impl Partition {
             bytes: bytes.freeze(),
             ack: tx,
             permit,
+            txn,
         };
         if self.writer.submit(pending).await.is_err() {
             warn!(
@@ -440,8 +444,13 @@ impl Partition {
             msg.timestamp_ms,
         );
         let base = self.next_offset;
+        let end = TxnEvent::End {
+            producer_id: msg.producer_id,
+            offset: base,
+            commit: msg.commit,
+        };
         let rx = self
-            .submit(&bytes, base, base + 1, 1, msg.timestamp_ms)
+            .submit(&bytes, base, base + 1, 1, msg.timestamp_ms, Some(end))
             .await?;
         self.producers
             .record_marker(msg.producer_id, msg.producer_epoch);

@@ -77,6 +77,74 @@ pub struct StreamRecord {
     /// Object map keyed by the slice's first offset. Slices are contiguous
     /// from `start_offset` (the first may begin below it) to `end_offset`.
     pub slices: BTreeMap<u64, StreamSlice>,
+    /// Transactions without a committed marker: producer id -> offset of
+    /// its first batch. With `aborted_txns`, what a new owner needs for the
+    /// last stable offset and read_committed fetches, whatever the age of
+    /// the data (its own replay reads only the newest bytes).
+    #[serde(default)]
+    pub open_txns: BTreeMap<i64, u64>,
+    /// Aborted transactions, ordered by marker offset, the oldest dropped
+    /// past [`MAX_ABORTED_TXNS_PER_STREAM`] and below the log start.
+    #[serde(default)]
+    pub aborted_txns: std::collections::VecDeque<AbortedTxnRecord>,
+}
+
+/// Aborted transactions kept per stream in the metadata.
+pub const MAX_ABORTED_TXNS_PER_STREAM: usize = 10_000;
+
+/// An aborted transaction of a stream: its producer, its first offset and
+/// the offset of its abort marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AbortedTxnRecord {
+    pub producer_id: i64,
+    pub first_offset: u64,
+    pub last_offset: u64,
+}
+
+/// A transaction event in a committed range, applied to the stream's
+/// `open_txns` / `aborted_txns` in the same command as the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnEvent {
+    /// The first batch of `producer_id`'s transaction, at `offset`.
+    Begin { producer_id: i64, offset: u64 },
+    /// Its marker, at `offset`.
+    End {
+        producer_id: i64,
+        offset: u64,
+        commit: bool,
+    },
+}
+
+impl StreamRecord {
+    fn apply_txn_event(&mut self, e: &TxnEvent) {
+        match *e {
+            TxnEvent::Begin {
+                producer_id,
+                offset,
+            } => {
+                self.open_txns.entry(producer_id).or_insert(offset);
+            }
+            TxnEvent::End {
+                producer_id,
+                offset,
+                commit,
+            } => {
+                let Some(first) = self.open_txns.remove(&producer_id) else {
+                    return;
+                };
+                if !commit {
+                    if self.aborted_txns.len() >= MAX_ABORTED_TXNS_PER_STREAM {
+                        self.aborted_txns.pop_front();
+                    }
+                    self.aborted_txns.push_back(AbortedTxnRecord {
+                        producer_id,
+                        first_offset: first,
+                        last_offset: offset,
+                    });
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,7 +170,7 @@ pub struct ObjectRecord {
 
 /// A range a broker asks to commit: offsets `[start_offset, end_offset)` of
 /// `stream` written at `stream_epoch`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitRange {
     pub stream: StreamId,
     pub stream_epoch: u64,
@@ -111,6 +179,9 @@ pub struct CommitRange {
     pub max_timestamp: i64,
     #[serde(default)]
     pub bytes: u64,
+    /// Transactions the range begins or ends, in offset order.
+    #[serde(default)]
+    pub txn_events: Vec<TxnEvent>,
 }
 
 /// A range a compactor rewrote: the slices of `stream` covering exactly
@@ -488,6 +559,13 @@ impl MetadataImage {
                 };
                 let new_start = (*start_offset).min(s.end_offset).max(s.start_offset);
                 s.start_offset = new_start;
+                while s
+                    .aborted_txns
+                    .front()
+                    .is_some_and(|a| a.last_offset < new_start)
+                {
+                    s.aborted_txns.pop_front();
+                }
                 let gone: Vec<u64> = s
                     .slices
                     .iter()
@@ -695,6 +773,8 @@ impl MetadataImage {
                     start_offset: 0,
                     end_offset: 0,
                     slices: BTreeMap::new(),
+                    open_txns: BTreeMap::new(),
+                    aborted_txns: Default::default(),
                 },
             );
             ids.push(id);
@@ -759,6 +839,9 @@ impl MetadataImage {
                         },
                     );
                     s.end_offset = r.end_offset;
+                    for e in &r.txn_events {
+                        s.apply_txn_event(e);
+                    }
                     if !accepted.contains(&r.stream) {
                         accepted.push(r.stream);
                     }
@@ -974,6 +1057,7 @@ mod tests {
                 end_offset: end,
                 max_timestamp: 0,
                 bytes: 100,
+                txn_events: Vec::new(),
             }],
         })
     }
@@ -1011,6 +1095,7 @@ mod tests {
             end_offset: end,
             max_timestamp: 0,
             bytes: 0,
+            txn_events: Vec::new(),
         };
         let reply = img.apply(&MetadataCommand::CommitObjects {
             broker: 1,
@@ -1049,6 +1134,69 @@ mod tests {
             CommandReply::ObjectCommitted { object: None, .. }
         ));
         assert_eq!(img.streams[&StreamId(0)].end_offset, 9);
+    }
+
+    #[test]
+    fn transactions_follow_committed_ranges_and_trims() {
+        let mut img = image_with_topic(1);
+        let commit = |img: &mut MetadataImage, key: &str, epoch, start, end, events| {
+            img.apply(&MetadataCommand::CommitObjects {
+                broker: 1,
+                broker_epoch: 1,
+                objects: vec![ObjectCommit {
+                    key: key.into(),
+                    size: 1,
+                    ranges: vec![CommitRange {
+                        stream: StreamId(0),
+                        stream_epoch: epoch,
+                        start_offset: start,
+                        end_offset: end,
+                        max_timestamp: 0,
+                        bytes: 1,
+                        txn_events: events,
+                    }],
+                }],
+            })
+        };
+        let begin = |p, o| TxnEvent::Begin {
+            producer_id: p,
+            offset: o,
+        };
+        let end = |p, o, commit| TxnEvent::End {
+            producer_id: p,
+            offset: o,
+            commit,
+        };
+        commit(&mut img, "a", 1, 0, 5, vec![begin(7, 0), begin(8, 2)]);
+        // A refused range changes nothing.
+        commit(&mut img, "x", 0, 5, 6, vec![end(7, 5, false)]);
+        let s = &img.streams[&StreamId(0)];
+        assert_eq!(s.open_txns, BTreeMap::from([(7, 0), (8, 2)]));
+        commit(
+            &mut img,
+            "b",
+            1,
+            5,
+            8,
+            vec![end(7, 5, false), end(8, 6, true), end(9, 7, false)],
+        );
+        let s = &img.streams[&StreamId(0)];
+        assert!(s.open_txns.is_empty());
+        assert_eq!(
+            s.aborted_txns.iter().copied().collect::<Vec<_>>(),
+            vec![AbortedTxnRecord {
+                producer_id: 7,
+                first_offset: 0,
+                last_offset: 5
+            }],
+            "only the aborted transaction that was open is kept"
+        );
+        img.apply(&MetadataCommand::TrimStream {
+            stream: StreamId(0),
+            start_offset: 6,
+            now_ms: 0,
+        });
+        assert!(img.streams[&StreamId(0)].aborted_txns.is_empty());
     }
 
     fn compact(img: &mut MetadataImage, key: &str, ranges: &[(u64, u64)]) -> CommandReply {
@@ -1275,6 +1423,7 @@ mod tests {
                 end_offset: img.streams[&StreamId(0)].end_offset + 1,
                 max_timestamp: 0,
                 bytes: 1,
+                txn_events: Vec::new(),
             }],
         });
         assert_eq!(
@@ -1346,6 +1495,7 @@ mod tests {
             end_offset: end,
             max_timestamp: 0,
             bytes: 10,
+            txn_events: Vec::new(),
         };
         for (key, start, end) in [("a", 0, 10), ("b", 10, 20)] {
             img.apply(&MetadataCommand::CommitObject {

@@ -90,6 +90,8 @@ mod tests {
 
     fn stream(slices: &[(u64, u64, i64, u64)]) -> StreamRecord {
         StreamRecord {
+            open_txns: Default::default(),
+            aborted_txns: Default::default(),
             id: StreamId(0),
             topic: uuid::Uuid::nil(),
             partition: 0,

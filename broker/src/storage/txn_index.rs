@@ -129,6 +129,19 @@ impl TxnIndex {
         }
     }
 
+    /// Starts from what the metadata records for the stream: its open
+    /// transactions (producer -> first offset) and aborted ones.
+    pub fn seed(
+        &mut self,
+        open: &std::collections::BTreeMap<i64, u64>,
+        aborted: impl IntoIterator<Item = AbortedTxn>,
+    ) {
+        for (&pid, &first) in open {
+            self.record_data(pid, first);
+        }
+        self.aborted = aborted.into_iter().collect();
+    }
+
     /// Transactions without a marker, as (producer id, first offset).
     pub fn open_transactions(&self) -> Vec<(i64, u64)> {
         let mut v: Vec<(i64, u64)> = self.by_producer.iter().map(|(p, f)| (*p, *f)).collect();

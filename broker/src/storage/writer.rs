@@ -15,7 +15,9 @@ use tokio::time::Instant;
 
 use bytes::Bytes;
 use object_store::{path::Path, ObjectStore, ObjectStoreExt, PutPayload};
-use proto::image::{CommandReply, CommitRange, MetadataCommand, ObjectCommit, RangeVerdict};
+use proto::image::{
+    CommandReply, CommitRange, MetadataCommand, ObjectCommit, RangeVerdict, TxnEvent,
+};
 use proto::rpc::{ControllerApi, RpcError};
 use proto::{BrokerId, StreamId};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
@@ -48,6 +50,9 @@ pub struct PendingBatch {
     pub bytes: Bytes,
     pub ack: oneshot::Sender<AckOutcome>,
     pub permit: OwnedSemaphorePermit,
+    /// The transaction this batch begins or ends, recorded in the stream's
+    /// metadata with the commit.
+    pub txn: Option<TxnEvent>,
 }
 
 /// Where partitions send batches. Cloneable; the writer stops when every
@@ -283,6 +288,7 @@ fn seal(
                 r.end_offset = b.end_offset;
                 r.max_timestamp = r.max_timestamp.max(b.max_timestamp);
                 r.bytes += b.bytes.len() as u64;
+                r.txn_events.extend(b.txn);
                 groups.last_mut().expect("a group per range").push(b);
             }
             _ => {
@@ -293,6 +299,7 @@ fn seal(
                     end_offset: b.end_offset,
                     max_timestamp: b.max_timestamp,
                     bytes: b.bytes.len() as u64,
+                    txn_events: b.txn.into_iter().collect(),
                 });
                 groups.push(vec![b]);
             }
