@@ -35,6 +35,9 @@ pub struct Partition {
     leader_epoch: i32,
     next_offset: u64,
     producers: ProducerStateTable,
+    /// KIP-890 verification guards: producer id -> guard.
+    guards: std::collections::HashMap<i64, u64>,
+    next_guard: u64,
     writer: WriterHandle,
     /// Where a partition whose flush failed asks to be reopened.
     reopen: ReopenRequests,
@@ -59,6 +62,8 @@ impl Partition {
             leader_epoch,
             next_offset,
             producers: ProducerStateTable::default(),
+            guards: std::collections::HashMap::new(),
+            next_guard: 0,
             writer,
             reopen,
         }
@@ -217,7 +222,43 @@ pub struct Append {
     /// Written by a coordinator (transactional offset commits): no
     /// sequence check, as Kafka's `AppendOrigin.COORDINATOR`.
     pub coordinator: bool,
+    /// KIP-890: the guard [`BeginVerification`] gave this producer, which
+    /// must still stand for its first transactional batch here.
+    pub guard: Option<u64>,
 }
+
+/// KIP-890: a producer's first transactional batch on this partition is
+/// about to be verified with its coordinator. The guard returned must still
+/// stand when the batch is appended: a marker for the producer in between
+/// (its transaction ended meanwhile) removes it, so a verification that
+/// raced an abort cannot open a transaction no marker will end.
+pub struct BeginVerification {
+    pub producer_id: i64,
+}
+
+#[derive(Reply)]
+pub struct Guard(pub u64);
+
+impl Message<BeginVerification> for Partition {
+    type Reply = Guard;
+
+    async fn handle(
+        &mut self,
+        msg: BeginVerification,
+        _ctx: &mut Context<Self, Self::Reply>,
+    ) -> Guard {
+        self.next_guard += 1;
+        let id = self.next_guard;
+        if self.guards.len() >= MAX_GUARDS {
+            self.guards.clear();
+        }
+        self.guards.insert(msg.producer_id, id);
+        Guard(id)
+    }
+}
+
+/// Bound on verification guards outstanding per partition.
+const MAX_GUARDS: usize = 10_000;
 
 /// What became of an append, before durability.
 pub enum AppendStatus {
@@ -299,6 +340,13 @@ impl Message<Append> for Partition {
             let end = base + u64::from(count);
             let begins =
                 h.is_transactional() && self.state.txns().open_first(h.producer_id).is_none();
+            if begins && !msg.coordinator {
+                if msg.guard.is_none() || self.guards.get(&h.producer_id) != msg.guard.as_ref() {
+                    // Its transaction ended since it was verified.
+                    return reply(AppendStatus::Refused(ErrorCode::InvalidTxnState));
+                }
+                self.guards.remove(&h.producer_id);
+            }
             let txn = begins.then_some(TxnEvent::Begin {
                 producer_id: h.producer_id,
                 offset: base,
@@ -454,6 +502,7 @@ impl Partition {
             .await?;
         self.producers
             .record_marker(msg.producer_id, msg.producer_epoch);
+        self.guards.remove(&msg.producer_id);
         self.state
             .txns()
             .record_marker(msg.producer_id, base, msg.commit);

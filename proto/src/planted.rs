@@ -22,6 +22,9 @@ pub enum Bug {
     /// The orphan collector deletes objects the metadata still references
     /// (`broker::lifecycle::collect_orphans`).
     DeleteReferencedObject,
+    /// read_committed fetches read up to the high watermark with no aborted
+    /// list, as if there were no transactions (`broker::kafka::fetch`).
+    LsoIsHighWatermark,
 }
 
 #[cfg(feature = "planted-bugs")]

@@ -43,7 +43,7 @@ use kafka_protocol::messages::{
     ApiKey, BrokerId, ConsumerGroupHeartbeatRequest, CreateTopicsRequest, FetchRequest,
     FindCoordinatorRequest, GroupId, InitProducerIdRequest, ListOffsetsRequest, MetadataRequest,
     MetadataResponse, OffsetCommitRequest, OffsetFetchRequest, ProduceRequest, ProducerId,
-    RequestHeader, ResponseHeader, TopicName,
+    RequestHeader, ResponseHeader, TopicName, TransactionalId,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
 use kafka_protocol::records::{
@@ -159,6 +159,8 @@ pub struct FetchResult {
     pub high_watermark: i64,
     /// The partition's first offset when the broker answered.
     pub log_start_offset: i64,
+    /// The partition's last stable offset when the broker answered.
+    pub last_stable_offset: i64,
 }
 
 /// Whether a failed request may still have taken effect.
@@ -535,8 +537,23 @@ impl ClusterClient {
         values: &[Bytes],
         acks: i16,
     ) -> Result<i64> {
+        self.produce_in(topic, partition, producer, values, acks, None)
+            .await
+    }
+
+    /// [`Self::produce`], as part of transaction `transactional_id` when
+    /// given (a transactional batch).
+    pub async fn produce_in(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        producer: Option<ProducerIds>,
+        values: &[Bytes],
+        acks: i16,
+        transactional_id: Option<&str>,
+    ) -> Result<i64> {
         let timestamp_ms = self.clock.now_ms();
-        let request = build_produce_request(
+        let request = build_produce_request_in(
             topic,
             partition,
             producer,
@@ -544,6 +561,7 @@ impl ClusterClient {
             acks,
             self.broker_side_timeout_ms(),
             timestamp_ms,
+            transactional_id,
         )?;
         let addr = self.leader_addr(topic, partition).await?;
         if acks == 0 {
@@ -591,6 +609,21 @@ impl ClusterClient {
         offset: i64,
         max_bytes: i32,
     ) -> Result<FetchResult> {
+        self.fetch_isolated(topic, partition, offset, max_bytes, false)
+            .await
+    }
+
+    /// [`Self::fetch`]; with `read_committed`, at isolation level 1: up to
+    /// the last stable offset, without the records of aborted transactions
+    /// (dropped as Kafka's consumer does, from the answer's aborted list).
+    pub async fn fetch_isolated(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_bytes: i32,
+        read_committed: bool,
+    ) -> Result<FetchResult> {
         let addr = self.leader_addr(topic, partition).await?;
         let wait_ms = i32::try_from(self.config.fetch_max_wait.as_millis()).unwrap_or(i32::MAX);
         let request = FetchRequest::default()
@@ -599,7 +632,7 @@ impl ClusterClient {
             .with_max_wait_ms(wait_ms)
             .with_min_bytes(1)
             .with_max_bytes(max_bytes)
-            .with_isolation_level(0)
+            .with_isolation_level(i8::from(read_committed))
             .with_session_id(0)
             .with_session_epoch(-1)
             .with_topics(vec![FetchTopic::default()
@@ -637,11 +670,19 @@ impl ClusterClient {
                 }
                 Some(p) => {
                     let records = p.records.clone().unwrap_or_default();
-                    match decode_records(&records, offset) {
+                    let aborted: Option<Vec<(i64, i64)>> = read_committed.then(|| {
+                        p.aborted_transactions
+                            .iter()
+                            .flatten()
+                            .map(|a| (a.producer_id.0, a.first_offset))
+                            .collect()
+                    });
+                    match decode_records_in(&records, offset, aborted.as_deref()) {
                         Ok(records) => Ok(FetchResult {
                             records,
                             high_watermark: p.high_watermark,
                             log_start_offset: p.log_start_offset,
+                            last_stable_offset: p.last_stable_offset,
                         }),
                         Err(reason) => Err(ClientError::BadResponse {
                             api: ApiKey::Fetch,
@@ -775,6 +816,139 @@ impl ClusterClient {
             }
         });
         self.coordinated(group, result)
+    }
+
+    // -------------------------------------------------------- transactions
+
+    /// The address of `transactional_id`'s coordinator (FindCoordinator v3,
+    /// key type 1).
+    async fn txn_coordinator(&mut self, transactional_id: &str) -> Result<String> {
+        let key = format!("txn:{transactional_id}");
+        if let Some(addr) = self.coordinators.get(&key) {
+            return Ok(addr.clone());
+        }
+        let request = FindCoordinatorRequest::default()
+            .with_key(StrBytes::from_string(transactional_id.to_string()))
+            .with_key_type(1);
+        let resp = self
+            .call_any(ApiKey::FindCoordinator, FIND_COORDINATOR_VERSION, &request)
+            .await?;
+        if resp.error_code != 0 {
+            return Err(ClientError::broker(
+                ApiKey::FindCoordinator,
+                resp.error_code,
+                resp.error_message.as_ref(),
+            ));
+        }
+        let addr = format!("{}:{}", resp.host.as_str(), resp.port);
+        self.coordinators.insert(key, addr.clone());
+        Ok(addr)
+    }
+
+    /// Sends a request to `transactional_id`'s coordinator and checks its
+    /// top-level error code; the coordinator is looked up again after any
+    /// failure.
+    async fn txn_call<R: Request>(
+        &mut self,
+        transactional_id: &str,
+        api: ApiKey,
+        version: i16,
+        request: &R,
+        code: impl Fn(&R::Response) -> i16,
+    ) -> Result<R::Response> {
+        let addr = self.txn_coordinator(transactional_id).await;
+        let result = match addr {
+            Ok(addr) => self.call(&addr, api, version, request).await,
+            Err(e) => Err(e),
+        };
+        let result = result.and_then(|resp| match code(&resp) {
+            0 => Ok(resp),
+            c => Err(ClientError::broker(api, c, None)),
+        });
+        self.coordinated(&format!("txn:{transactional_id}"), result)
+    }
+
+    /// InitProducerId v4 with a transactional id: the producer id and a
+    /// new epoch (which fences older producers of the id).
+    pub async fn init_transactions(
+        &mut self,
+        transactional_id: &str,
+        timeout_ms: i32,
+    ) -> Result<(i64, i16)> {
+        let request = InitProducerIdRequest::default()
+            .with_transactional_id(Some(TransactionalId(StrBytes::from_string(
+                transactional_id.to_string(),
+            ))))
+            .with_transaction_timeout_ms(timeout_ms)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+        let resp = self
+            .txn_call(
+                transactional_id,
+                ApiKey::InitProducerId,
+                INIT_PRODUCER_ID_VERSION,
+                &request,
+                |r| r.error_code,
+            )
+            .await?;
+        Ok((resp.producer_id.0, resp.producer_epoch))
+    }
+
+    /// AddPartitionsToTxn v3 for `partitions` of `topic`.
+    pub async fn add_partitions_to_txn(
+        &mut self,
+        transactional_id: &str,
+        producer: (i64, i16),
+        topic: &str,
+        partitions: &[i32],
+    ) -> Result<()> {
+        use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
+        let request = kafka_protocol::messages::AddPartitionsToTxnRequest::default()
+            .with_v3_and_below_transactional_id(TransactionalId(StrBytes::from_string(
+                transactional_id.to_string(),
+            )))
+            .with_v3_and_below_producer_id(ProducerId(producer.0))
+            .with_v3_and_below_producer_epoch(producer.1)
+            .with_v3_and_below_topics(vec![AddPartitionsToTxnTopic::default()
+                .with_name(topic_name(topic))
+                .with_partitions(partitions.to_vec())]);
+        self.txn_call(
+            transactional_id,
+            ApiKey::AddPartitionsToTxn,
+            3,
+            &request,
+            |r| {
+                r.results_by_topic_v3_and_below
+                    .iter()
+                    .flat_map(|t| t.results_by_partition.iter())
+                    .map(|p| p.partition_error_code)
+                    .find(|c| *c != 0)
+                    .unwrap_or(0)
+            },
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// EndTxn v3: commits or aborts the producer's transaction.
+    pub async fn end_txn(
+        &mut self,
+        transactional_id: &str,
+        producer: (i64, i16),
+        commit: bool,
+    ) -> Result<()> {
+        let request = kafka_protocol::messages::EndTxnRequest::default()
+            .with_transactional_id(TransactionalId(StrBytes::from_string(
+                transactional_id.to_string(),
+            )))
+            .with_producer_id(ProducerId(producer.0))
+            .with_producer_epoch(producer.1)
+            .with_committed(commit);
+        self.txn_call(transactional_id, ApiKey::EndTxn, 3, &request, |r| {
+            r.error_code
+        })
+        .await
+        .map(|_| ())
     }
 
     /// The offset `group` has committed for `topic`-`partition` (-1 if
@@ -1095,6 +1269,7 @@ fn topic_name(name: &str) -> TopicName {
 // Pure functions over bytes, tested without a server.
 
 /// The produce request for one batch of `values`.
+#[cfg(test)]
 fn build_produce_request(
     topic: &str,
     partition: i32,
@@ -1103,6 +1278,30 @@ fn build_produce_request(
     acks: i16,
     timeout_ms: i32,
     timestamp_ms: i64,
+) -> Result<ProduceRequest> {
+    build_produce_request_in(
+        topic,
+        partition,
+        producer,
+        values,
+        acks,
+        timeout_ms,
+        timestamp_ms,
+        None,
+    )
+}
+
+/// [`build_produce_request`], in transaction `transactional_id` when given.
+#[allow(clippy::too_many_arguments)]
+fn build_produce_request_in(
+    topic: &str,
+    partition: i32,
+    producer: Option<ProducerIds>,
+    values: &[Bytes],
+    acks: i16,
+    timeout_ms: i32,
+    timestamp_ms: i64,
+    transactional_id: Option<&str>,
 ) -> Result<ProduceRequest> {
     let invalid = |reason: String| ClientError::InvalidRequest {
         api: ApiKey::Produce,
@@ -1119,7 +1318,7 @@ fn build_produce_request(
         .iter()
         .zip(0i32..)
         .map(|(value, i)| Record {
-            transactional: false,
+            transactional: transactional_id.is_some(),
             control: false,
             delete_horizon: false,
             partition_leader_epoch: -1,
@@ -1151,7 +1350,9 @@ fn build_produce_request(
     )
     .map_err(|e| invalid(format!("encoding the batch: {e}")))?;
     Ok(ProduceRequest::default()
-        .with_transactional_id(None)
+        .with_transactional_id(
+            transactional_id.map(|t| TransactionalId(StrBytes::from_string(t.to_string()))),
+        )
         .with_acks(acks)
         .with_timeout_ms(timeout_ms)
         .with_topic_data(vec![TopicProduceData::default()
@@ -1263,7 +1464,23 @@ fn be_i32(b: &[u8], at: usize) -> i32 {
 /// that is not a whole, valid, uncompressed v2 batch is an error. Each
 /// batch's record count is checked against its size before decoding, so a
 /// bad header cannot make the decoder reserve memory it does not need.
+#[cfg(test)]
 fn decode_records(records: &Bytes, from_offset: i64) -> Result<Vec<(i64, Bytes)>, String> {
+    decode_records_in(records, from_offset, None)
+}
+
+/// [`decode_records`]; with `aborted` (producer id, first offset), the
+/// records of aborted transactions are dropped: from its first offset, a
+/// producer's transactional records are skipped until its abort marker.
+fn decode_records_in(
+    records: &Bytes,
+    from_offset: i64,
+    aborted: Option<&[(i64, i64)]>,
+) -> Result<Vec<(i64, Bytes)>, String> {
+    let mut pending: Vec<(i64, i64)> = aborted.unwrap_or_default().to_vec();
+    pending.sort_by_key(|(_, first)| *first);
+    let mut pending = pending.into_iter().peekable();
+    let mut aborting = std::collections::BTreeSet::new();
     let mut out = Vec::new();
     let mut rest = records.clone();
     while rest.len() >= LOG_OVERHEAD {
@@ -1298,15 +1515,27 @@ fn decode_records(records: &Bytes, from_offset: i64) -> Result<Vec<(i64, Bytes)>
         }
         let set = RecordBatchDecoder::decode(&mut batch.clone())
             .map_err(|e| format!("record batch: {e}"))?;
-        if attributes & ATTR_CONTROL != 0 {
-            continue;
+        for r in set.records {
+            while let Some((pid, _)) = pending.next_if(|(_, first)| *first <= r.offset) {
+                aborting.insert(pid);
+            }
+            if attributes & ATTR_CONTROL != 0 {
+                // A marker ends the producer's transaction: an abort marker
+                // ends the skipping (Kafka's consumer drops the producer
+                // from its aborted set on any abort marker).
+                let key = r.key.as_deref().unwrap_or_default();
+                if key.len() >= 4 && i16::from_be_bytes([key[2], key[3]]) == 0 {
+                    aborting.remove(&r.producer_id);
+                }
+                continue;
+            }
+            if r.transactional && aborting.contains(&r.producer_id) {
+                continue;
+            }
+            if r.offset >= from_offset {
+                out.push((r.offset, r.value.unwrap_or_default()));
+            }
         }
-        out.extend(
-            set.records
-                .into_iter()
-                .filter(|r| r.offset >= from_offset)
-                .map(|r| (r.offset, r.value.unwrap_or_default())),
-        );
     }
     Ok(out)
 }

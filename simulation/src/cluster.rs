@@ -206,6 +206,9 @@ pub struct Report {
     pub compactions: u64,
     /// Times retention moved a stream's start offset.
     pub trims: u64,
+    /// Transactions the transactional producer saw committed and aborted.
+    pub txns_committed: usize,
+    pub txns_aborted: usize,
     /// Fingerprint of the history and the fault log: the same seed must
     /// give the same fingerprint.
     pub fingerprint: u64,
@@ -286,6 +289,8 @@ pub fn run(config: &SimConfig) -> Report {
         final_objects: 0,
         compactions: 0,
         trims: 0,
+        txns_committed: 0,
+        txns_aborted: 0,
         fingerprint: 0,
         simulated: Duration::ZERO,
         sim_error: Some(format!("the simulation panicked: {e}")),
@@ -481,6 +486,20 @@ fn run_here(config: &SimConfig) -> Report {
             Ok(())
         });
     }
+    {
+        let w = workload.clone();
+        let h = history.clone();
+        sim.client("txn-producer", async move {
+            crate::txn::produce(w, h).await;
+            Ok(())
+        });
+        let w = workload.clone();
+        let h = history.clone();
+        sim.client("txn-final-reader", async move {
+            crate::txn::final_read(w, h).await;
+            Ok(())
+        });
+    }
 
     let observed = Rc::new(RefCell::new(ObserverLog::default()));
     {
@@ -531,11 +550,24 @@ fn run_here(config: &SimConfig) -> Report {
         config.partitions,
         members_stop - Duration::from_secs(3),
     ));
+    violations.extend(crate::txn::check(&log.txn));
+    let txns_committed = log
+        .txn
+        .txns
+        .iter()
+        .filter(|t| t.outcome == crate::txn::TxnOutcome::Committed)
+        .count();
+    let txns_aborted = log
+        .txn
+        .txns
+        .iter()
+        .filter(|t| t.outcome == crate::txn::TxnOutcome::Aborted)
+        .count();
     let observed = observed.borrow();
     violations.extend(observed.violations.iter().cloned());
     let (acknowledged, indeterminate, failed, polled) = counts(history);
     let mut fp = seed;
-    for b in format!("{:?}", history.ops())
+    for b in format!("{:?}{:?}", history.ops(), log.txn.txns)
         .into_bytes()
         .into_iter()
         .chain(
@@ -562,6 +594,8 @@ fn run_here(config: &SimConfig) -> Report {
         final_objects: observed.final_objects,
         compactions: observed.compactions,
         trims: observed.trims,
+        txns_committed,
+        txns_aborted,
         fingerprint: fp,
         simulated,
         sim_error,

@@ -9,6 +9,7 @@
 //!   tokio draw from; [`store`]: the faulty object store.
 //! - [`client`]: a small Kafka client; [`workload`]: the producers,
 //!   consumers and final reader; [`checker`]: the history and its checks.
+//! - [`txn`]: the transactional workload and its checks.
 //! - [`cluster`]: one run: hosts, schedule, report.
 
 pub mod checker;
@@ -19,6 +20,7 @@ pub mod net;
 pub mod observer;
 pub mod seams;
 pub mod store;
+pub mod txn;
 pub mod workload;
 
 pub use cluster::{run, Fault, PlantedBug, Report, SimConfig};

@@ -67,6 +67,8 @@ pub struct RunLog {
     /// correct coordinator gets.
     pub members: BTreeMap<u32, MemberEnd>,
     pub group_errors: Vec<String>,
+    /// The transactional workload's transactions and final read.
+    pub txn: crate::txn::TxnLog,
 }
 
 /// A KIP-848 member's last successful heartbeat.

@@ -73,7 +73,10 @@ fn fixed_seeds_hold_every_invariant_under_faults() {
     let mut compactions = 0;
     let mut trims = 0;
     let mut trimmed_seeds = 0;
+    let (mut committed, mut aborted) = (0, 0);
     for (config, report) in run_many((1..=seeds).collect(), duration) {
+        committed += report.txns_committed;
+        aborted += report.txns_aborted;
         faults += report.faults.len();
         compactions += report.compactions;
         trims += report.trims;
@@ -100,7 +103,12 @@ fn fixed_seeds_hold_every_invariant_under_faults() {
     }
     println!(
         "{seeds} seeds of {duration:?}, {faults} faults injected, {compactions} compactions, \
-         {trims} trims in {trimmed_seeds} seeds"
+         {trims} trims in {trimmed_seeds} seeds, {committed} transactions committed and \
+         {aborted} aborted"
+    );
+    assert!(
+        committed as u64 >= seeds && aborted as u64 >= seeds / 2,
+        "the transactional workload barely ran: {committed} committed, {aborted} aborted"
     );
     assert!(faults as u64 >= seeds, "too few faults injected: {faults}");
     assert!(
@@ -160,6 +168,7 @@ fn planted_bugs_are_caught() {
         ),
         (PlantedBug::OffsetTwice, "offset"),
         (PlantedBug::DeleteReferencedObject, "missing from the store"),
+        (PlantedBug::LsoIsHighWatermark, "aborted read"),
     ] {
         let mut caught = None;
         for seed in 1..=WITHIN {

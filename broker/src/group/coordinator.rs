@@ -131,6 +131,7 @@ impl Shard {
             .ask(Append {
                 batches: vec![IncomingBatch { header, bytes }],
                 coordinator: false,
+                guard: None,
             })
             .await
             .map_err(|_| ErrorCode::NotCoordinator)?;
@@ -813,6 +814,7 @@ impl GroupCoordinator {
             .ask(Append {
                 batches: vec![IncomingBatch { header, bytes }],
                 coordinator: true,
+                guard: None,
             })
             .await
         {

@@ -110,7 +110,8 @@ async fn read_partition(
         return read;
     }
     let offset = offset as u64;
-    let committed = isolation == READ_COMMITTED;
+    let committed = isolation == READ_COMMITTED
+        && !proto::planted::active(proto::planted::Bug::LsoIsHighWatermark);
     let upper = if committed { lso } else { hw };
     if committed {
         read.aborted = Some(Vec::new());

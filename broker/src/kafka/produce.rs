@@ -15,7 +15,7 @@ use kafka_protocol::protocol::StrBytes;
 use super::ResponseFuture;
 use crate::broker::Broker;
 use crate::errors::ErrorCode;
-use crate::partition::{Append, AppendStatus, IncomingBatch};
+use crate::partition::{Append, AppendStatus, BeginVerification, IncomingBatch};
 use crate::storage::batch;
 use crate::storage::writer::AckOutcome;
 
@@ -176,6 +176,7 @@ async fn append_partition(
     // batch (attribute bit and maxTimestamp, CRC recomputed), as Kafka does.
     let append_time = log_append_time.then(|| broker.seams.clock.now_ms());
     let mut incoming = Vec::with_capacity(batches.len());
+    let mut guard = None;
     for bytes in batches {
         let bytes = match append_time {
             Some(now) if batch::validate(&bytes).is_ok() => {
@@ -203,10 +204,20 @@ async fn append_partition(
                 return refuse(ErrorCode::InvalidRecord);
             }
             if open.state.txns().open_first(header.producer_id).is_none() {
+                let Ok(g) = open
+                    .actor
+                    .ask(BeginVerification {
+                        producer_id: header.producer_id,
+                    })
+                    .await
+                else {
+                    return refuse(ErrorCode::NotLeaderOrFollower);
+                };
                 let code = verify(broker, txn_id, &header, topic, index, version).await;
                 if code != ErrorCode::None {
                     return refuse(code);
                 }
+                guard = Some(g.0);
             }
         }
         if header.producer_id >= 0 && header.base_sequence < 0 {
@@ -225,6 +236,7 @@ async fn append_partition(
         .ask(Append {
             batches: incoming,
             coordinator: false,
+            guard,
         })
         .await
     {

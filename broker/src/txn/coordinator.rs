@@ -125,6 +125,7 @@ impl Shard {
             .ask(Append {
                 batches: vec![IncomingBatch { header, bytes }],
                 coordinator: false,
+                guard: None,
             })
             .await
             .map_err(|_| ErrorCode::NotCoordinator)?;

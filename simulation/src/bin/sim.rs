@@ -48,8 +48,9 @@ fn parse() -> Result<Args, String> {
                     "skip-epoch-check" => PlantedBug::SkipStreamEpochCheck,
                     "offset-twice" => PlantedBug::OffsetTwice,
                     "delete-referenced" => PlantedBug::DeleteReferencedObject,
+                    "lso-is-hw" => PlantedBug::LsoIsHighWatermark,
                     other => return Err(format!(
-                        "--plant: unknown bug {other:?} (ack-before-commit, skip-epoch-check, offset-twice, delete-referenced)"
+                        "--plant: unknown bug {other:?} (ack-before-commit, skip-epoch-check, offset-twice, delete-referenced, lso-is-hw)"
                     )),
                 });
             }
@@ -110,7 +111,7 @@ fn main() -> ExitCode {
             *kinds.entry(f.kind()).or_default() += 1;
         }
         println!(
-            "seed {seed}: {} in {:.1}s wall, {:.0}s simulated; acked {} indeterminate {} failed {} polls {}; offsets committed {} read {}; {} faults, {} reassignments, {} compactions, {} trims; {} metadata commands checked, {} objects at the end; fingerprint {:016x}",
+            "seed {seed}: {} in {:.1}s wall, {:.0}s simulated; acked {} indeterminate {} failed {} polls {}; offsets committed {} read {}; {} faults, {} reassignments, {} compactions, {} trims; transactions committed {} aborted {}; {} metadata commands checked, {} objects at the end; fingerprint {:016x}",
             if report.ok() { "ok" } else { "VIOLATION" },
             started.elapsed().as_secs_f64(),
             report.simulated.as_secs_f64(),
@@ -124,6 +125,8 @@ fn main() -> ExitCode {
             report.reassignments,
             report.compactions,
             report.trims,
+            report.txns_committed,
+            report.txns_aborted,
             report.commands_checked,
             report.final_objects,
             report.fingerprint,
