@@ -12,19 +12,24 @@
 #               (scripts/bench/RebalanceBench.java: every member a thread of one JVM)
 #   groupmem    the broker's memory before and after MEM_GROUPS groups are created (one offset
 #               commit each, scripts/bench/GroupOffsets.java)
-# rebalance and groupmem run on fresh servers of their own (one each per system and run).
+#   txn         transactions (scripts/bench/TxnBench.java): one transactional producer writes
+#               TXN_COUNT transactions of TXN_RECORDS records to a 3-partition topic, a commit
+#               after every transaction (throughput, commitTransaction latency p50/p99/p99.9),
+#               then a read_committed consumer reads the topic from offset 0 (assign())
+# rebalance, groupmem and txn run on fresh servers of their own (one each per system and run).
 #
-#   scripts/bench.sh                 # RUNS=3, full counts (~80 min on a busy 2-core machine)
+#   scripts/bench.sh                 # RUNS=3, full counts (~90 min on a busy 2-core machine)
 #   QUICK=1 scripts/bench.sh         # RUNS=1, small counts: checks the script (~15 min)
 #
 # Knobs (environment):
 #   RUNS=3                runs per system; every figure is the median over runs
-#   QUICK=1               RUNS=1, counts / 10, 10 members only, 1,000 groups (unless set explicitly)
+#   QUICK=1               RUNS=1, counts / 10 (transactions too), 10 members only, 1,000 groups
+#                         (unless set explicitly)
 #   RECORDS_3P=250000     records produced to the 3-partition topic per run
 #   RECORDS_1000P=150000  records produced to the 1000-partition topic per run
 #   RECORD_SIZE=1024      bytes per record
 #   SYSTEMS="oxbow kafka" which systems to run (in this order within each run)
-#   FIGURES="throughput rebalance groupmem"  which parts to run (see above)
+#   FIGURES="throughput rebalance groupmem txn"  which parts to run (see above)
 #   GROUP_PROTOCOLS="classic consumer"  group.protocol values for ConsumerPerformance --group
 #   REBALANCE_MEMBERS="10 100" (QUICK: 10)  group sizes; the topic has 2 x members partitions
 #   REBALANCE_MODES="eager cooperative consumer"  see RebalanceBench.java
@@ -32,6 +37,8 @@
 #   REBALANCE_INTERVAL_MS=100  the feeding producer writes to every partition this often
 #   MEM_GROUPS=10000 (QUICK: 1000)  groups created for the memory figure
 #   MEM_SETTLE_S=10       seconds of quiet before each memory reading
+#   TXN_COUNT=1000 (QUICK: 100)  transactions per run for the txn figure (~25-50 s per run here)
+#   TXN_RECORDS=100       records per transaction (of RECORD_SIZE bytes, round-robin over the 3 partitions)
 #   OXBOW_BIN             the oxbow binary (default target/release/oxbow)
 #   BENCH_NO_BUILD=1      do not run `cargo build --release -p oxbow` first
 #   BENCH_KEEP=1          keep the temporary directory (data dirs) at the end
@@ -52,12 +59,13 @@ lib="python3 $bench_dir/benchlib.py"
 QUICK=${QUICK:-0}
 if [ "$QUICK" = 1 ]; then
   RUNS=${RUNS:-1}; RECORDS_3P=${RECORDS_3P:-25000}; RECORDS_1000P=${RECORDS_1000P:-15000}
-  REBALANCE_MEMBERS=${REBALANCE_MEMBERS:-10}; MEM_GROUPS=${MEM_GROUPS:-1000}
+  REBALANCE_MEMBERS=${REBALANCE_MEMBERS:-10}; MEM_GROUPS=${MEM_GROUPS:-1000}; TXN_COUNT=${TXN_COUNT:-100}
 else
   RUNS=${RUNS:-3}; RECORDS_3P=${RECORDS_3P:-250000}; RECORDS_1000P=${RECORDS_1000P:-150000}
-  REBALANCE_MEMBERS=${REBALANCE_MEMBERS:-"10 100"}; MEM_GROUPS=${MEM_GROUPS:-10000}
+  REBALANCE_MEMBERS=${REBALANCE_MEMBERS:-"10 100"}; MEM_GROUPS=${MEM_GROUPS:-10000}; TXN_COUNT=${TXN_COUNT:-1000}
 fi
-FIGURES=${FIGURES:-"throughput rebalance groupmem"}
+FIGURES=${FIGURES:-"throughput rebalance groupmem txn"}
+TXN_RECORDS=${TXN_RECORDS:-100}
 GROUP_PROTOCOLS=${GROUP_PROTOCOLS:-"classic consumer"}
 REBALANCE_MODES=${REBALANCE_MODES:-"eager cooperative consumer"}
 REBALANCE_TIMEOUT_S=${REBALANCE_TIMEOUT_S:-120}
@@ -147,7 +155,7 @@ prepare() {
   fi
   mkdir -p "$work/classes"
   javac -nowarn -d "$work/classes" -cp "$client_libs/*" "$bench_dir/BenchConsumer.java" \
-    "$bench_dir/RebalanceBench.java" "$bench_dir/GroupOffsets.java"
+    "$bench_dir/RebalanceBench.java" "$bench_dir/GroupOffsets.java" "$bench_dir/TxnBench.java"
   if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
     log "cargo build --release -p oxbow"
     (cd "$root" && cargo build --release -p oxbow)
@@ -411,16 +419,81 @@ groups_phase() {
   rm -rf "$dir"
 }
 
-# server_fresh_start SYSTEM DIR LOGFILE: a new server with an empty data directory
+# server_fresh_start SYSTEM DIR LOGFILE [WHAT]: a new server with an empty data directory
 server_fresh_start() {
-  local sys=$1 dir=$2 logf=$3
+  local sys=$1 dir=$2 logf=$3 what=${4:-the group figures}
   if [ "$sys" = oxbow ]; then
     start_twice oxbow_start "$dir" "$logf" && return 0
   else
     kafka_format "$dir" "$logf" && start_twice kafka_start "$dir" "$logf" && return 0
   fi
-  note "$sys: fresh server for the group figures did not start (see $logf)"
+  note "$sys: fresh server for $what did not start (see $logf)"
   return 1
+}
+
+# ---------------------------------------------------------------- transactions
+# kv LINE NAME: the value of NAME=value in a "k=v k=v" line (empty if absent)
+kv() { tr ' ' '\n' <<< "$1" | sed -n "s/^$2=//p" | head -n 1; }
+
+# txn_phase SYSTEM RUN: the txn figure on a fresh server: TxnBench produce (TXN_COUNT transactions
+# of TXN_RECORDS records, a commit each) and a read_committed read of the topic; records
+# txn_{rps,mibs,tps,commit_p50,commit_p99,commit_p999,rc_mibs,rc_rps} (+ txn_puts_per_txn for Oxbow)
+TXN_VERSIONS=""
+txn_phase() {
+  local sys=$1 run=$2 dir="$work/$1-txn-r$2" logf="$logs/$1-txn-r$2.log" topic=bench-txn
+  local outf="$logs/txn-producer-$1-r$2.txt" coutf="$logs/txn-consumer-$1-r$2.txt"
+  local expected=$((TXN_COUNT * TXN_RECORDS)) line v records end
+  rm -rf "$dir"; mkdir -p "$dir"
+  server_fresh_start "$sys" "$dir" "$logf" "the txn figure" || { rm -rf "$dir"; return 0; }
+  if ! create_topic "$topic" 3; then
+    note "$sys run $run: topic for the txn figure failed"
+    stop_pid "$SERVER_PID"; rm -rf "$dir"; return 0
+  fi
+  [ "$sys" = oxbow ] && snap t0
+  log "run $run $sys: $TXN_COUNT transactions of $TXN_RECORDS x $RECORD_SIZE B to $topic, a commit each"
+  if timeout "$CLIENT_TIMEOUT" "${CLIENT_JAVA[@]}" -cp "$client_libs/*:$work/classes" TxnBench produce "$BOOT" \
+      "$topic" "$TXN_COUNT" "$TXN_RECORDS" "$RECORD_SIZE" "oxbow-bench-txn-$sys-r$run-$stamp" \
+      "$((CLIENT_TIMEOUT - 30))" > "$outf" 2>&1 \
+      && line=$(grep '^txns=' "$outf" | tail -n 1) && [ -n "$line" ]; then
+    [ "$sys" = oxbow ] && snap t1
+    log "run $run $sys: $(kv "$line" records_per_sec) rec/s, $(kv "$line" mib_per_sec) MiB/s," \
+      "$(kv "$line" txns_per_sec) txn/s; commit p50 $(kv "$line" commit_p50_ms) ms, p99 $(kv "$line" commit_p99_ms) ms," \
+      "p99.9 $(kv "$line" commit_p999_ms) ms, max $(kv "$line" commit_max_ms) ms; initTransactions $(kv "$line" init_ms) ms"
+    rec "$sys" "$run" txn_count "$TXN_COUNT"; rec "$sys" "$run" txn_records "$TXN_RECORDS"
+    rec "$sys" "$run" txn_rps "$(kv "$line" records_per_sec)"
+    rec "$sys" "$run" txn_mibs "$(kv "$line" mib_per_sec)"
+    rec "$sys" "$run" txn_tps "$(kv "$line" txns_per_sec)"
+    for v in p50 p99 p999 mean; do rec "$sys" "$run" "txn_commit_$v" "$(kv "$line" "commit_${v}_ms")"; done
+    v=$(kv "$line" transaction_version)
+    [[ " $TXN_VERSIONS " == *" $sys=$v "* ]] || TXN_VERSIONS="${TXN_VERSIONS:+$TXN_VERSIONS }$sys=$v"
+    if [ "$sys" = oxbow ]; then
+      rec oxbow "$run" txn_puts_per_txn "$(calc "$(mdelta t0 t1 oxbow_object_puts_total) / $TXN_COUNT")"
+      local ccount; ccount=$(mdelta t0 t1 oxbow_controller_commit_seconds_count)
+      [ "$ccount" != 0 ] && rec oxbow "$run" txn_ctrl_commit_ms \
+        "$(calc "1000 * $(mdelta t0 t1 oxbow_controller_commit_seconds_sum) / $ccount")"
+    fi
+    if grep -q "Exception\|ERROR" "$outf"; then
+      note "$sys run $run: TxnBench produce output has errors: $(grep -m1 'Exception\|ERROR' "$outf" | cut -c1-200)"
+    fi
+    log "run $run $sys: read_committed read of $topic"
+    if timeout "$CLIENT_TIMEOUT" "${CLIENT_JAVA[@]}" -cp "$client_libs/*:$work/classes" TxnBench consume "$BOOT" \
+        "$topic" "$expected" "$((CLIENT_TIMEOUT - 60))" > "$coutf" 2>&1 \
+        && line=$(grep '^records=' "$coutf" | tail -n 1) && [ -n "$line" ]; then
+      records=$(kv "$line" records); end=$(kv "$line" end)
+      log "run $run $sys: read_committed: $(kv "$line" mib_per_sec) MiB/s, $(kv "$line" records_per_sec) rec/s" \
+        "($records records; end offsets sum to $end)"
+      [ "$records" = "$expected" ] || note "$sys run $run: read_committed read $records records (end offsets" \
+        "summing to $end), but $expected were committed (see $coutf)"
+      rec "$sys" "$run" txn_rc_mibs "$(kv "$line" mib_per_sec)"
+      rec "$sys" "$run" txn_rc_rps "$(kv "$line" records_per_sec)"
+    else
+      note "$sys run $run: TxnBench consume failed: $(grep -m1 'Exception' "$coutf" | cut -c1-240) (see $coutf)"
+    fi
+  else
+    note "$sys run $run: TxnBench produce failed: $(grep -m1 'Exception' "$outf" | cut -c1-240) (see $outf)"
+  fi
+  stop_pid "$SERVER_PID"
+  rm -rf "$dir"
 }
 
 # ---------------------------------------------------------------- oxbow metrics
@@ -534,6 +607,10 @@ for ((run = 1; run <= RUNS; run++)); do
       log "=== run $run/$RUNS: $sys, groups"
       groups_phase "$sys" "$run"
     fi
+    if has_figure txn; then
+      log "=== run $run/$RUNS: $sys, transactions"
+      txn_phase "$sys" "$run"
+    fi
   done
 done
 elapsed=$(( $(date +%s) - t_start ))
@@ -554,6 +631,10 @@ header="$work/header"
   echo "figures: $FIGURES; group protocols: $GROUP_PROTOCOLS; rebalance: $REBALANCE_MEMBERS members," \
        "$REBALANCE_MODES, bound ${REBALANCE_TIMEOUT_S}s, a record per partition every ${REBALANCE_INTERVAL_MS} ms;" \
        "memory: $MEM_GROUPS groups"
+  if has_figure txn; then
+    echo "transactions: $TXN_COUNT per run of $TXN_RECORDS records ($RECORD_SIZE B, 3 partitions), acks=all," \
+         "linger.ms=5, a commit each; finalized transaction.version: ${TXN_VERSIONS:-?}"
+  fi
   echo "load average at start: $load_start, at end: $(cut -d' ' -f1-3 /proc/loadavg);" \
        "CPU pressure (PSI some avg300) at start: $psi_start, at end: $(cpu_psi) (other work on this machine skews figures)"
   if [ -s "$notes" ]; then echo; echo "Problems during the run:"; sed 's/^/  - /' "$notes"; fi

@@ -38,7 +38,7 @@ run_step e2e "$root/.venv/bin/pytest" -q tests/ "$@"
 # message counts at a quarter unless OXBOW_TEST_SCALE says otherwise.
 cluster_suite=(tests/test_cli.py tests/test_python_clients.py tests/test_compat.py tests/test_crash.py
                tests/test_malformed.py tests/test_admin.py tests/test_lifecycle.py tests/test_groups.py
-               tests/test_transactions.py)
+               tests/test_transactions.py tests/test_txn_cli.py)
 run_step e2e-cluster env OXBOW_TEST_TARGET=cluster OXBOW_TEST_SCALE="${OXBOW_TEST_SCALE:-0.25}" \
   "$root/.venv/bin/pytest" -q "${cluster_suite[@]}" "$@"
 

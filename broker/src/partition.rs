@@ -23,7 +23,7 @@ use proto::StreamId;
 use crate::errors::ErrorCode;
 use crate::storage::batch::{self, BatchHeader};
 use crate::storage::producer_state::{
-    last_seq_of, BatchSeq, ProducerInfo, ProducerStateTable, SequenceVerdict,
+    last_seq_of, BatchSeq, MarkerVerdict, ProducerInfo, ProducerStateTable, SequenceVerdict,
 };
 use crate::storage::reader::{ObjectLocation, ObjectReader};
 use crate::storage::stream::StreamState;
@@ -179,9 +179,13 @@ impl Partition {
                     // Open and aborted transactions come from the metadata
                     // (see `Broker::reconcile`); a marker here only moves
                     // the producer's epoch.
-                    if batch::control_type(b).is_some() {
-                        self.producers
-                            .record_marker(h.producer_id, h.producer_epoch);
+                    if let Some((_, coordinator_epoch)) = batch::end_txn_marker(b) {
+                        self.producers.record_marker(
+                            h.producer_id,
+                            h.producer_epoch,
+                            coordinator_epoch,
+                            h.max_timestamp,
+                        );
                     }
                     continue;
                 }
@@ -195,6 +199,7 @@ impl Partition {
                         last_offset: last,
                     },
                 );
+                self.producers.set_timestamp(h.producer_id, h.max_timestamp);
             }
         }
         for (pid, _) in self.state.txns().open_transactions() {
@@ -371,6 +376,7 @@ impl Message<Append> for Partition {
                     last_offset: end - 1,
                 },
             );
+            self.producers.set_timestamp(h.producer_id, h.max_timestamp);
             if h.is_transactional() {
                 self.producers.set_in_txn(h.producer_id, true);
             }
@@ -478,11 +484,14 @@ impl Partition {
         msg: AppendMarker,
     ) -> Result<oneshot::Receiver<AckOutcome>, ErrorCode> {
         self.writable()?;
-        if !self
-            .producers
-            .check_marker(msg.producer_id, msg.producer_epoch)
-        {
-            return Err(ErrorCode::InvalidProducerEpoch);
+        match self.producers.check_marker(
+            msg.producer_id,
+            msg.producer_epoch,
+            msg.coordinator_epoch,
+        ) {
+            MarkerVerdict::Append => {}
+            MarkerVerdict::StaleEpoch => return Err(ErrorCode::InvalidProducerEpoch),
+            MarkerVerdict::StaleCoordinator => return Err(ErrorCode::TransactionCoordinatorFenced),
         }
         let bytes = batch::build_end_txn_marker(
             msg.producer_id,
@@ -500,8 +509,12 @@ impl Partition {
         let rx = self
             .submit(&bytes, base, base + 1, 1, msg.timestamp_ms, Some(end))
             .await?;
-        self.producers
-            .record_marker(msg.producer_id, msg.producer_epoch);
+        self.producers.record_marker(
+            msg.producer_id,
+            msg.producer_epoch,
+            msg.coordinator_epoch,
+            msg.timestamp_ms,
+        );
         self.guards.remove(&msg.producer_id);
         self.state
             .txns()

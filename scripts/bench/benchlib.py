@@ -117,6 +117,7 @@ ROWS = [
     ("gc_consumer_p1000_mibs", "KIP-848, 1000 partitions", "MiB/s"),
     ("gc_consumer_p1000_rps", "KIP-848, 1000 partitions", "rec/s"),
     ("gc_consumer_p1000_join_ms", "KIP-848, 1000 partitions: group join (+)", "ms"),
+    ("txn",),
     ("rebalance",),
     ("groupmem",),
     ("section", "Resources"),
@@ -188,6 +189,25 @@ def groupmem_rows(groups) -> list:
     ]
 
 
+def txn_rows(count, records) -> list:
+    c = f"{count:,.0f}" if count else "N"
+    r = f"{records:,.0f}" if records else "M"
+    return [
+        ("section", f"Transactions, 3 partitions (TxnBench: {c} transactions of {r} records, a commit each; ++++)"),
+        ("txn_mibs", "transactional produce throughput", "MiB/s"),
+        ("txn_rps", "transactional produce records/s", "rec/s"),
+        ("txn_tps", "transactions committed/s", "txn/s"),
+        ("txn_commit_p50", "commitTransaction latency p50", "ms"),
+        ("txn_commit_p99", "commitTransaction latency p99", "ms"),
+        ("txn_commit_p999", "commitTransaction latency p99.9", "ms"),
+        ("txn_commit_mean", "commitTransaction latency mean", "ms"),
+        ("txn_rc_mibs", "read_committed consume, offset 0 to end", "MiB/s"),
+        ("txn_rc_rps", "read_committed consume, offset 0 to end", "rec/s"),
+        ("txn_puts_per_txn", "Oxbow: object PUTs per transaction", "PUT"),
+        ("txn_ctrl_commit_ms", "Oxbow: controller commit, mean during txns", "ms"),
+    ]
+
+
 def report(raw: str, out: str, header: str) -> None:
     vals: dict = {}
     words: dict = {}  # non-numeric values ("timeout", "failed") by (system, key)
@@ -217,14 +237,30 @@ def report(raw: str, out: str, header: str) -> None:
 
     keys = {k for _, k in list(vals) + list(words)}
     groups = med("oxbow", "gm_groups") or med("kafka", "gm_groups")
+    has_txn = any(k.startswith("txn_") for k in keys)
     rows = []
     for row in ROWS:
         if row[0] == "rebalance":
             rows += rebalance_rows(keys)
         elif row[0] == "groupmem":
             rows += groupmem_rows(groups) if any(k.startswith("gm_") for k in keys) else []
+        elif row[0] == "txn":
+            if has_txn:
+                rows += txn_rows(med("oxbow", "txn_count") or med("kafka", "txn_count"),
+                                 med("oxbow", "txn_records") or med("kafka", "txn_records"))
         else:
             rows.append(row)
+    # Leave out sections without a single figure (parts that FIGURES did not select).
+    kept, section = [], None
+    for row in rows:
+        if row[0] == "section":
+            section = row
+        elif row[0] in keys:
+            if section is not None:
+                kept.append(section)
+                section = None
+            kept.append(row)
+    rows = kept
 
     lines = [open(header).read().rstrip("\n"), ""]
     w = 44
@@ -262,6 +298,13 @@ def report(raw: str, out: str, header: str) -> None:
     lines.append("    MEM_SETTLE_S after the commits. Kafka's RSS mostly tracks heap pages touched by")
     lines.append("    garbage (-Xms1G), so its live heap after a full GC (jcmd GC.class_histogram) is")
     lines.append("    shown too; Oxbow's RSS includes its log cache of the __consumer_offsets records.")
+    if has_txn:
+        lines.append("(++++) One transactional producer (acks=all, linger.ms=5, idempotent), record i to")
+        lines.append("    partition i mod 3; throughput over the whole run (initTransactions excluded).")
+        lines.append("    commitTransaction latency: the whole call, i.e. flushing the transaction's records")
+        lines.append("    still lingering, their acks, then EndTxn (the coordinator writes the markers).")
+        lines.append("    read_committed: assign() all partitions, offset 0 up to the last stable offset,")
+        lines.append("    on the same server right after the produce (hot).")
     lines.append("Kafka runs with its default settings: no fsync before acks (page cache); Oxbow fsyncs")
     lines.append("every object to the local object directory and commits it through Raft before acks.")
     lines.append("Per-run values: see raw.tsv next to this file.")

@@ -120,17 +120,34 @@ impl Shard {
         records: Vec<(Bytes, Option<Bytes>)>,
         wall_ms: i64,
     ) -> Result<(u64, Vec<oneshot::Receiver<AckOutcome>>), ErrorCode> {
+        self.append_as(records, wall_ms, None).await
+    }
+
+    /// [`Self::append`], as a transactional batch of `producer` (id, epoch)
+    /// when given: TxnOffsetCommit's writes, which take effect with the
+    /// producer's commit marker.
+    async fn append_as(
+        &self,
+        records: Vec<(Bytes, Option<Bytes>)>,
+        wall_ms: i64,
+        producer: Option<(i64, i16)>,
+    ) -> Result<(u64, Vec<oneshot::Receiver<AckOutcome>>), ErrorCode> {
         if self.closed.load(Ordering::Acquire) {
             return Err(ErrorCode::NotCoordinator);
         }
-        let bytes = records::encode_batch(wall_ms, &records);
+        let mut bytes = records::encode_batch(wall_ms, &records);
+        if let Some((pid, epoch)) = producer {
+            let mut b = bytes.to_vec();
+            batch::make_transactional(&mut b, pid, epoch);
+            bytes = Bytes::from(b);
+        }
         let header = batch::parse_header(&bytes).map_err(|_| ErrorCode::UnknownServerError)?;
         let reply = self
             .open
             .actor
             .ask(Append {
                 batches: vec![IncomingBatch { header, bytes }],
-                coordinator: false,
+                coordinator: producer.is_some(),
                 guard: None,
             })
             .await
@@ -138,6 +155,9 @@ impl Shard {
         match reply.status {
             AppendStatus::Queued { base_offset, acks } => Ok((base_offset, acks)),
             AppendStatus::Duplicate { .. } => Err(ErrorCode::UnknownServerError),
+            AppendStatus::Refused(ErrorCode::InvalidProducerEpoch) if producer.is_some() => {
+                Err(ErrorCode::ProducerFenced)
+            }
             AppendStatus::Refused(code) => Err(map_append_error(code)),
         }
     }
@@ -242,6 +262,23 @@ fn spawn_persist_completion(
         let outcome = inner.groups.after_persist(now, &p.group_id, p.then, result);
         shard.apply(&mut inner, outcome).await;
     });
+}
+
+/// The `__consumer_offsets` records of a commit of `offsets` by `group_id`.
+fn offset_records(group_id: &str, offsets: &[OffsetCommit]) -> Vec<(Bytes, Option<Bytes>)> {
+    offsets
+        .iter()
+        .map(|(topic, partition, v)| {
+            (
+                records::encode_key(&RecordKey::Offset {
+                    group: group_id.to_string(),
+                    topic: topic.clone(),
+                    partition: *partition,
+                }),
+                Some(records::encode_offset_value(v)),
+            )
+        })
+        .collect()
 }
 
 fn persist_records(p: &Persist) -> Vec<(Bytes, Option<Bytes>)> {
@@ -636,6 +673,34 @@ impl GroupCoordinator {
         (top, errors)
     }
 
+    /// Waits for an offset commit's write outside the lock, counted as in
+    /// flight for `require_stable` fetches meanwhile; returns its outcome
+    /// and the lock again.
+    async fn wait_commit<'a>(
+        shard: &'a Shard,
+        mut inner: tokio::sync::MutexGuard<'a, ShardInner>,
+        group_id: &str,
+        acks: Vec<oneshot::Receiver<AckOutcome>>,
+    ) -> (
+        Result<(), ErrorCode>,
+        tokio::sync::MutexGuard<'a, ShardInner>,
+    ) {
+        *inner
+            .pending_commits
+            .entry(group_id.to_string())
+            .or_default() += 1;
+        drop(inner);
+        let result = wait_acks(acks).await;
+        let mut inner = shard.inner.lock().await;
+        if let Some(n) = inner.pending_commits.get_mut(group_id) {
+            *n -= 1;
+            if *n == 0 {
+                inner.pending_commits.remove(group_id);
+            }
+        }
+        (result, inner)
+    }
+
     /// Commits offsets for a group once they are in the log. The error is
     /// for every partition of the request.
     #[allow(clippy::too_many_arguments)]
@@ -667,36 +732,12 @@ impl GroupCoordinator {
         if offsets.is_empty() {
             return ErrorCode::None;
         }
-        let records: Vec<(Bytes, Option<Bytes>)> = offsets
-            .iter()
-            .map(|(topic, partition, v)| {
-                (
-                    records::encode_key(&RecordKey::Offset {
-                        group: group_id.to_string(),
-                        topic: topic.clone(),
-                        partition: *partition,
-                    }),
-                    Some(records::encode_offset_value(v)),
-                )
-            })
-            .collect();
+        let records = offset_records(group_id, &offsets);
         let (base, acks) = match shard.append(records, now.wall_ms).await {
             Ok(a) => a,
             Err(code) => return code,
         };
-        *inner
-            .pending_commits
-            .entry(group_id.to_string())
-            .or_default() += 1;
-        drop(inner);
-        let result = wait_acks(acks).await;
-        let mut inner = shard.inner.lock().await;
-        if let Some(n) = inner.pending_commits.get_mut(group_id) {
-            *n -= 1;
-            if *n == 0 {
-                inner.pending_commits.remove(group_id);
-            }
-        }
+        let (result, mut inner) = Self::wait_commit(&shard, inner, group_id, acks).await;
         let outcome = match result {
             Ok(()) if inner.loaded && !shard.closed.load(Ordering::Acquire) => {
                 metrics::counter!("oxbow_group_offset_commits_total")
@@ -786,62 +827,19 @@ impl GroupCoordinator {
         if offsets.is_empty() {
             return ErrorCode::None;
         }
-        let records: Vec<(Bytes, Option<Bytes>)> = offsets
-            .iter()
-            .map(|(topic, partition, v)| {
-                (
-                    records::encode_key(&RecordKey::Offset {
-                        group: group_id.to_string(),
-                        topic: topic.clone(),
-                        partition: *partition,
-                    }),
-                    Some(records::encode_offset_value(v)),
-                )
-            })
-            .collect();
-        if shard.closed.load(Ordering::Acquire) {
-            return ErrorCode::NotCoordinator;
-        }
-        let mut bytes = records::encode_batch(now.wall_ms, &records).to_vec();
-        batch::make_transactional(&mut bytes, producer_id, producer_epoch);
-        let bytes = Bytes::from(bytes);
-        let Ok(header) = batch::parse_header(&bytes) else {
-            return ErrorCode::UnknownServerError;
-        };
-        let reply = match shard
-            .open
-            .actor
-            .ask(Append {
-                batches: vec![IncomingBatch { header, bytes }],
-                coordinator: true,
-                guard: None,
-            })
+        let records = offset_records(group_id, &offsets);
+        let (base, acks) = match shard
+            .append_as(
+                records.clone(),
+                now.wall_ms,
+                Some((producer_id, producer_epoch)),
+            )
             .await
         {
-            Ok(r) => r,
-            Err(_) => return ErrorCode::NotCoordinator,
+            Ok(a) => a,
+            Err(code) => return code,
         };
-        let (base, acks) = match reply.status {
-            AppendStatus::Queued { base_offset, acks } => (base_offset, acks),
-            AppendStatus::Duplicate { .. } => return ErrorCode::UnknownServerError,
-            AppendStatus::Refused(ErrorCode::InvalidProducerEpoch) => {
-                return ErrorCode::ProducerFenced
-            }
-            AppendStatus::Refused(code) => return map_append_error(code),
-        };
-        *inner
-            .pending_commits
-            .entry(group_id.to_string())
-            .or_default() += 1;
-        drop(inner);
-        let result = wait_acks(acks).await;
-        let mut inner = shard.inner.lock().await;
-        if let Some(n) = inner.pending_commits.get_mut(group_id) {
-            *n -= 1;
-            if *n == 0 {
-                inner.pending_commits.remove(group_id);
-            }
-        }
+        let (result, mut inner) = Self::wait_commit(&shard, inner, group_id, acks).await;
         let code = match result {
             Ok(()) if inner.loaded && !shard.closed.load(Ordering::Acquire) => {
                 let pending = inner.pending_txn.entry(producer_id).or_default();

@@ -68,16 +68,22 @@ fn opt(v: &Option<StrBytes>) -> Option<String> {
 /// `offsets.topic.num.partitions` partitions), whatever auto-creation says,
 /// as Kafka does. Returns its partition count.
 pub async fn ensure_offsets_topic(broker: &Broker) -> Option<usize> {
+    ensure_internal_topic(broker, OFFSETS_TOPIC).await
+}
+
+/// Creates the internal compacted topic `name` if it does not exist, with
+/// `offsets.topic.num.partitions` partitions; its partition count.
+pub async fn ensure_internal_topic(broker: &Broker, name: &str) -> Option<usize> {
     let count = |b: &Broker| {
         b.metadata
-            .read(|img| img.topics.get(OFFSETS_TOPIC).map(|t| t.partitions.len()))
+            .read(|img| img.topics.get(name).map(|t| t.partitions.len()))
     };
     if let Some(n) = count(broker) {
         return Some(n);
     }
     let cmd = MetadataCommand::CreateTopic {
         id: broker.seams.entropy.uuid(),
-        name: OFFSETS_TOPIC.to_string(),
+        name: name.to_string(),
         partitions: broker.groups.config().offsets_topic_partitions,
         configs: BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]),
         internal: true,
@@ -88,11 +94,11 @@ pub async fn ensure_offsets_topic(broker: &Broker) -> Option<usize> {
                 out.reply,
                 CommandReply::TopicCreated { .. } | CommandReply::TopicExists
             ) {
-                warn!(reply = ?out.reply, "creating {OFFSETS_TOPIC} refused");
+                warn!(reply = ?out.reply, "creating {name} refused");
             }
             broker.metadata.wait_for(out.version, VIEW_WAIT).await;
         }
-        Err(e) => warn!(error = %e, "creating {OFFSETS_TOPIC} failed"),
+        Err(e) => warn!(error = %e, "creating {name} failed"),
     }
     count(broker)
 }
@@ -110,7 +116,7 @@ async fn coordinator_for(
             if key.is_empty() {
                 return none(ErrorCode::InvalidRequest);
             }
-            (TXN_TOPIC, super::txn::ensure_txn_topic(broker).await)
+            (TXN_TOPIC, ensure_internal_topic(broker, TXN_TOPIC).await)
         }
         _ => return none(ErrorCode::InvalidRequest),
     };

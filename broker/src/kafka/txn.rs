@@ -6,9 +6,7 @@
 //! a partition actor, and answers in its version's shape; no transaction
 //! decision is made here.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use kafka_protocol::messages::add_partitions_to_txn_response::{
     AddPartitionsToTxnPartitionResult, AddPartitionsToTxnResult, AddPartitionsToTxnTopicResult,
@@ -33,53 +31,15 @@ use kafka_protocol::messages::{
     TxnOffsetCommitResponse, WriteTxnMarkersRequest, WriteTxnMarkersResponse,
 };
 use kafka_protocol::protocol::StrBytes;
-use proto::image::{CommandReply, MetadataCommand};
-use tracing::warn;
 
 use crate::broker::Broker;
 use crate::errors::ErrorCode;
 use crate::group::records::OffsetValue;
 use crate::partition::DescribeProducers;
-use crate::txn::{coordinator, TxnState, MAX_TIMEOUT_MS, TXN_TOPIC};
-
-/// How long FindCoordinator waits for the view after creating the topic.
-const VIEW_WAIT: Duration = Duration::from_secs(10);
+use crate::txn::{coordinator, TxnState, MAX_TIMEOUT_MS};
 
 fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
-}
-
-/// Creates `__transaction_state` if it does not exist (internal,
-/// compacted, as many partitions as `__consumer_offsets` gets). Returns its
-/// partition count.
-pub async fn ensure_txn_topic(broker: &Broker) -> Option<usize> {
-    let count = |b: &Broker| {
-        b.metadata
-            .read(|img| img.topics.get(TXN_TOPIC).map(|t| t.partitions.len()))
-    };
-    if let Some(n) = count(broker) {
-        return Some(n);
-    }
-    let cmd = MetadataCommand::CreateTopic {
-        id: broker.seams.entropy.uuid(),
-        name: TXN_TOPIC.to_string(),
-        partitions: broker.groups.config().offsets_topic_partitions,
-        configs: BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]),
-        internal: true,
-    };
-    match broker.controller.write(cmd).await {
-        Ok(out) => {
-            if !matches!(
-                out.reply,
-                CommandReply::TopicCreated { .. } | CommandReply::TopicExists
-            ) {
-                warn!(reply = ?out.reply, "creating {TXN_TOPIC} refused");
-            }
-            broker.metadata.wait_for(out.version, VIEW_WAIT).await;
-        }
-        Err(e) => warn!(error = %e, "creating {TXN_TOPIC} failed"),
-    }
-    count(broker)
 }
 
 pub async fn init_producer_id(
@@ -524,8 +484,8 @@ pub async fn describe_producers(
                             ps.producer_id = ProducerId(info.producer_id);
                             ps.producer_epoch = i32::from(info.epoch);
                             ps.last_sequence = info.last_sequence;
-                            ps.last_timestamp = -1;
-                            ps.coordinator_epoch = -1;
+                            ps.last_timestamp = info.last_timestamp;
+                            ps.coordinator_epoch = info.coordinator_epoch;
                             ps.current_txn_start_offset = info.current_txn_start_offset;
                             pr.active_producers.push(ps);
                         }

@@ -718,6 +718,12 @@ pub fn build_end_txn_marker(
 /// The type of a control batch's record (commit or abort marker), if the
 /// batch is an uncompressed control batch whose first record reads as one.
 pub fn control_type(batch: &[u8]) -> Option<i16> {
+    end_txn_marker(batch).map(|(kind, _)| kind)
+}
+
+/// The type and coordinator epoch of a transaction marker batch (the
+/// epoch is -1 when the value does not hold one).
+pub fn end_txn_marker(batch: &[u8]) -> Option<(i16, i32)> {
     let h = parse_header(batch).ok()?;
     if h.compression() != 0 || !h.is_control() || h.records_count < 1 {
         return None;
@@ -734,7 +740,15 @@ pub fn control_type(batch: &[u8]) -> Option<i16> {
         return None;
     }
     let key = rec.get(p..p.checked_add(key_len)?)?;
-    Some(i16::from_be_bytes([key[2], key[3]]))
+    let kind = i16::from_be_bytes([key[2], key[3]]);
+    p += key_len;
+    let value_len = read_varint(rec, &mut p)?;
+    let epoch = usize::try_from(value_len)
+        .ok()
+        .filter(|n| *n >= 6)
+        .and_then(|_| rec.get(p + 2..p + 6))
+        .map_or(-1, |b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+    Some((kind, epoch))
 }
 
 /// Makes an uncompressed batch without a producer transactional for
@@ -791,6 +805,7 @@ mod tests {
                 CONTROL_ABORT
             };
             assert_eq!(control_type(&m), Some(want));
+            assert_eq!(end_txn_marker(&m), Some((want, 7)));
             set_base_offset(&mut m, 99);
             assert_eq!(
                 validate(&m).expect("offset is outside the CRC").base_offset,

@@ -33,6 +33,10 @@ struct ProducerEntry {
     /// A transaction of this producer is open on the partition: the entry
     /// is never evicted (Kafka never expires such producers).
     in_txn: bool,
+    /// Max timestamp of its last batch or marker (-1 unknown).
+    last_timestamp: i64,
+    /// Coordinator epoch of its last marker here (-1 before any).
+    coordinator_epoch: i32,
 }
 
 /// What to do with a batch from an idempotent producer.
@@ -48,6 +52,16 @@ pub enum SequenceVerdict {
     StaleEpoch,
 }
 
+/// What to do with a transaction marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkerVerdict {
+    Append,
+    /// INVALID_PRODUCER_EPOCH.
+    StaleEpoch,
+    /// TRANSACTION_COORDINATOR_FENCED.
+    StaleCoordinator,
+}
+
 /// One producer's state on a partition, as DescribeProducers reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProducerInfo {
@@ -57,6 +71,8 @@ pub struct ProducerInfo {
     pub last_sequence: i32,
     /// First offset of its open transaction here, or -1.
     pub current_txn_start_offset: i64,
+    pub last_timestamp: i64,
+    pub coordinator_epoch: i32,
 }
 
 #[derive(Debug, Default)]
@@ -128,6 +144,22 @@ impl ProducerStateTable {
         if pid == NO_PRODUCER_ID {
             return;
         }
+        let (entry, clock) = self.touch(pid, epoch);
+        if epoch != entry.epoch {
+            entry.epoch = epoch;
+            entry.batches.clear();
+        }
+        if entry.batches.len() == BATCHES_KEPT_PER_PRODUCER {
+            entry.batches.pop_front();
+        }
+        entry.batches.push_back(batch);
+        entry.last_touch = clock;
+    }
+
+    /// The entry of `pid` (made at `epoch` if new, evicting the least
+    /// recently written producer past the bound) and the clock tick of
+    /// this write.
+    fn touch(&mut self, pid: i64, epoch: i16) -> (&mut ProducerEntry, u64) {
         self.clock += 1;
         let clock = self.clock;
         if !self.producers.contains_key(&pid) && self.producers.len() >= MAX_PRODUCERS_PER_PARTITION
@@ -139,16 +171,10 @@ impl ProducerStateTable {
             batches: VecDeque::with_capacity(BATCHES_KEPT_PER_PRODUCER),
             last_touch: clock,
             in_txn: false,
+            last_timestamp: -1,
+            coordinator_epoch: -1,
         });
-        if epoch != entry.epoch {
-            entry.epoch = epoch;
-            entry.batches.clear();
-        }
-        if entry.batches.len() == BATCHES_KEPT_PER_PRODUCER {
-            entry.batches.pop_front();
-        }
-        entry.batches.push_back(batch);
-        entry.last_touch = clock;
+        (entry, clock)
     }
 
     /// Forgets the least recently written producer without an open
@@ -176,36 +202,41 @@ impl ProducerStateTable {
         self.producers.get(&pid).map(|e| e.epoch)
     }
 
-    /// Judges a transaction marker of `pid` at `epoch`: refused (Kafka's
-    /// INVALID_PRODUCER_EPOCH) when older than the epoch known.
-    pub fn check_marker(&self, pid: i64, epoch: i16) -> bool {
-        self.producers.get(&pid).is_none_or(|e| epoch >= e.epoch)
+    /// Judges a transaction marker of `pid` at `epoch` from a coordinator
+    /// at `coordinator_epoch`: Kafka refuses an older producer epoch
+    /// (INVALID_PRODUCER_EPOCH) and an older coordinator
+    /// (TRANSACTION_COORDINATOR_FENCED).
+    pub fn check_marker(&self, pid: i64, epoch: i16, coordinator_epoch: i32) -> MarkerVerdict {
+        match self.producers.get(&pid) {
+            Some(e) if epoch < e.epoch => MarkerVerdict::StaleEpoch,
+            Some(e) if coordinator_epoch < e.coordinator_epoch => MarkerVerdict::StaleCoordinator,
+            _ => MarkerVerdict::Append,
+        }
+    }
+
+    /// Notes the max timestamp of the producer's latest batch.
+    pub fn set_timestamp(&mut self, pid: i64, timestamp: i64) {
+        if let Some(e) = self.producers.get_mut(&pid) {
+            e.last_timestamp = timestamp;
+        }
     }
 
     /// Records a transaction marker: the producer takes the marker's epoch
-    /// (a newer one clears its sequence window) and its transaction ends.
-    pub fn record_marker(&mut self, pid: i64, epoch: i16) {
+    /// (a newer one clears its sequence window), its coordinator's epoch
+    /// and timestamp, and its transaction ends.
+    pub fn record_marker(&mut self, pid: i64, epoch: i16, coordinator_epoch: i32, timestamp: i64) {
         if pid == NO_PRODUCER_ID {
             return;
         }
-        self.clock += 1;
-        let clock = self.clock;
-        if !self.producers.contains_key(&pid) && self.producers.len() >= MAX_PRODUCERS_PER_PARTITION
-        {
-            self.evict_one();
-        }
-        let entry = self.producers.entry(pid).or_insert_with(|| ProducerEntry {
-            epoch,
-            batches: VecDeque::new(),
-            last_touch: clock,
-            in_txn: false,
-        });
+        let (entry, clock) = self.touch(pid, epoch);
         if epoch > entry.epoch {
             entry.epoch = epoch;
             entry.batches.clear();
         }
         entry.in_txn = false;
         entry.last_touch = clock;
+        entry.coordinator_epoch = entry.coordinator_epoch.max(coordinator_epoch);
+        entry.last_timestamp = timestamp;
     }
 
     /// Every producer, by id; `open_txn` gives a producer's open
@@ -221,6 +252,8 @@ impl ProducerStateTable {
                 current_txn_start_offset: open_txn(*pid)
                     .and_then(|o| i64::try_from(o).ok())
                     .unwrap_or(-1),
+                last_timestamp: e.last_timestamp,
+                coordinator_epoch: e.coordinator_epoch,
             })
             .collect();
         v.sort_by_key(|p| p.producer_id);
@@ -273,6 +306,25 @@ mod tests {
             t.check(7, 4, 0, 1),
             SequenceVerdict::Duplicate(seq(0, 1, 1))
         );
+    }
+
+    #[test]
+    fn markers_move_the_epoch_and_fence_older_coordinators() {
+        let mut t = ProducerStateTable::default();
+        t.record(7, 2, seq(0, 1, 0));
+        assert_eq!(t.check_marker(7, 1, 0), MarkerVerdict::StaleEpoch);
+        assert_eq!(t.check_marker(7, 2, 0), MarkerVerdict::Append);
+        t.record_marker(7, 3, 5, 1_000);
+        assert_eq!(t.check_marker(7, 3, 4), MarkerVerdict::StaleCoordinator);
+        assert_eq!(t.check_marker(7, 3, 5), MarkerVerdict::Append);
+        // The newer epoch cleared the sequence window: sequence 0 starts it.
+        assert_eq!(t.check(7, 3, 0, 1), SequenceVerdict::Append);
+        let info = &t.describe(|_| None)[0];
+        assert_eq!(
+            (info.epoch, info.coordinator_epoch, info.last_timestamp),
+            (3, 5, 1_000)
+        );
+        assert_eq!(info.last_sequence, -1);
     }
 
     #[test]
