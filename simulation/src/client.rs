@@ -87,6 +87,7 @@ const BATCH_HEADER_LEN: usize = 61;
 const OFF_BATCH_LENGTH: usize = 8;
 const OFF_MAGIC: usize = 16;
 const OFF_ATTRIBUTES: usize = 21;
+const OFF_LAST_OFFSET_DELTA: usize = 23;
 const OFF_RECORDS_COUNT: usize = 57;
 const MAGIC_V2: i8 = 2;
 const ATTR_COMPRESSION_MASK: i16 = 0x07;
@@ -161,6 +162,9 @@ pub struct FetchResult {
     pub log_start_offset: i64,
     /// The partition's last stable offset when the broker answered.
     pub last_stable_offset: i64,
+    /// One past the last offset of the last whole batch in the answer
+    /// (records, markers and skipped aborted records alike); -1 if none.
+    pub next_offset: i64,
 }
 
 /// Whether a failed request may still have taken effect.
@@ -679,6 +683,7 @@ impl ClusterClient {
                     });
                     match decode_records_in(&records, offset, aborted.as_deref()) {
                         Ok(records) => Ok(FetchResult {
+                            next_offset: next_offset_after(&p.records.clone().unwrap_or_default()),
                             records,
                             high_watermark: p.high_watermark,
                             log_start_offset: p.log_start_offset,
@@ -1464,6 +1469,27 @@ fn be_i32(b: &[u8], at: usize) -> i32 {
 /// that is not a whole, valid, uncompressed v2 batch is an error. Each
 /// batch's record count is checked against its size before decoding, so a
 /// bad header cannot make the decoder reserve memory it does not need.
+/// One past the last offset of the last whole batch of `records` (-1 if
+/// there is none), from the batch headers alone.
+fn next_offset_after(records: &Bytes) -> i64 {
+    let mut next = -1;
+    let mut rest = &records[..];
+    while rest.len() >= BATCH_HEADER_LEN {
+        let Ok(len) = usize::try_from(be_i32(rest, OFF_BATCH_LENGTH)) else {
+            break;
+        };
+        let total = LOG_OVERHEAD.saturating_add(len);
+        if total > rest.len() || total < BATCH_HEADER_LEN {
+            break;
+        }
+        let base = i64::from_be_bytes(rest[..8].try_into().expect("8 bytes"));
+        let delta = i64::from(be_i32(rest, OFF_LAST_OFFSET_DELTA));
+        next = base.saturating_add(delta).saturating_add(1);
+        rest = &rest[total..];
+    }
+    next
+}
+
 #[cfg(test)]
 fn decode_records(records: &Bytes, from_offset: i64) -> Result<Vec<(i64, Bytes)>, String> {
     decode_records_in(records, from_offset, None)

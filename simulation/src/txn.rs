@@ -257,10 +257,10 @@ async fn read_committed(
                     position = offset + 1;
                 }
                 if r.records.is_empty() {
-                    // Only markers or aborted records up to the LSO, or
-                    // nothing stable yet.
-                    if r.last_stable_offset > position {
-                        position = r.last_stable_offset;
+                    // Only markers or aborted records (go on after them),
+                    // or nothing stable yet.
+                    if r.next_offset > position {
+                        position = r.next_offset;
                     } else if position >= r.high_watermark {
                         return Ok(out);
                     } else {
