@@ -104,6 +104,8 @@ def test_bad_groups_settings(tmp_path, groups, mention):
 @pytest.mark.parametrize("text, mention", [
     ("snapshot_every_entries = 0", "snapshot_every_entries"),
     ("[storage]\nseal_when_idle = 3", "seal_when_idle"),
+    ("[transactions]\ntransactional_id_expiration_ms = 0", "transactional_id_expiration_ms"),
+    ("[transactions]\ntransaction_max_timeout_ms = 1000", "transaction_max_timeout_ms"),
 ])
 def test_bad_top_level_and_storage_settings(tmp_path, text, mention):
     cfg = tmp_path / "oxbow.toml"

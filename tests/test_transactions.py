@@ -28,6 +28,9 @@ protocol bytes. Checked against Apache Kafka 4.1.1 (OXBOW_TEST_TARGET=kafka).
   (48), of the other outcome once ended (48), transactional Produce v3/v7 to a partition not
   in the transaction (48); a zombie epoch after a new InitProducerId aborted its open
   transaction: AddPartitionsToTxn/EndTxn 47/90, Produce 47.
+- Raw TxnOffsetCommit (KIP-890 for offsets): before AddOffsetsToTxn and after the
+  transaction's abort completed it is refused (48), in between taken; nothing is left open
+  on __consumer_offsets (a read_committed OffsetFetch answers at once, with no offset).
 
 Record counts (scaled by OXBOW_TEST_SCALE): OXBOW_TEST_TXN_RECORDS_PER_TXN (120),
 OXBOW_TEST_TXN_EOS_RECORDS (20000), OXBOW_TEST_TXN_JAVA_RECORDS (100000). Every wait is
@@ -43,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from confluent_kafka import (OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer,
+from confluent_kafka import (OFFSET_BEGINNING, OFFSET_INVALID, Consumer, KafkaError, KafkaException, Producer,
                              TopicPartition)
 
 from harness import env
@@ -818,7 +821,7 @@ def test_java_txn_copier_survives_broker_kill(server, topic_name, tmp_path, copi
         # The victim: never the broker the clients bootstrap from; the transaction
         # coordinator if it is another broker, otherwise a leader of an output partition.
         others = [b for b in cluster.brokers if b is not server.via]
-        coordinator = broker_of(cluster, *find_txn_coordinator(server.host, server.port, tid))
+        coordinator = broker_of(cluster, *find_coordinator(server.host, server.port, tid, 1))
         leaders = {leader_address(server.bootstrap, dst, p) for p in range(partitions)}
         victim = (coordinator if coordinator in others else
                   next((b for b in others if (b.host, b.port) in leaders), others[0]))
@@ -858,7 +861,7 @@ def test_java_txn_copier_survives_broker_kill(server, topic_name, tmp_path, copi
 
 # ---------------------------------------------------------------- 7. raw protocol
 API_PRODUCE, API_FIND_COORDINATOR, API_INIT_PRODUCER_ID = 0, 10, 22
-API_ADD_PARTITIONS_TO_TXN, API_END_TXN = 24, 26
+API_ADD_PARTITIONS_TO_TXN, API_ADD_OFFSETS_TO_TXN, API_END_TXN, API_TXN_OFFSET_COMMIT = 24, 25, 26, 28
 
 NONE, UNKNOWN_TOPIC_OR_PARTITION = 0, 3
 COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR = 14, 15, 16
@@ -898,18 +901,18 @@ def skip_tags(r: _Reader) -> None:
         r.take(read_uvarint(r))
 
 
-def find_txn_coordinator(host: str, port: int, tid: str, timeout: float = 60.0) -> tuple[str, int]:
-    """FindCoordinator v1 with key_type 1 (transaction): the coordinator's (host, port)."""
+def find_coordinator(host: str, port: int, key: str, key_type: int, timeout: float = 60.0) -> tuple[str, int]:
+    """FindCoordinator v1 for a group (key_type 0) or a transactional id (1): its (host, port)."""
     deadline = time.monotonic() + timeout
     with Connection(host, port) as conn:
         while True:
-            cid = conn.send_request(API_FIND_COORDINATOR, 1, string(tid) + i8(1))
+            cid = conn.send_request(API_FIND_COORDINATOR, 1, string(key) + i8(key_type))
             r = _Reader(conn.read_response(cid))
             r.i32()  # throttle_time_ms
             err, msg, _node, chost, cport = r.i16(), r.string(), r.i32(), r.string(), r.i32()
             if err == NONE:
                 return chost, cport
-            assert err in RETRY and time.monotonic() < deadline, f"FindCoordinator(transaction, {tid}): {err} {msg}"
+            assert err in RETRY and time.monotonic() < deadline, f"FindCoordinator({key_type}, {key}): {err} {msg}"
             time.sleep(0.3)
 
 
@@ -929,7 +932,7 @@ class TxnWire:
 
     def _conn(self, tid: str) -> Connection:
         if tid not in self.conns:
-            self.conns[tid] = Connection(*find_txn_coordinator(*self.bootstrap, tid))
+            self.conns[tid] = Connection(*find_coordinator(*self.bootstrap, tid, 1))
         return self.conns[tid]
 
     def call(self, tid: str, api: int, version: int, body: bytes, parse, retry: bool = True,
@@ -991,6 +994,15 @@ class TxnWire:
             return (codes.pop() if len(codes) == 1 and codes <= RETRY else NONE), out
         return self.call(tid, API_ADD_PARTITIONS_TO_TXN, version, body, parse, flexible=flexible)[1]
 
+    # --- AddOffsetsToTxn (v0-2)
+    def add_offsets(self, pid: int, epoch: int, group: str, version: int = 1) -> int:
+        body = string(self.tid) + i64(pid) + i16(epoch) + string(group)
+
+        def parse(r):
+            r.i32()
+            return r.i16()
+        return self.call(self.tid, API_ADD_OFFSETS_TO_TXN, version, body, parse)
+
     # --- EndTxn
     def end_txn(self, pid: int, epoch: int, commit: bool, version: int, tid: str | None = None,
                 retry: bool = True) -> int:
@@ -1003,6 +1015,30 @@ class TxnWire:
             r.i32()
             return r.i16()
         return self.call(tid, API_END_TXN, version, body, parse, retry, flexible)
+
+
+def txn_offset_commit(server, tid: str, group: str, pid: int, epoch: int, topic: str, partition: int,
+                      offset: int, version: int = 2, timeout: float = 60.0) -> int:
+    """TxnOffsetCommit (v0-2) of one offset to the group's coordinator, retried while the
+    answer is retriable: the partition's error code."""
+    deadline = time.monotonic() + timeout
+    body = (string(tid) + string(group) + i64(pid) + i16(epoch) + i32(1) + string(topic) + i32(1)
+            + i32(partition) + i64(offset) + (i32(-1) if version >= 2 else b"") + string(""))
+    while True:
+        with Connection(*find_coordinator(server.host, server.port, group, 0)) as conn:
+            cid = conn.send_request(API_TXN_OFFSET_COMMIT, version, body)
+            r = _Reader(conn.read_response(cid))
+        r.i32()  # throttle_time_ms
+        codes = []
+        for _ in range(r.i32()):
+            r.string()
+            for _ in range(r.i32()):
+                r.i32()
+                codes.append(r.i16())
+        assert len(codes) == 1, codes
+        if codes[0] not in RETRY or time.monotonic() > deadline:
+            return codes[0]
+        time.sleep(0.2)
 
 
 def txn_batch(records: list[tuple[bytes | None, bytes | None]], pid: int, epoch: int, base_sequence: int) -> bytes:
@@ -1140,3 +1176,38 @@ def test_transaction_coordinator_errors_in_raw_bytes(server, topic_name):
         "end offsets: partition 0 holds the zombie's record and the abort marker, partition 1 nothing"
     got, _ = read_to_end(server.bootstrap, zombie_topic, [0, 1], "read_committed", timeout=30)
     assert got == {0: [], 1: []}, f"read_committed sees the zombie's aborted record: {got}"
+
+
+def test_txn_offset_commit_outside_the_transaction_is_refused(server, topic_name):
+    """KIP-890 for offsets: a TxnOffsetCommit is verified with the transaction coordinator, so one
+    sent before AddOffsetsToTxn, or after the transaction ended (a late retry), is refused and
+    leaves no open transaction on __consumer_offsets; the group's committed offset stays stable
+    (a read_committed OffsetFetch answers at once) and unset."""
+    create_topic(server.bootstrap, topic_name, 1)
+    tid, group = f"{topic_name}-offsets", f"{topic_name}-group"
+    w = TxnWire(server.host, server.port, tid)
+    try:
+        err, pid, epoch = w.init_producer_id(60_000)
+        assert err == NONE, err
+        assert w.add_partitions(pid, epoch, topic_name, [0], 2) == {(topic_name, 0): NONE}
+        got = txn_offset_commit(server, tid, group, pid, epoch, topic_name, 0, 5)
+        assert got == INVALID_TXN_STATE, f"TxnOffsetCommit before AddOffsetsToTxn: {got}"
+        assert w.add_offsets(pid, epoch, group) == NONE, "AddOffsetsToTxn"
+        got = txn_offset_commit(server, tid, group, pid, epoch, topic_name, 0, 5)
+        assert got == NONE, f"TxnOffsetCommit after AddOffsetsToTxn: {got}"
+        assert w.end_txn(pid, epoch, False, 1) == NONE, "EndTxn abort"
+        # The retry answers NONE once the abort is complete (its markers written).
+        assert w.end_txn(pid, epoch, False, 1) == NONE, "EndTxn abort, retried"
+        got = txn_offset_commit(server, tid, group, pid, epoch, topic_name, 0, 7)
+        assert got == INVALID_TXN_STATE, f"TxnOffsetCommit after the abort: {got}"
+    finally:
+        w.close()
+    c = Consumer({"bootstrap.servers": server.bootstrap, "group.id": group, "enable.auto.commit": False,
+                  "isolation.level": "read_committed"})
+    try:
+        started = time.monotonic()
+        got = c.committed([TopicPartition(topic_name, 0)], timeout=20)[0].offset
+        assert got == OFFSET_INVALID, f"committed offset after an aborted and a refused commit: {got}"
+        assert time.monotonic() - started < 15, "OffsetFetch waited: an open transaction on __consumer_offsets"
+    finally:
+        c.close()

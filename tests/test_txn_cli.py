@@ -38,6 +38,11 @@ non-transactional producer writes 2 records to partition 0 (held back by A's ope
   ends it: `list` shows A as CompleteAbort, partition 0 reads the same. Last, the coordinator
   epoch both abort markers carried (0) is A's LatestCoordinatorEpoch on both partitions.
 
+Oxbow only (`test_an_idle_transactional_id_expires`): with `[transactions]
+transactional_id_expiration_ms = 4000`, an id whose last commit is 4 s old leaves `list` and
+`describe` (also after a restart) while one that commits every half second stays; the
+expired id then starts again under a new producer id.
+
 Each tool run (a JVM, about 1 s) is bounded at 60 s, every wait at 30 s; each test takes 12-20 s
 plus the server's start (about 45 s for the file against Kafka, 30-40 s against Oxbow).
 """
@@ -47,9 +52,11 @@ import re
 import time
 from dataclasses import dataclass, field
 
+import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from harness import env
 from harness import kafka_cli as cli
 from harness.clients import create_topic
 
@@ -458,3 +465,61 @@ def test_abort_open_transaction(server, topic_name):
             f"A's LatestCoordinatorEpoch on partition 1 after the abort marker (coordinator epoch 0):\n{r1.describe()}")
     finally:
         close_scene(s)
+
+
+@pytest.mark.oxbow_only
+def test_an_idle_transactional_id_expires(server_factory, tmp_path, topic_name):
+    """transactional.id.expiration.ms (`[transactions] transactional_id_expiration_ms`): an id
+    whose last transaction ended that long ago is forgotten (a tombstone in
+    __transaction_state: gone from `list`, `describe` cannot find it, also after a restart)
+    while an id that keeps committing stays; the expired id starts afresh under a new producer
+    id and commits again."""
+    expiration_s = 4
+    cfg = tmp_path / "oxbow.toml"
+    cfg.write_text(f"[transactions]\ntransactional_id_expiration_ms = {expiration_s * 1000}\n")
+    srv = server_factory(extra_args=["--config", str(cfg)])
+    create_topic(srv.bootstrap, topic_name, 1)
+    idle_id, busy_id = f"{topic_name}-idle", f"{topic_name}-busy"
+
+    def producer(tid: str) -> Producer:
+        p = Producer({"bootstrap.servers": srv.bootstrap, "transactional.id": tid, "linger.ms": 5})
+        p.init_transactions(60)
+        return p
+
+    def commit_one(p: Producer, value: bytes) -> None:
+        p.begin_transaction()
+        p.produce(topic_name, value=value, partition=0)
+        p.commit_transaction(30)
+
+    idle = producer(idle_id)
+    commit_one(idle, b"idle/0")
+    first_pid = describe_txn(srv, idle_id)[0]["ProducerId"]
+    del idle
+    committed_at = time.monotonic()
+    busy = producer(busy_id)
+    listed, r = list_txns(srv)
+    assert listed[idle_id]["TransactionState"] == "CompleteCommit", r.describe()
+    n = 0
+    while idle_id in listed:
+        assert time.monotonic() - committed_at < 60, f"{idle_id} did not expire:\n{r.describe()}"
+        commit_one(busy, f"busy/{n}".encode())
+        n += 1
+        time.sleep(0.5)
+        listed, r = list_txns(srv)
+    assert time.monotonic() - committed_at >= expiration_s - 1, "expired before its expiration time"
+    assert busy_id in listed, f"an id that keeps committing expired:\n{r.describe()}"
+    gone = transactions(srv, "describe", "--transactional-id", idle_id)
+    assert gone.returncode == 1 and "could not be found" in gone.stdout + gone.stderr, gone.describe()
+    del busy
+
+    if env.TARGET == "oxbow":
+        assert srv.stop() == 0, "oxbow did not stop cleanly"
+        srv.restart()
+        listed, r = list_txns(srv)
+        assert idle_id not in listed and busy_id in listed, r.describe()
+
+    again = producer(idle_id)
+    commit_one(again, b"idle/1")
+    row, r = describe_txn(srv, idle_id)
+    assert row["TransactionState"] == "CompleteCommit" and row["ProducerId"] != first_pid, r.describe()
+    del again

@@ -369,6 +369,38 @@ impl Broker {
         self.partitions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The broker owning `topic`/`partition`, its stream, and the owner's
+    /// `host:port`.
+    pub fn owner_address(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Option<(proto::BrokerId, StreamId, String)> {
+        self.metadata.read(|img| {
+            let s = img.stream_of(topic, partition)?;
+            let owner = s.owner?;
+            let b = img.brokers.get(&owner)?;
+            Some((
+                owner,
+                s.id,
+                format!("{}:{}", b.endpoint.host, b.endpoint.port),
+            ))
+        })
+    }
+
+    /// Tells the writer that the batches just handed to partitions are all
+    /// for now (see `WriterHandle::burst_done`).
+    pub fn writer_burst_done(&self) {
+        if let Some(w) = self
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            w.burst_done();
+        }
+    }
+
     pub fn partition(&self, stream: StreamId) -> Option<Arc<OpenPartition>> {
         self.partitions_lock().get(&stream).cloned()
     }

@@ -239,6 +239,10 @@ pub struct BrokerConfig {
     pub max_connections: usize,
     pub storage: StorageConfig,
     pub groups: crate::group::GroupConfig,
+    /// Kafka's `transactional.id.expiration.ms`: a transactional id whose
+    /// last transaction ended (or that never began one) this long ago is
+    /// forgotten.
+    pub transactional_id_expiration_ms: i64,
 }
 
 impl Default for BrokerConfig {
@@ -255,6 +259,7 @@ impl Default for BrokerConfig {
             max_connections: 10_000,
             storage: StorageConfig::default(),
             groups: crate::group::GroupConfig::default(),
+            transactional_id_expiration_ms: 7 * 24 * 3600 * 1000,
         }
     }
 }

@@ -230,6 +230,9 @@ pub struct Append {
     /// KIP-890: the guard [`BeginVerification`] gave this producer, which
     /// must still stand for its first transactional batch here.
     pub guard: Option<u64>,
+    /// Nothing else is coming with this append (a coordinator's record):
+    /// the writer may seal at once (`WriterHandle::burst_done`).
+    pub burst_done: bool,
 }
 
 /// KIP-890: a producer's first transactional batch on this partition is
@@ -345,7 +348,9 @@ impl Message<Append> for Partition {
             let end = base + u64::from(count);
             let begins =
                 h.is_transactional() && self.state.txns().open_first(h.producer_id).is_none();
-            if begins && !msg.coordinator {
+            // A producer's batch must hold its guard; a coordinator's
+            // (TxnOffsetCommit) must when it brings one.
+            if begins && (!msg.coordinator || msg.guard.is_some()) {
                 if msg.guard.is_none() || self.guards.get(&h.producer_id) != msg.guard.as_ref() {
                     // Its transaction ended since it was verified.
                     return reply(AppendStatus::Refused(ErrorCode::InvalidTxnState));
@@ -383,6 +388,9 @@ impl Message<Append> for Partition {
             self.next_offset = end;
             first_base.get_or_insert(base);
             acks.push(rx);
+        }
+        if msg.burst_done {
+            self.writer.burst_done();
         }
         match (first_base, duplicate) {
             (Some(base_offset), _) => reply(AppendStatus::Queued { base_offset, acks }),

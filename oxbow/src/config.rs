@@ -188,6 +188,14 @@ struct FileConfig {
     snapshot_every_entries: Option<u64>,
     storage: Option<FileStorage>,
     groups: Option<FileGroups>,
+    transactions: Option<FileTransactions>,
+}
+
+/// The `[transactions]` section: Kafka's transaction coordinator settings.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileTransactions {
+    transactional_id_expiration_ms: Option<u64>,
 }
 
 /// The `[groups]` section: Kafka's group coordinator settings.
@@ -444,6 +452,16 @@ impl Settings {
             groups,
             ..BrokerConfig::default()
         };
+        if let Some(v) = file
+            .transactions
+            .and_then(|t| t.transactional_id_expiration_ms)
+        {
+            let ms = positive(
+                usize::try_from(v).unwrap_or(usize::MAX),
+                "transactions.transactional_id_expiration_ms",
+            )?;
+            broker.transactional_id_expiration_ms = i64::try_from(ms).unwrap_or(i64::MAX);
+        }
         if let Some(v) = file.auto_create_topics {
             broker.auto_create_topics = v;
         }

@@ -389,6 +389,9 @@ fn run_here(config: &SimConfig) -> Report {
                         consumer_heartbeat_interval_ms: 500,
                         ..broker::group::GroupConfig::default()
                     },
+                    // Short, so that an id idle through a fault expires and
+                    // its producer meets INVALID_PRODUCER_ID_MAPPING.
+                    transactional_id_expiration_ms: 3_000,
                     ..BrokerConfig::default()
                 };
                 loop {

@@ -120,17 +120,19 @@ impl Shard {
         records: Vec<(Bytes, Option<Bytes>)>,
         wall_ms: i64,
     ) -> Result<(u64, Vec<oneshot::Receiver<AckOutcome>>), ErrorCode> {
-        self.append_as(records, wall_ms, None).await
+        self.append_as(records, wall_ms, None, None).await
     }
 
     /// [`Self::append`], as a transactional batch of `producer` (id, epoch)
     /// when given: TxnOffsetCommit's writes, which take effect with the
-    /// producer's commit marker.
+    /// producer's commit marker. `guard` is the KIP-890 verification guard
+    /// of the producer's first such batch here.
     async fn append_as(
         &self,
         records: Vec<(Bytes, Option<Bytes>)>,
         wall_ms: i64,
         producer: Option<(i64, i16)>,
+        guard: Option<u64>,
     ) -> Result<(u64, Vec<oneshot::Receiver<AckOutcome>>), ErrorCode> {
         if self.closed.load(Ordering::Acquire) {
             return Err(ErrorCode::NotCoordinator);
@@ -148,7 +150,8 @@ impl Shard {
             .ask(Append {
                 batches: vec![IncomingBatch { header, bytes }],
                 coordinator: producer.is_some(),
-                guard: None,
+                guard,
+                burst_done: true,
             })
             .await
             .map_err(|_| ErrorCode::NotCoordinator)?;
@@ -357,6 +360,12 @@ impl GroupCoordinator {
             group_id,
             u32::try_from(count).unwrap_or(u32::MAX),
         ))
+    }
+
+    /// The `__consumer_offsets` partition holding `group_id`, if this
+    /// broker coordinates it.
+    pub fn group_partition(&self, group_id: &str) -> Result<Arc<OpenPartition>, ErrorCode> {
+        self.shard_for(group_id).map(|s| s.open.clone())
     }
 
     fn shard_for(&self, group_id: &str) -> Result<Arc<Shard>, ErrorCode> {
@@ -793,13 +802,16 @@ impl GroupCoordinator {
     }
 
     /// TxnOffsetCommit: appends the offsets in a transactional batch of the
-    /// producer; they take effect when its commit marker does.
+    /// producer; they take effect when its commit marker does. `guard`: as
+    /// for a produce, the verification guard when the producer has no
+    /// transaction open on the group's partition yet.
     #[allow(clippy::too_many_arguments)]
     pub async fn txn_commit_offsets(
         &self,
         group_id: &str,
         producer_id: i64,
         producer_epoch: i16,
+        guard: Option<u64>,
         member_id: &str,
         instance_id: Option<&str>,
         generation: i32,
@@ -833,6 +845,7 @@ impl GroupCoordinator {
                 records.clone(),
                 now.wall_ms,
                 Some((producer_id, producer_epoch)),
+                guard,
             )
             .await
         {

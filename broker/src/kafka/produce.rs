@@ -116,6 +116,8 @@ pub async fn handle(broker: Arc<Broker>, req: ProduceRequest, version: i16) -> R
         }
         topics.push((t.name, parts));
     }
+    // Every batch of the request is with the writer now.
+    broker.writer_burst_done();
 
     Box::pin(async move {
         let mut responses = Vec::with_capacity(topics.len());
@@ -237,6 +239,7 @@ async fn append_partition(
             batches: incoming,
             coordinator: false,
             guard,
+            burst_done: false,
         })
         .await
     {
@@ -277,30 +280,15 @@ async fn verify(
     partition: i32,
     version: i16,
 ) -> ErrorCode {
-    let (pid, epoch) = (header.producer_id, header.producer_epoch);
-    let coordinator = broker.metadata.read(|img| {
-        let count = img.topics.get(crate::txn::TXN_TOPIC)?.partitions.len();
-        let p = crate::group::partition_for(txn_id, u32::try_from(count).unwrap_or(u32::MAX));
-        let s = img.stream_of(crate::txn::TXN_TOPIC, p)?;
-        let owner = s.owner?;
-        let b = img.brokers.get(&owner)?;
-        Some((owner, format!("{}:{}", b.endpoint.host, b.endpoint.port)))
-    });
-    let code = match coordinator {
-        None => ErrorCode::NotEnoughReplicas,
-        Some((owner, _)) if owner == broker.id => {
-            broker
-                .txns
-                .verify(broker, txn_id, pid, epoch, topic, partition)
-                .await
-        }
-        Some((_, addr)) => {
-            broker
-                .peers
-                .verify_txn_partition(&addr, txn_id, pid, epoch, topic, partition)
-                .await
-        }
-    };
+    let code = crate::txn::coordinator::verify_in_txn(
+        broker,
+        txn_id,
+        header.producer_id,
+        header.producer_epoch,
+        topic,
+        partition,
+    )
+    .await;
     match code {
         ErrorCode::None => ErrorCode::None,
         ErrorCode::ProducerFenced | ErrorCode::InvalidProducerEpoch => {

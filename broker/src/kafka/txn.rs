@@ -35,7 +35,8 @@ use kafka_protocol::protocol::StrBytes;
 use crate::broker::Broker;
 use crate::errors::ErrorCode;
 use crate::group::records::OffsetValue;
-use crate::partition::DescribeProducers;
+use crate::group::OFFSETS_TOPIC;
+use crate::partition::{BeginVerification, DescribeProducers};
 use crate::txn::{coordinator, TxnState, MAX_TIMEOUT_MS};
 
 fn s(v: &str) -> StrBytes {
@@ -292,18 +293,27 @@ pub async fn txn_offset_commit(
     } else {
         (-1, String::new(), None)
     };
-    let code = broker
-        .groups
-        .txn_commit_offsets(
-            req.group_id.0.as_str(),
-            req.producer_id.0,
-            req.producer_epoch,
-            &member,
-            instance.as_deref(),
-            generation,
-            offsets,
-        )
-        .await;
+    let group = req.group_id.0.as_str();
+    let (pid, epoch) = (req.producer_id.0, req.producer_epoch);
+    let code =
+        match verify_offsets(broker, req.transactional_id.0.as_str(), group, pid, epoch).await {
+            Ok(guard) => {
+                broker
+                    .groups
+                    .txn_commit_offsets(
+                        group,
+                        pid,
+                        epoch,
+                        guard,
+                        &member,
+                        instance.as_deref(),
+                        generation,
+                        offsets,
+                    )
+                    .await
+            }
+            Err(code) => code,
+        };
     // Kafka's maybeConvertOffsetCommitError for old versions.
     let code = match code {
         ErrorCode::CoordinatorLoadInProgress if version < 2 => ErrorCode::CoordinatorNotAvailable,
@@ -327,6 +337,49 @@ pub async fn txn_offset_commit(
         resp.topics.push(rt);
     }
     resp
+}
+
+/// KIP-890 for offsets: a producer's first TxnOffsetCommit on the group's
+/// partition is taken only if its coordinator says that partition is in the
+/// producer's open transaction (AddOffsetsToTxn added it), so a late commit
+/// cannot open a transaction there that no marker will end. The guard to
+/// append under, if one is needed.
+async fn verify_offsets(
+    broker: &Arc<Broker>,
+    txn_id: &str,
+    group: &str,
+    producer_id: i64,
+    epoch: i16,
+) -> Result<Option<u64>, ErrorCode> {
+    let open = broker.groups.group_partition(group)?;
+    if open.state.txns().open_first(producer_id).is_some() {
+        return Ok(None);
+    }
+    let guard = open
+        .actor
+        .ask(BeginVerification { producer_id })
+        .await
+        .map_err(|_| ErrorCode::NotCoordinator)?;
+    let code = coordinator::verify_in_txn(
+        broker,
+        txn_id,
+        producer_id,
+        epoch,
+        OFFSETS_TOPIC,
+        open.state.partition,
+    )
+    .await;
+    match code {
+        ErrorCode::None => Ok(Some(guard.0)),
+        ErrorCode::ProducerFenced | ErrorCode::InvalidProducerEpoch => {
+            Err(ErrorCode::ProducerFenced)
+        }
+        ErrorCode::TransactionAbortable | ErrorCode::InvalidProducerIdMapping => {
+            Err(ErrorCode::InvalidTxnState)
+        }
+        // The transaction coordinator is moving, loading or busy: retriable.
+        _ => Err(ErrorCode::CoordinatorNotAvailable),
+    }
 }
 
 pub async fn write_txn_markers(
@@ -358,6 +411,7 @@ pub async fn write_txn_markers(
                             m.producer_epoch,
                             m.transaction_result,
                             m.coordinator_epoch,
+                            &mut || broker.writer_burst_done(),
                         )
                         .await
                     }

@@ -6,12 +6,12 @@
 //! timed-out transactions and finishes any Prepare* left unfinished.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{oneshot, Mutex, MutexGuard};
+use tokio::sync::{oneshot, Mutex, MutexGuard, Notify};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -29,6 +29,12 @@ use crate::storage::writer::AckOutcome;
 const TICK: Duration = Duration::from_secs(1);
 /// Bound on the bytes read in one step when loading a partition.
 const LOAD_READ_BYTES: usize = 4 * 1024 * 1024;
+/// How long a request for a busy transactional id (a transition being
+/// written, or the previous transaction's markers) waits for it to settle.
+/// Kafka answers CONCURRENT_TRANSACTIONS at once and its clients retry 20 ms
+/// or more later; waiting here answers as soon as the id is free, which is
+/// what lets one producer run transactions back to back.
+const SETTLE_WAIT: Duration = Duration::from_secs(1);
 
 struct ShardInner {
     loaded: bool,
@@ -46,6 +52,17 @@ struct Shard {
     coordinator_epoch: i32,
     inner: Mutex<ShardInner>,
     closed: AtomicBool,
+    /// Woken whenever an id stops being busy (see `busy`) or the shard
+    /// closes.
+    settled: Notify,
+}
+
+/// Whether `id` has a transition being written or a transaction still
+/// being completed.
+fn busy(inner: &ShardInner, id: &str) -> bool {
+    inner.pending.contains(id)
+        || inner.completing.contains(id)
+        || inner.txns.get(id).is_some_and(TxnMeta::needs_markers)
 }
 
 struct Shared {
@@ -104,10 +121,40 @@ impl Shard {
         self.closed.load(Ordering::Acquire)
     }
 
+    /// The shard's lock, for a request about `id`: once the shard serves
+    /// and `id` is not busy, waiting up to `SETTLE_WAIT` for that. At the
+    /// deadline an id with a transition still being written gets
+    /// CONCURRENT_TRANSACTIONS; one still completing is left to the
+    /// caller's decision (which answers as Kafka does for Prepare*).
+    async fn lock_settled(&self, id: &str) -> Result<MutexGuard<'_, ShardInner>, ErrorCode> {
+        let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
+        loop {
+            let notified = self.settled.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let inner = self.inner.lock().await;
+            serving(self, &inner)?;
+            if !busy(&inner, id) {
+                return Ok(inner);
+            }
+            drop(inner);
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                let inner = self.inner.lock().await;
+                serving(self, &inner)?;
+                if inner.pending.contains(id) {
+                    return Err(ErrorCode::ConcurrentTransactions);
+                }
+                return Ok(inner);
+            }
+        }
+    }
+
+    /// Hands `id`'s record (its state, or a tombstone for `None`) to the
+    /// partition; the receivers say when it commits.
     async fn append(
         &self,
         id: &str,
-        meta: &TxnMeta,
+        meta: Option<&TxnMeta>,
         wall_ms: i64,
     ) -> Result<Vec<oneshot::Receiver<AckOutcome>>, ErrorCode> {
         if self.is_closed() {
@@ -115,7 +162,7 @@ impl Shard {
         }
         let rec: (Bytes, Option<Bytes>) = (
             records::encode_key(id),
-            Some(records::encode_value(&meta.value())),
+            meta.map(|m| records::encode_value(&m.value())),
         );
         let bytes = crate::group::records::encode_batch(wall_ms, &[rec]);
         let header = batch::parse_header(&bytes).map_err(|_| ErrorCode::UnknownServerError)?;
@@ -126,6 +173,7 @@ impl Shard {
                 batches: vec![IncomingBatch { header, bytes }],
                 coordinator: false,
                 guard: None,
+                burst_done: true,
             })
             .await
             .map_err(|_| ErrorCode::NotCoordinator)?;
@@ -142,13 +190,33 @@ impl Shard {
     /// is marked pending meanwhile.
     async fn write(
         &self,
-        mut inner: MutexGuard<'_, ShardInner>,
+        inner: MutexGuard<'_, ShardInner>,
         id: &str,
         meta: TxnMeta,
         wall_ms: i64,
     ) -> Result<(), ErrorCode> {
+        self.put(inner, id, Some(meta), wall_ms).await
+    }
+
+    /// Writes a tombstone for `id` and forgets it once committed.
+    async fn forget(
+        &self,
+        inner: MutexGuard<'_, ShardInner>,
+        id: &str,
+        wall_ms: i64,
+    ) -> Result<(), ErrorCode> {
+        self.put(inner, id, None, wall_ms).await
+    }
+
+    async fn put(
+        &self,
+        mut inner: MutexGuard<'_, ShardInner>,
+        id: &str,
+        meta: Option<TxnMeta>,
+        wall_ms: i64,
+    ) -> Result<(), ErrorCode> {
         inner.pending.insert(id.to_string());
-        let appended = self.append(id, &meta, wall_ms).await;
+        let appended = self.append(id, meta.as_ref(), wall_ms).await;
         drop(inner);
         let result = match appended {
             Ok(acks) => wait_acks(acks).await,
@@ -156,12 +224,19 @@ impl Shard {
         };
         let mut inner = self.inner.lock().await;
         inner.pending.remove(id);
-        if result.is_ok() {
-            if self.is_closed() || !inner.loaded {
-                return Err(ErrorCode::NotCoordinator);
+        let result = match result {
+            Ok(()) if self.is_closed() || !inner.loaded => Err(ErrorCode::NotCoordinator),
+            Ok(()) => {
+                match meta {
+                    Some(m) => inner.txns.insert(id.to_string(), m),
+                    None => inner.txns.remove(id),
+                };
+                Ok(())
             }
-            inner.txns.insert(id.to_string(), meta);
-        }
+            Err(code) => Err(code),
+        };
+        drop(inner);
+        self.settled.notify_waiters();
         result
     }
 
@@ -172,6 +247,8 @@ impl Shard {
             let mut inner = shard.inner.lock().await;
             inner.loaded = false;
             inner.txns.clear();
+            drop(inner);
+            shard.settled.notify_waiters();
         });
     }
 }
@@ -237,6 +314,7 @@ impl TxnCoordinator {
                 completing: HashSet::new(),
             }),
             closed: AtomicBool::new(false),
+            settled: Notify::new(),
         });
         let previous = self
             .shared
@@ -338,10 +416,10 @@ impl TxnCoordinator {
             Ok(s) => s,
             Err(code) => return fail(code),
         };
-        let inner = shard.inner.lock().await;
-        if let Err(code) = serving(&shard, &inner) {
-            return fail(code);
-        }
+        let inner = match shard.lock_settled(id).await {
+            Ok(g) => g,
+            Err(code) => return fail(code),
+        };
         if inner.pending.contains(id) || inner.completing.contains(id) {
             return fail(ErrorCode::ConcurrentTransactions);
         }
@@ -410,13 +488,10 @@ impl TxnCoordinator {
             Ok(s) => s,
             Err(code) => return code,
         };
-        let inner = shard.inner.lock().await;
-        if let Err(code) = serving(&shard, &inner) {
-            return code;
-        }
-        if inner.pending.contains(id) {
-            return ErrorCode::ConcurrentTransactions;
-        }
+        let inner = match shard.lock_settled(id).await {
+            Ok(g) => g,
+            Err(code) => return code,
+        };
         let now = broker.seams.clock.now_ms();
         match decide_add(
             inner.txns.get(id),
@@ -486,13 +561,10 @@ impl TxnCoordinator {
             Ok(s) => s,
             Err(code) => return code,
         };
-        let inner = shard.inner.lock().await;
-        if let Err(code) = serving(&shard, &inner) {
-            return code;
-        }
-        if inner.pending.contains(id) {
-            return ErrorCode::ConcurrentTransactions;
-        }
+        let inner = match shard.lock_settled(id).await {
+            Ok(g) => g,
+            Err(code) => return code,
+        };
         let now = broker.seams.clock.now_ms();
         match decide_end(inner.txns.get(id), producer_id, epoch, commit, now, version) {
             Step::Reply(code) => code,
@@ -559,15 +631,16 @@ pub fn offsets_partition(broker: &Broker, group: &str) -> Option<(String, i32)> 
     ))
 }
 
-/// Aborts timed-out transactions and finishes Prepare* left unfinished.
+/// Aborts timed-out transactions, finishes Prepare* left unfinished and
+/// forgets expired ids.
 async fn tick(broker: &Arc<Broker>, shard: &Arc<Shard>) {
     let now = broker.seams.clock.now_ms();
-    let (expired, unfinished) = {
+    let (timed_out, unfinished, expired) = {
         let inner = shard.inner.lock().await;
         if serving(shard, &inner).is_err() {
             return;
         }
-        let expired: Vec<(String, TxnMeta)> = inner
+        let timed_out: Vec<(String, TxnMeta)> = inner
             .txns
             .iter()
             .filter(|(id, _)| !inner.pending.contains(*id))
@@ -581,9 +654,16 @@ async fn tick(broker: &Arc<Broker>, shard: &Arc<Shard>) {
             })
             .map(|(id, _)| id.clone())
             .collect();
-        (expired, unfinished)
+        let expiration = broker.config.transactional_id_expiration_ms;
+        let expired: Vec<(String, TxnMeta)> = inner
+            .txns
+            .iter()
+            .filter(|(id, m)| !busy(&inner, id) && super::expired(m, now, expiration))
+            .map(|(id, m)| (id.clone(), m.clone()))
+            .collect();
+        (timed_out, unfinished, expired)
     };
-    for (id, m) in expired {
+    for (id, m) in timed_out {
         let inner = shard.inner.lock().await;
         if inner.pending.contains(&id)
             || inner
@@ -606,6 +686,21 @@ async fn tick(broker: &Arc<Broker>, shard: &Arc<Shard>) {
     for id in unfinished {
         spawn_completion(broker.clone(), shard.clone(), id).await;
     }
+    for (id, m) in expired {
+        let inner = shard.inner.lock().await;
+        if busy(&inner, &id) || inner.txns.get(&id) != Some(&m) {
+            continue;
+        }
+        info!(
+            transactional_id = %id,
+            producer_id = m.producer_id,
+            "transactional id expired; forgetting it"
+        );
+        metrics::counter!("oxbow_txn_ids_expired_total").increment(1);
+        if let Err(code) = shard.forget(inner, &id, now).await {
+            debug!(transactional_id = %id, ?code, "the expired id's tombstone did not commit");
+        }
+    }
 }
 
 /// Starts writing the markers of `id`'s Prepare* and then its Complete*,
@@ -618,25 +713,34 @@ async fn spawn_completion(broker: Arc<Broker>, shard: Arc<Shard>, id: String) {
         }
     }
     tokio::spawn(async move {
-        complete(&broker, &shard, &id).await;
-        shard.inner.lock().await.completing.remove(&id);
+        if !complete(&broker, &shard, &id).await {
+            shard.inner.lock().await.completing.remove(&id);
+            shard.settled.notify_waiters();
+        }
     });
 }
 
-async fn complete(broker: &Arc<Broker>, shard: &Arc<Shard>, id: &str) {
+/// Writes the markers, then Complete*. `true` once it has released the id
+/// (after which the id may be completing a later transaction, whose flag
+/// must not be touched).
+async fn complete(broker: &Arc<Broker>, shard: &Arc<Shard>, id: &str) -> bool {
     let meta = {
         let inner = shard.inner.lock().await;
         match inner.txns.get(id) {
             Some(m) if m.needs_markers() => m.clone(),
-            _ => return,
+            _ => return false,
         }
     };
     let commit = meta.state == TxnState::PrepareCommit;
     let started = tokio::time::Instant::now();
+    let burst = MarkerBurst {
+        left: AtomicUsize::new(meta.partitions.len()),
+    };
     let writes = meta.partitions.iter().map(|(topic, partition)| {
         write_marker_until_done(
             broker,
             shard,
+            &burst,
             topic,
             *partition,
             meta.producer_id,
@@ -646,36 +750,67 @@ async fn complete(broker: &Arc<Broker>, shard: &Arc<Shard>, id: &str) {
     });
     let done = futures::future::join_all(writes).await;
     if done.iter().any(|ok| !ok) {
-        return; // the shard closed; its new owner finishes the transaction
+        return false; // the shard closed; its new owner finishes the transaction
     }
     let mut inner = shard.inner.lock().await;
     if serving(shard, &inner).is_err() || inner.txns.get(id) != Some(&meta) {
-        return;
+        return false;
     }
     let now = broker.seams.clock.now_ms();
     let next = super::completed(&meta, now);
-    // The lock is released by `write`; a failed write leaves Prepare*,
-    // which the ticker finishes again.
-    inner.completing.remove(id);
-    match shard.write(inner, id, next, now).await {
-        Ok(()) => {
-            metrics::counter!(
-                "oxbow_txn_completed_total",
-                "result" => if commit { "commit" } else { "abort" }
-            )
-            .increment(1);
-            metrics::histogram!("oxbow_txn_markers_seconds")
-                .record(started.elapsed().as_secs_f64());
+    // Complete* only records that the markers are written, so the id is
+    // free once the record is in the partition's queue, before it commits:
+    // any later record of the id follows it in the same stream and cannot
+    // commit without it. If it is lost, the log still ends at Prepare*
+    // and whoever loads it writes the same markers again, which changes
+    // nothing.
+    let acks = match shard.append(id, Some(&next), now).await {
+        Ok(acks) => acks,
+        Err(code) => {
+            debug!(transactional_id = id, ?code, "writing Complete* failed");
+            return false; // still Prepare*: the ticker finishes it again
         }
-        Err(code) => debug!(transactional_id = id, ?code, "writing Complete* failed"),
+    };
+    inner.txns.insert(id.to_string(), next);
+    inner.completing.remove(id);
+    drop(inner);
+    shard.settled.notify_waiters();
+    metrics::histogram!("oxbow_txn_markers_seconds").record(started.elapsed().as_secs_f64());
+    match wait_acks(acks).await {
+        Ok(()) => metrics::counter!(
+            "oxbow_txn_completed_total",
+            "result" => if commit { "commit" } else { "abort" }
+        )
+        .increment(1),
+        Err(code) => debug!(transactional_id = id, ?code, "Complete* did not commit"),
+    }
+    true
+}
+
+/// A transaction's markers are written concurrently; once each has been
+/// handed to its partition (or sent elsewhere), the writer may seal them
+/// into one object at once.
+struct MarkerBurst {
+    left: AtomicUsize,
+}
+
+impl MarkerBurst {
+    /// One marker write has handed its marker over; `counted` makes later
+    /// attempts of the same write count for nothing.
+    fn arrived(&self, broker: &Broker, counted: &mut bool) {
+        if !std::mem::replace(counted, true) && self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            broker.writer_burst_done();
+        }
     }
 }
 
 /// Writes one marker, retrying while the partition is unavailable. `false`
 /// if the coordinator shard closed first.
+#[allow(clippy::too_many_arguments)]
 async fn write_marker_until_done(
     broker: &Arc<Broker>,
     shard: &Arc<Shard>,
+    burst: &MarkerBurst,
     topic: &str,
     partition: i32,
     producer_id: i64,
@@ -684,6 +819,7 @@ async fn write_marker_until_done(
 ) -> bool {
     let mut backoff = Duration::from_millis(20);
     let mut attempts = 0u32;
+    let mut counted = false;
     loop {
         if shard.is_closed() {
             return false;
@@ -693,6 +829,7 @@ async fn write_marker_until_done(
             .read(|img| img.stream_of(topic, partition).is_some());
         if !exists {
             // The topic was deleted: nothing to mark.
+            burst.arrived(broker, &mut counted);
             return true;
         }
         let code = send_marker(
@@ -703,6 +840,7 @@ async fn write_marker_until_done(
             epoch,
             commit,
             shard.coordinator_epoch,
+            &mut || burst.arrived(broker, &mut counted),
         )
         .await;
         match code {
@@ -731,7 +869,9 @@ async fn write_marker_until_done(
 }
 
 /// Sends one marker to the partition's owner: a local append when it is
-/// this broker, else WriteTxnMarkers to the owner.
+/// this broker, else WriteTxnMarkers to the owner. `queued` is called once
+/// the marker is with the local writer or known to go elsewhere.
+#[allow(clippy::too_many_arguments)]
 async fn send_marker(
     broker: &Arc<Broker>,
     topic: &str,
@@ -740,14 +880,11 @@ async fn send_marker(
     epoch: i16,
     commit: bool,
     coordinator_epoch: i32,
+    queued: &mut (dyn FnMut() + Send),
 ) -> ErrorCode {
-    let owner = broker.metadata.read(|img| {
-        let s = img.stream_of(topic, partition)?;
-        let id = s.owner?;
-        let b = img.brokers.get(&id)?;
-        Some((id, s.id, format!("{}:{}", b.endpoint.host, b.endpoint.port)))
-    });
+    let owner = broker.owner_address(topic, partition);
     let Some((owner, stream, addr)) = owner else {
+        queued();
         return ErrorCode::NotLeaderOrFollower;
     };
     if owner == broker.id {
@@ -759,9 +896,11 @@ async fn send_marker(
             epoch,
             commit,
             coordinator_epoch,
+            queued,
         )
         .await;
     }
+    queued();
     broker
         .peers
         .write_txn_marker(
@@ -776,9 +915,46 @@ async fn send_marker(
         .await
 }
 
+/// KIP-890: asks `txn_id`'s coordinator (here, or through `peer`) whether
+/// `topic`/`partition` is in the open transaction of `producer_id` at
+/// `epoch`. NONE, or the coordinator's answer (NOT_COORDINATOR and the
+/// like when it cannot be asked).
+pub async fn verify_in_txn(
+    broker: &Arc<Broker>,
+    txn_id: &str,
+    producer_id: i64,
+    epoch: i16,
+    topic: &str,
+    partition: i32,
+) -> ErrorCode {
+    let Some(count) = broker
+        .metadata
+        .read(|img| img.topics.get(TXN_TOPIC).map(|t| t.partitions.len()))
+    else {
+        return ErrorCode::CoordinatorNotAvailable;
+    };
+    let p = partition_for(txn_id, u32::try_from(count).unwrap_or(u32::MAX));
+    match broker.owner_address(TXN_TOPIC, p) {
+        None => ErrorCode::CoordinatorNotAvailable,
+        Some((owner, _, _)) if owner == broker.id => {
+            broker
+                .txns
+                .verify(broker, txn_id, producer_id, epoch, topic, partition)
+                .await
+        }
+        Some((_, _, addr)) => {
+            broker
+                .peers
+                .verify_txn_partition(&addr, txn_id, producer_id, epoch, topic, partition)
+                .await
+        }
+    }
+}
+
 /// Appends a marker to a partition this broker owns and waits for its
 /// commit; a committed marker on `__consumer_offsets` completes the
-/// producer's pending offset commits there.
+/// producer's pending offset commits there. `queued` is called once the
+/// marker is with the writer (or refused).
 #[allow(clippy::too_many_arguments)]
 pub async fn write_marker(
     broker: &Arc<Broker>,
@@ -788,8 +964,10 @@ pub async fn write_marker(
     epoch: i16,
     commit: bool,
     coordinator_epoch: i32,
+    queued: &mut (dyn FnMut() + Send),
 ) -> ErrorCode {
     let Some(open) = broker.partition(stream) else {
+        queued();
         return ErrorCode::NotLeaderOrFollower;
     };
     let reply = open
@@ -802,6 +980,7 @@ pub async fn write_marker(
             timestamp_ms: broker.seams.clock.now_ms(),
         })
         .await;
+    queued();
     let rx = match reply {
         Ok(r) => match r.0 {
             Ok(rx) => rx,

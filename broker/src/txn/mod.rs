@@ -312,6 +312,16 @@ pub fn completed(m: &TxnMeta, now_ms: i64) -> TxnMeta {
     n
 }
 
+/// Whether an id is forgotten (Kafka's `transactional.id.expiration.ms`):
+/// no transaction open or ending, and nothing happened to it for
+/// `expiration_ms`.
+pub fn expired(m: &TxnMeta, now_ms: i64, expiration_ms: i64) -> bool {
+    matches!(
+        m.state,
+        TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort
+    ) && m.last_update_ms.saturating_add(expiration_ms) <= now_ms
+}
+
 /// An open transaction past its timeout is aborted at a bumped epoch
 /// (which fences its producer), as Kafka's `abortTimedOutTransactions`.
 pub fn timed_out(m: &TxnMeta, now_ms: i64) -> Option<TxnMeta> {
@@ -344,6 +354,32 @@ mod tests {
             start_ms: 100,
             last_update_ms: 100,
         }
+    }
+
+    #[test]
+    fn only_an_idle_id_expires_and_only_after_the_expiration() {
+        for state in [
+            TxnState::Empty,
+            TxnState::CompleteCommit,
+            TxnState::CompleteAbort,
+        ] {
+            let m = meta(state);
+            assert!(!expired(&m, 100 + 999, 1000), "{state:?} expired early");
+            assert!(expired(&m, 100 + 1000, 1000), "{state:?} kept");
+        }
+        for state in [
+            TxnState::Ongoing,
+            TxnState::PrepareCommit,
+            TxnState::PrepareAbort,
+            TxnState::Dead,
+            TxnState::PrepareEpochFence,
+        ] {
+            assert!(!expired(&meta(state), i64::MAX, 1000), "{state:?} expired");
+        }
+        // The default (7 days) from a last update near the end of time.
+        let mut m = meta(TxnState::Empty);
+        m.last_update_ms = i64::MAX - 5;
+        assert!(!expired(&m, i64::MAX - 1, 7 * 24 * 3600 * 1000));
     }
 
     #[test]
