@@ -388,19 +388,6 @@ impl Broker {
         })
     }
 
-    /// Tells the writer that the batches just handed to partitions are all
-    /// for now (see `WriterHandle::burst_done`).
-    pub fn writer_burst_done(&self) {
-        if let Some(w) = self
-            .writer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
-            w.burst_done();
-        }
-    }
-
     pub fn partition(&self, stream: StreamId) -> Option<Arc<OpenPartition>> {
         self.partitions_lock().get(&stream).cloned()
     }

@@ -230,9 +230,6 @@ pub struct Append {
     /// KIP-890: the guard [`BeginVerification`] gave this producer, which
     /// must still stand for its first transactional batch here.
     pub guard: Option<u64>,
-    /// Nothing else is coming with this append (a coordinator's record):
-    /// the writer may seal at once (`WriterHandle::burst_done`).
-    pub burst_done: bool,
 }
 
 /// KIP-890: a producer's first transactional batch on this partition is
@@ -388,9 +385,6 @@ impl Message<Append> for Partition {
             self.next_offset = end;
             first_base.get_or_insert(base);
             acks.push(rx);
-        }
-        if msg.burst_done {
-            self.writer.burst_done();
         }
         match (first_base, duplicate) {
             (Some(base_offset), _) => reply(AppendStatus::Queued { base_offset, acks }),

@@ -151,7 +151,6 @@ impl Shard {
                 batches: vec![IncomingBatch { header, bytes }],
                 coordinator: producer.is_some(),
                 guard,
-                burst_done: true,
             })
             .await
             .map_err(|_| ErrorCode::NotCoordinator)?;

@@ -116,8 +116,6 @@ pub async fn handle(broker: Arc<Broker>, req: ProduceRequest, version: i16) -> R
         }
         topics.push((t.name, parts));
     }
-    // Every batch of the request is with the writer now.
-    broker.writer_burst_done();
 
     Box::pin(async move {
         let mut responses = Vec::with_capacity(topics.len());
@@ -239,7 +237,6 @@ async fn append_partition(
             batches: incoming,
             coordinator: false,
             guard,
-            burst_done: false,
         })
         .await
     {

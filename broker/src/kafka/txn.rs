@@ -411,7 +411,6 @@ pub async fn write_txn_markers(
                             m.producer_epoch,
                             m.transaction_result,
                             m.coordinator_epoch,
-                            &mut || broker.writer_burst_done(),
                         )
                         .await
                     }

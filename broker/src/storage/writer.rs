@@ -55,24 +55,11 @@ pub struct PendingBatch {
     pub txn: Option<TxnEvent>,
 }
 
-/// The writer has stopped (the broker is shutting down).
-#[derive(Debug)]
-pub struct WriterStopped;
-
-/// What the gatherer receives.
-enum Gather {
-    Batch(PendingBatch),
-    /// A sender has handed over everything it has for now (a produce
-    /// request's batches, a coordinator's record): with the pipeline idle,
-    /// seal at once rather than after `IDLE_LINGER`.
-    Burst,
-}
-
 /// Where partitions send batches. Cloneable; the writer stops when every
 /// handle is dropped, after flushing what it holds.
 #[derive(Clone)]
 pub struct WriterHandle {
-    tx: mpsc::Sender<Gather>,
+    tx: mpsc::Sender<PendingBatch>,
     budget: Arc<Semaphore>,
     max_unflushed: usize,
 }
@@ -86,20 +73,9 @@ impl WriterHandle {
         self.budget.clone().acquire_many_owned(n).await.ok()
     }
 
-    /// Queues a batch; its outcome arrives on the batch's `ack`. An error
-    /// means the writer has stopped (the batch is dropped with its ack).
-    pub async fn submit(&self, batch: PendingBatch) -> Result<(), WriterStopped> {
-        self.tx
-            .send(Gather::Batch(batch))
-            .await
-            .map_err(|_| WriterStopped)
-    }
-
-    /// Says that the batches just submitted are all there is for now. A
-    /// hint only: dropped when the queue is full (the pipeline is busy then
-    /// and batches gather for `linger` anyway).
-    pub fn burst_done(&self) {
-        let _ = self.tx.try_send(Gather::Burst);
+    /// Queues a batch; its outcome arrives on the batch's `ack`.
+    pub async fn submit(&self, batch: PendingBatch) -> Result<(), PendingBatch> {
+        self.tx.send(batch).await.map_err(|e| e.0)
     }
 }
 
@@ -224,7 +200,7 @@ async fn gather_loop(
     cfg: StorageConfig,
     store: Arc<dyn ObjectStore>,
     identity: WriterIdentity,
-    mut rx: mpsc::Receiver<Gather>,
+    mut rx: mpsc::Receiver<PendingBatch>,
     sealed_tx: mpsc::Sender<SealedObject>,
     pipeline: Arc<Pipeline>,
 ) {
@@ -241,10 +217,7 @@ async fn gather_loop(
         };
         let seal_now = tokio::select! {
             msg = rx.recv() => match msg {
-                Some(Gather::Burst) => {
-                    cfg.seal_when_idle && pipeline.in_flight() < EARLY_SEAL_BELOW
-                }
-                Some(Gather::Batch(b)) => {
+                Some(b) => {
                     buffered += b.bytes.len();
                     buffer.push(b);
                     if deadline.is_none() {

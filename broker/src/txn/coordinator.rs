@@ -6,7 +6,7 @@
 //! timed-out transactions and finishes any Prepare* left unfinished.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
@@ -173,7 +173,6 @@ impl Shard {
                 batches: vec![IncomingBatch { header, bytes }],
                 coordinator: false,
                 guard: None,
-                burst_done: true,
             })
             .await
             .map_err(|_| ErrorCode::NotCoordinator)?;
@@ -733,14 +732,10 @@ async fn complete(broker: &Arc<Broker>, shard: &Arc<Shard>, id: &str) -> bool {
     };
     let commit = meta.state == TxnState::PrepareCommit;
     let started = tokio::time::Instant::now();
-    let burst = MarkerBurst {
-        left: AtomicUsize::new(meta.partitions.len()),
-    };
     let writes = meta.partitions.iter().map(|(topic, partition)| {
         write_marker_until_done(
             broker,
             shard,
-            &burst,
             topic,
             *partition,
             meta.producer_id,
@@ -787,30 +782,12 @@ async fn complete(broker: &Arc<Broker>, shard: &Arc<Shard>, id: &str) -> bool {
     true
 }
 
-/// A transaction's markers are written concurrently; once each has been
-/// handed to its partition (or sent elsewhere), the writer may seal them
-/// into one object at once.
-struct MarkerBurst {
-    left: AtomicUsize,
-}
-
-impl MarkerBurst {
-    /// One marker write has handed its marker over; `counted` makes later
-    /// attempts of the same write count for nothing.
-    fn arrived(&self, broker: &Broker, counted: &mut bool) {
-        if !std::mem::replace(counted, true) && self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
-            broker.writer_burst_done();
-        }
-    }
-}
-
 /// Writes one marker, retrying while the partition is unavailable. `false`
 /// if the coordinator shard closed first.
 #[allow(clippy::too_many_arguments)]
 async fn write_marker_until_done(
     broker: &Arc<Broker>,
     shard: &Arc<Shard>,
-    burst: &MarkerBurst,
     topic: &str,
     partition: i32,
     producer_id: i64,
@@ -819,7 +796,6 @@ async fn write_marker_until_done(
 ) -> bool {
     let mut backoff = Duration::from_millis(20);
     let mut attempts = 0u32;
-    let mut counted = false;
     loop {
         if shard.is_closed() {
             return false;
@@ -829,7 +805,6 @@ async fn write_marker_until_done(
             .read(|img| img.stream_of(topic, partition).is_some());
         if !exists {
             // The topic was deleted: nothing to mark.
-            burst.arrived(broker, &mut counted);
             return true;
         }
         let code = send_marker(
@@ -840,7 +815,6 @@ async fn write_marker_until_done(
             epoch,
             commit,
             shard.coordinator_epoch,
-            &mut || burst.arrived(broker, &mut counted),
         )
         .await;
         match code {
@@ -869,9 +843,7 @@ async fn write_marker_until_done(
 }
 
 /// Sends one marker to the partition's owner: a local append when it is
-/// this broker, else WriteTxnMarkers to the owner. `queued` is called once
-/// the marker is with the local writer or known to go elsewhere.
-#[allow(clippy::too_many_arguments)]
+/// this broker, else WriteTxnMarkers to the owner.
 async fn send_marker(
     broker: &Arc<Broker>,
     topic: &str,
@@ -880,11 +852,9 @@ async fn send_marker(
     epoch: i16,
     commit: bool,
     coordinator_epoch: i32,
-    queued: &mut (dyn FnMut() + Send),
 ) -> ErrorCode {
     let owner = broker.owner_address(topic, partition);
     let Some((owner, stream, addr)) = owner else {
-        queued();
         return ErrorCode::NotLeaderOrFollower;
     };
     if owner == broker.id {
@@ -896,11 +866,9 @@ async fn send_marker(
             epoch,
             commit,
             coordinator_epoch,
-            queued,
         )
         .await;
     }
-    queued();
     broker
         .peers
         .write_txn_marker(
@@ -953,8 +921,7 @@ pub async fn verify_in_txn(
 
 /// Appends a marker to a partition this broker owns and waits for its
 /// commit; a committed marker on `__consumer_offsets` completes the
-/// producer's pending offset commits there. `queued` is called once the
-/// marker is with the writer (or refused).
+/// producer's pending offset commits there.
 #[allow(clippy::too_many_arguments)]
 pub async fn write_marker(
     broker: &Arc<Broker>,
@@ -964,10 +931,8 @@ pub async fn write_marker(
     epoch: i16,
     commit: bool,
     coordinator_epoch: i32,
-    queued: &mut (dyn FnMut() + Send),
 ) -> ErrorCode {
     let Some(open) = broker.partition(stream) else {
-        queued();
         return ErrorCode::NotLeaderOrFollower;
     };
     let reply = open
@@ -980,7 +945,6 @@ pub async fn write_marker(
             timestamp_ms: broker.seams.clock.now_ms(),
         })
         .await;
-    queued();
     let rx = match reply {
         Ok(r) => match r.0 {
             Ok(rx) => rx,
