@@ -7,11 +7,13 @@
 //! coordinators move and fail over like partitions (as groups do). A
 //! transition (InitProducerId, AddPartitionsToTxn, EndTxn, a timeout) takes
 //! effect only once its record is committed; meanwhile other requests for
-//! the id get CONCURRENT_TRANSACTIONS. EndTxn is answered once its
-//! Prepare* record commits; the coordinator then writes a marker to every
-//! partition of the transaction (locally, or through `peer` to the owning
-//! broker) and records Complete* once every marker is committed. A new
-//! owner finishes any Prepare* it loads.
+//! the id wait for it (up to 1 s, then CONCURRENT_TRANSACTIONS). EndTxn is
+//! answered once its Prepare* record commits; the coordinator then writes a
+//! marker to every partition of the transaction (locally, or through `peer`
+//! to the owning broker) and records Complete* once every marker is
+//! committed (the id is free once that record is queued). A new owner
+//! finishes any Prepare* it loads. Ids idle past
+//! `transactional.id.expiration.ms` are tombstoned.
 //!
 //! `decide` is pure (unit-tested against Kafka's rules); `coordinator` is
 //! the async shell; `records` is the byte format of the topic.
