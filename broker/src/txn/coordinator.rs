@@ -280,11 +280,7 @@ impl TxnCoordinator {
     }
 
     fn shard_for(&self, broker: &Broker, id: &str) -> Result<Arc<Shard>, ErrorCode> {
-        let count = broker
-            .metadata
-            .read(|img| img.topics.get(TXN_TOPIC).map(|t| t.partitions.len()))
-            .ok_or(ErrorCode::NotCoordinator)?;
-        let partition = partition_for(id, u32::try_from(count).unwrap_or(u32::MAX));
+        let partition = txn_partition(broker, id).ok_or(ErrorCode::NotCoordinator)?;
         match self.shards().get(&partition) {
             Some(s) if !s.is_closed() => Ok(s.clone()),
             _ => Err(ErrorCode::NotCoordinator),
@@ -618,6 +614,15 @@ impl TxnCoordinator {
     }
 }
 
+/// The `__transaction_state` partition that holds `id`, once the topic
+/// exists.
+fn txn_partition(broker: &Broker, id: &str) -> Option<i32> {
+    let count = broker
+        .metadata
+        .read(|img| img.topics.get(TXN_TOPIC).map(|t| t.partitions.len()))?;
+    Some(partition_for(id, u32::try_from(count).unwrap_or(u32::MAX)))
+}
+
 /// The `__consumer_offsets` partition that holds `group`'s offsets, as
 /// AddOffsetsToTxn adds it to a transaction.
 pub fn offsets_partition(broker: &Broker, group: &str) -> Option<(String, i32)> {
@@ -784,7 +789,6 @@ async fn complete(broker: &Arc<Broker>, shard: &Arc<Shard>, id: &str) -> bool {
 
 /// Writes one marker, retrying while the partition is unavailable. `false`
 /// if the coordinator shard closed first.
-#[allow(clippy::too_many_arguments)]
 async fn write_marker_until_done(
     broker: &Arc<Broker>,
     shard: &Arc<Shard>,
@@ -895,13 +899,9 @@ pub async fn verify_in_txn(
     topic: &str,
     partition: i32,
 ) -> ErrorCode {
-    let Some(count) = broker
-        .metadata
-        .read(|img| img.topics.get(TXN_TOPIC).map(|t| t.partitions.len()))
-    else {
+    let Some(p) = txn_partition(broker, txn_id) else {
         return ErrorCode::CoordinatorNotAvailable;
     };
-    let p = partition_for(txn_id, u32::try_from(count).unwrap_or(u32::MAX));
     match broker.owner_address(TXN_TOPIC, p) {
         None => ErrorCode::CoordinatorNotAvailable,
         Some((owner, _, _)) if owner == broker.id => {
