@@ -27,7 +27,7 @@ use crate::storage::producer_state::{
 };
 use crate::storage::reader::{ObjectLocation, ObjectReader};
 use crate::storage::stream::StreamState;
-use crate::storage::writer::{AckOutcome, PendingBatch, WriterHandle};
+use crate::storage::writer::{AckOutcome, Fate, PendingBatch, WriterHandle};
 
 pub struct Partition {
     state: Arc<StreamState>,
@@ -230,6 +230,8 @@ pub struct Append {
     /// KIP-890: the guard [`BeginVerification`] gave this producer, which
     /// must still stand for its first transactional batch here.
     pub guard: Option<u64>,
+    /// Batches these must not commit without (see `PendingBatch::after`).
+    pub after: Vec<Arc<Fate>>,
 }
 
 /// KIP-890: a producer's first transactional batch on this partition is
@@ -271,6 +273,8 @@ pub enum AppendStatus {
     Queued {
         base_offset: u64,
         acks: Vec<oneshot::Receiver<AckOutcome>>,
+        /// The last batch's fate, for writes that must follow these.
+        fate: Arc<Fate>,
     },
     /// Every batch was a retry of one already appended at these offsets;
     /// answer once the high watermark passes `last_offset`.
@@ -306,6 +310,7 @@ impl Message<Append> for Partition {
             return reply(AppendStatus::Refused(code));
         }
         let mut acks = Vec::with_capacity(msg.batches.len());
+        let mut last_fate = None;
         let mut first_base: Option<u64> = None;
         let mut duplicate: Option<(u64, u64)> = None;
         for b in msg.batches {
@@ -358,11 +363,11 @@ impl Message<Append> for Partition {
                 producer_id: h.producer_id,
                 offset: base,
             });
-            let rx = match self
-                .submit(&b.bytes, base, end, count, h.max_timestamp, txn)
+            let (rx, fate) = match self
+                .submit(&b.bytes, base, end, count, h.max_timestamp, txn, &msg.after)
                 .await
             {
-                Ok(rx) => rx,
+                Ok(r) => r,
                 Err(code) => return reply(AppendStatus::Refused(code)),
             };
             if h.is_transactional() {
@@ -385,21 +390,27 @@ impl Message<Append> for Partition {
             self.next_offset = end;
             first_base.get_or_insert(base);
             acks.push(rx);
+            last_fate = Some(fate);
         }
-        match (first_base, duplicate) {
-            (Some(base_offset), _) => reply(AppendStatus::Queued { base_offset, acks }),
-            (None, Some((base_offset, last_offset))) => reply(AppendStatus::Duplicate {
+        match (first_base, last_fate, duplicate) {
+            (Some(base_offset), Some(fate), _) => reply(AppendStatus::Queued {
+                base_offset,
+                acks,
+                fate,
+            }),
+            (_, _, Some((base_offset, last_offset))) => reply(AppendStatus::Duplicate {
                 base_offset,
                 last_offset,
             }),
-            (None, None) => reply(AppendStatus::Refused(ErrorCode::CorruptMessage)),
+            _ => reply(AppendStatus::Refused(ErrorCode::CorruptMessage)),
         }
     }
 }
 
 impl Partition {
-    /// Places one batch at `base` and hands it to the writer; the receiver
-    /// gets its outcome.
+    /// Places one batch at `base` and hands it to the writer, to commit
+    /// only after `after`; the receiver gets its outcome.
+    #[allow(clippy::too_many_arguments)]
     async fn submit(
         &self,
         bytes: &[u8],
@@ -408,7 +419,8 @@ impl Partition {
         count: u32,
         max_timestamp: i64,
         txn: Option<TxnEvent>,
-    ) -> Result<oneshot::Receiver<AckOutcome>, ErrorCode> {
+        after: &[Arc<Fate>],
+    ) -> Result<(oneshot::Receiver<AckOutcome>, Arc<Fate>), ErrorCode> {
         let mut bytes = BytesMut::from(bytes);
         batch::set_base_offset(&mut bytes, base as i64);
         batch::set_partition_leader_epoch(&mut bytes, self.leader_epoch);
@@ -416,6 +428,7 @@ impl Partition {
             return Err(ErrorCode::KafkaStorageError);
         };
         let (tx, rx) = oneshot::channel();
+        let fate = Arc::new(Fate::default());
         self.state.batch_submitted();
         let pending = PendingBatch {
             stream: self.state.clone(),
@@ -428,6 +441,8 @@ impl Partition {
             ack: tx,
             permit,
             txn,
+            fate: fate.clone(),
+            after: after.to_vec(),
         };
         if self.writer.submit(pending).await.is_err() {
             warn!(
@@ -437,7 +452,7 @@ impl Partition {
             self.state.batch_resolved();
             return Err(ErrorCode::KafkaStorageError);
         }
-        Ok(rx)
+        Ok((rx, fate))
     }
 
     /// Whether the partition may take a write now; a failed flush fences it
@@ -462,11 +477,20 @@ pub struct AppendMarker {
     pub commit: bool,
     pub coordinator_epoch: i32,
     pub timestamp_ms: i64,
+    /// What the marker must not commit without (its Prepare* record).
+    pub after: Vec<Arc<Fate>>,
 }
 
-/// The marker's outcome arrives on the receiver once it is placed.
+/// A marker placed in the partition's queue.
+pub struct PlacedMarker {
+    pub offset: u64,
+    /// Its outcome, once committed or failed.
+    pub ack: oneshot::Receiver<AckOutcome>,
+    pub fate: Arc<Fate>,
+}
+
 #[derive(Reply)]
-pub struct MarkerReply(pub Result<oneshot::Receiver<AckOutcome>, ErrorCode>);
+pub struct MarkerReply(pub Result<PlacedMarker, ErrorCode>);
 
 impl Message<AppendMarker> for Partition {
     type Reply = MarkerReply;
@@ -481,10 +505,7 @@ impl Message<AppendMarker> for Partition {
 }
 
 impl Partition {
-    async fn append_marker(
-        &mut self,
-        msg: AppendMarker,
-    ) -> Result<oneshot::Receiver<AckOutcome>, ErrorCode> {
+    async fn append_marker(&mut self, msg: AppendMarker) -> Result<PlacedMarker, ErrorCode> {
         self.writable()?;
         match self.producers.check_marker(
             msg.producer_id,
@@ -508,8 +529,16 @@ impl Partition {
             offset: base,
             commit: msg.commit,
         };
-        let rx = self
-            .submit(&bytes, base, base + 1, 1, msg.timestamp_ms, Some(end))
+        let (ack, fate) = self
+            .submit(
+                &bytes,
+                base,
+                base + 1,
+                1,
+                msg.timestamp_ms,
+                Some(end),
+                &msg.after,
+            )
             .await?;
         self.producers.record_marker(
             msg.producer_id,
@@ -522,7 +551,23 @@ impl Partition {
             .txns()
             .record_marker(msg.producer_id, base, msg.commit);
         self.next_offset = base + 1;
-        Ok(rx)
+        Ok(PlacedMarker {
+            offset: base,
+            ack,
+            fate,
+        })
+    }
+}
+
+/// Asks a partition whose flush failed to reopen now rather than at its
+/// next write (a coordinator whose record did not commit).
+pub struct ReopenIfFailed;
+
+impl Message<ReopenIfFailed> for Partition {
+    type Reply = ();
+
+    async fn handle(&mut self, _msg: ReopenIfFailed, _ctx: &mut Context<Self, Self::Reply>) {
+        let _ = self.writable();
     }
 }
 

@@ -151,11 +151,14 @@ impl Shard {
                 batches: vec![IncomingBatch { header, bytes }],
                 coordinator: producer.is_some(),
                 guard,
+                after: Vec::new(),
             })
             .await
             .map_err(|_| ErrorCode::NotCoordinator)?;
         match reply.status {
-            AppendStatus::Queued { base_offset, acks } => Ok((base_offset, acks)),
+            AppendStatus::Queued {
+                base_offset, acks, ..
+            } => Ok((base_offset, acks)),
             AppendStatus::Duplicate { .. } => Err(ErrorCode::UnknownServerError),
             AppendStatus::Refused(ErrorCode::InvalidProducerEpoch) if producer.is_some() => {
                 Err(ErrorCode::ProducerFenced)
@@ -876,14 +879,29 @@ impl GroupCoordinator {
 
     /// A transaction marker of `producer_id` committed on a partition of
     /// `__consumer_offsets`: its pending offsets there take effect (commit)
-    /// or are dropped (abort).
-    pub async fn txn_completed(&self, open: &Arc<OpenPartition>, producer_id: i64, commit: bool) {
+    /// or are dropped (abort). Only offsets written before the marker
+    /// (below `marker_offset`) are its transaction's: the producer's next
+    /// transaction may already have written some, as its transactional id
+    /// is free once the marker is queued.
+    pub async fn txn_completed(
+        &self,
+        open: &Arc<OpenPartition>,
+        producer_id: i64,
+        commit: bool,
+        marker_offset: u64,
+    ) {
         let shard = match self.shards().get(&open.state.partition) {
             Some(s) if Arc::ptr_eq(&s.open, open) => s.clone(),
             _ => return,
         };
         let mut inner = shard.inner.lock().await;
         if let Some(recs) = inner.pending_txn.remove(&producer_id) {
+            let (recs, later): (Vec<_>, Vec<_>) = recs
+                .into_iter()
+                .partition(|(_, r)| u64::try_from(r.offset).unwrap_or(0) < marker_offset);
+            if !later.is_empty() {
+                inner.pending_txn.insert(producer_id, later);
+            }
             if commit {
                 let now = shard.now();
                 for (_, r) in recs {

@@ -177,6 +177,7 @@ async fn append_partition(
     let append_time = log_append_time.then(|| broker.seams.clock.now_ms());
     let mut incoming = Vec::with_capacity(batches.len());
     let mut guard = None;
+    let after = Vec::new();
     for bytes in batches {
         let bytes = match append_time {
             Some(now) if batch::validate(&bytes).is_ok() => {
@@ -237,6 +238,7 @@ async fn append_partition(
             batches: incoming,
             coordinator: false,
             guard,
+            after,
         })
         .await
     {
@@ -244,7 +246,9 @@ async fn append_partition(
         Err(_) => return refuse(ErrorCode::NotLeaderOrFollower),
     };
     match reply.status {
-        AppendStatus::Queued { base_offset, acks } => Pending::Queued {
+        AppendStatus::Queued {
+            base_offset, acks, ..
+        } => Pending::Queued {
             index,
             base_offset,
             log_start: reply.log_start,

@@ -53,6 +53,33 @@ pub struct PendingBatch {
     /// The transaction this batch begins or ends, recorded in the stream's
     /// metadata with the commit.
     pub txn: Option<TxnEvent>,
+    /// This batch's fate, for batches that must not commit without it.
+    pub fate: Arc<Fate>,
+    /// Batches (of any stream) this one must not commit without: it goes
+    /// into a later object than theirs, is committed after them, and is
+    /// failed if any of them did not commit.
+    pub after: Vec<Arc<Fate>>,
+}
+
+/// A batch as batches queued after it see it: whether it is sealed into an
+/// object yet, and how it ended. Lets a transaction's records and markers
+/// be in flight together while committing only in order (see
+/// `PendingBatch::after`).
+#[derive(Debug, Default)]
+pub struct Fate {
+    sealed: std::sync::atomic::AtomicBool,
+    outcome: std::sync::OnceLock<AckOutcome>,
+}
+
+impl Fate {
+    /// How the batch ended; `None` while it is in flight.
+    pub fn outcome(&self) -> Option<AckOutcome> {
+        self.outcome.get().copied()
+    }
+
+    fn is_sealed(&self) -> bool {
+        self.sealed.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 /// Where partitions send batches. Cloneable; the writer stops when every
@@ -89,6 +116,8 @@ struct SealedObject {
     ranges: Vec<CommitRange>,
     /// For each range, the batches it covers.
     batches: Vec<Vec<PendingBatch>>,
+    /// Every batch its batches must not commit without (in earlier objects).
+    after: Vec<Arc<Fate>>,
     upload: Upload,
 }
 
@@ -204,11 +233,14 @@ async fn gather_loop(
     sealed_tx: mpsc::Sender<SealedObject>,
     pipeline: Arc<Pipeline>,
 ) {
-    let mut buffer: Vec<PendingBatch> = Vec::new();
-    let mut buffered = 0usize;
-    let mut deadline: Option<tokio::time::Instant> = None;
-    let mut seq: u64 = 0;
+    let mut g = Gathered {
+        buffer: Vec::new(),
+        bytes: 0,
+        deadline: None,
+        seq: 0,
+    };
     loop {
+        let deadline = g.deadline;
         let sleep = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d).await,
@@ -218,37 +250,75 @@ async fn gather_loop(
         let seal_now = tokio::select! {
             msg = rx.recv() => match msg {
                 Some(b) => {
-                    buffered += b.bytes.len();
-                    buffer.push(b);
-                    if deadline.is_none() {
+                    if b.after.iter().any(|f| !f.is_sealed()) {
+                        // What it must follow is still here: that goes first.
+                        if let Some(obj) = g.seal(&cfg, &store, &identity, &pipeline) {
+                            if sealed_tx.send(obj).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    if g.deadline.is_none() {
                         let idle = cfg.seal_when_idle && pipeline.in_flight() < EARLY_SEAL_BELOW;
                         let wait = if idle { IDLE_LINGER.min(cfg.linger) } else { cfg.linger };
-                        deadline = Some(tokio::time::Instant::now() + wait);
+                        g.deadline = Some(tokio::time::Instant::now() + wait);
                     }
-                    buffered >= cfg.flush_bytes
+                    g.bytes += b.bytes.len();
+                    g.buffer.push(b);
+                    g.bytes >= cfg.flush_bytes
                 }
                 None => {
-                    if !buffer.is_empty() {
-                        pipeline.sealed();
-                        let obj = seal(&cfg, &store, &identity, seq, std::mem::take(&mut buffer));
+                    if let Some(obj) = g.seal(&cfg, &store, &identity, &pipeline) {
                         let _ = sealed_tx.send(obj).await;
                     }
                     return;
                 }
             },
             _ = sleep => true,
-            _ = pipeline.drained.notified(), if cfg.seal_when_idle && !buffer.is_empty() => pipeline.in_flight() < EARLY_SEAL_BELOW,
+            _ = pipeline.drained.notified(), if cfg.seal_when_idle && !g.buffer.is_empty() => pipeline.in_flight() < EARLY_SEAL_BELOW,
         };
-        if seal_now && !buffer.is_empty() {
-            pipeline.sealed();
-            let obj = seal(&cfg, &store, &identity, seq, std::mem::take(&mut buffer));
-            seq += 1;
-            buffered = 0;
-            deadline = None;
-            if sealed_tx.send(obj).await.is_err() {
-                return;
+        if seal_now {
+            if let Some(obj) = g.seal(&cfg, &store, &identity, &pipeline) {
+                if sealed_tx.send(obj).await.is_err() {
+                    return;
+                }
             }
         }
+    }
+}
+
+/// The batches gathered for the next object.
+struct Gathered {
+    buffer: Vec<PendingBatch>,
+    bytes: usize,
+    deadline: Option<Instant>,
+    seq: u64,
+}
+
+impl Gathered {
+    /// Seals what is gathered into an object (none when nothing is).
+    fn seal(
+        &mut self,
+        cfg: &StorageConfig,
+        store: &Arc<dyn ObjectStore>,
+        identity: &WriterIdentity,
+        pipeline: &Pipeline,
+    ) -> Option<SealedObject> {
+        if self.buffer.is_empty() {
+            return None;
+        }
+        pipeline.sealed();
+        let obj = seal(
+            cfg,
+            store,
+            identity,
+            self.seq,
+            std::mem::take(&mut self.buffer),
+        );
+        self.seq += 1;
+        self.bytes = 0;
+        self.deadline = None;
+        Some(obj)
     }
 }
 
@@ -265,7 +335,12 @@ fn seal(
     let mut writer = ObjectWriter::new(cfg.block_bytes);
     let mut ranges: Vec<CommitRange> = Vec::new();
     let mut groups: Vec<Vec<PendingBatch>> = Vec::new();
+    let mut after = Vec::new();
     for b in batches {
+        b.fate
+            .sealed
+            .store(true, std::sync::atomic::Ordering::Release);
+        after.extend(b.after.iter().cloned());
         if let Err(e) = writer.push(
             b.stream.stream,
             b.base_offset,
@@ -323,6 +398,7 @@ fn seal(
         size,
         ranges,
         batches: groups,
+        after,
         upload: Upload::Running(upload),
     }
 }
@@ -416,10 +492,14 @@ async fn commit_loop(
         // Followers whose upload already succeeded join this commit; the
         // first one still uploading (or failed, or sealed under another
         // broker epoch) waits for the next round.
+        // An object with batches that must follow batches of this group
+        // waits for the group's verdicts.
         while group.len() < MAX_OBJECTS_PER_COMMIT
-            && queue
-                .front()
-                .is_some_and(|o| o.upload.is_finished() && o.broker_epoch == epoch)
+            && queue.front().is_some_and(|o| {
+                o.upload.is_finished()
+                    && o.broker_epoch == epoch
+                    && o.after.iter().all(|f| f.outcome().is_some())
+            })
         {
             let mut next = queue.pop_front().expect("front checked above");
             if !next.upload.succeeded().await {
@@ -444,6 +524,10 @@ async fn commit_group(
     cache: &LogCache,
     max_attempts: u32,
 ) {
+    let group: Vec<SealedObject> = group.into_iter().filter_map(drop_orphaned).collect();
+    if group.is_empty() {
+        return;
+    }
     let cmd = MetadataCommand::CommitObjects {
         broker,
         broker_epoch,
@@ -479,6 +563,42 @@ async fn commit_group(
     }
 }
 
+/// Fails the ranges of `obj` holding a batch that must not commit without
+/// one that did not commit (every batch it follows is resolved by now: it
+/// is in an earlier object, committed in an earlier round). The object is
+/// committed without them, their blocks unreferenced; `None` when no range
+/// is left.
+fn drop_orphaned(mut obj: SealedObject) -> Option<SealedObject> {
+    if obj.after.is_empty() {
+        return Some(obj);
+    }
+    let mut ranges = Vec::with_capacity(obj.ranges.len());
+    let mut batches = Vec::with_capacity(obj.batches.len());
+    for (range, group) in obj.ranges.into_iter().zip(obj.batches) {
+        let orphaned = group.iter().any(|b| {
+            b.after
+                .iter()
+                .any(|f| f.outcome() != Some(AckOutcome::Committed))
+        });
+        if orphaned {
+            warn!(
+                stream_id = range.stream.0,
+                "a batch it must follow did not commit; failing the range"
+            );
+            fail_all(vec![group], AckOutcome::Failed);
+        } else {
+            ranges.push(range);
+            batches.push(group);
+        }
+    }
+    if ranges.is_empty() {
+        return None;
+    }
+    obj.ranges = ranges;
+    obj.batches = batches;
+    Some(obj)
+}
+
 /// Makes committed batches visible, then acknowledges them.
 fn publish(cache: &LogCache, stream: StreamId, batches: Vec<PendingBatch>, outcome: AckOutcome) {
     let Some(state) = batches.first().map(|b| b.stream.clone()) else {
@@ -505,6 +625,7 @@ fn resolve(b: PendingBatch, outcome: AckOutcome) {
         AckOutcome::Failed => b.stream.set_failed(),
     }
     b.stream.batch_resolved();
+    let _ = b.fate.outcome.set(outcome);
     let _ = b.ack.send(outcome);
 }
 
@@ -584,5 +705,145 @@ mod tests {
         let mut stored = Upload::Running(tokio::spawn(async { true }));
         assert!(stored.succeeded().await);
         assert!(stored.succeeded().await);
+    }
+}
+
+#[cfg(test)]
+mod ordering_tests {
+    use super::*;
+    use futures::future::BoxFuture;
+    use object_store::memory::InMemory;
+    use proto::rpc::{MetadataDeltas, WriteOutcome};
+    use std::sync::Mutex;
+
+    /// Refuses every range of `fenced` as fenced, accepts the others, and
+    /// keeps the streams of each object of each commit.
+    struct Controller {
+        fenced: StreamId,
+        commits: Mutex<Vec<Vec<Vec<StreamId>>>>,
+    }
+
+    impl ControllerApi for Controller {
+        fn write(&self, cmd: MetadataCommand) -> BoxFuture<'_, Result<WriteOutcome, RpcError>> {
+            let MetadataCommand::CommitObjects { objects, .. } = cmd else {
+                panic!("the writer only commits objects");
+            };
+            let streams = objects
+                .iter()
+                .map(|o| o.ranges.iter().map(|r| r.stream).collect())
+                .collect();
+            self.commits.lock().unwrap().push(streams);
+            let replies = objects
+                .iter()
+                .map(|o| CommandReply::ObjectCommitted {
+                    object: None,
+                    verdicts: o
+                        .ranges
+                        .iter()
+                        .map(|r| {
+                            if r.stream == self.fenced {
+                                RangeVerdict::Fenced
+                            } else {
+                                RangeVerdict::Accepted
+                            }
+                        })
+                        .collect(),
+                })
+                .collect();
+            Box::pin(async move {
+                Ok(WriteOutcome {
+                    version: 1,
+                    reply: CommandReply::ObjectsCommitted(replies),
+                })
+            })
+        }
+
+        fn deltas_since(
+            &self,
+            _version: u64,
+            _wait: Duration,
+        ) -> BoxFuture<'_, Result<MetadataDeltas, RpcError>> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    async fn batch(
+        handle: &WriterHandle,
+        stream: u64,
+        after: Vec<Arc<Fate>>,
+    ) -> (oneshot::Receiver<AckOutcome>, Arc<Fate>) {
+        let state = Arc::new(StreamState::new(StreamId(stream), "t".into(), 0, 0, 0));
+        state.batch_submitted();
+        let (ack, rx) = oneshot::channel();
+        let fate = Arc::new(Fate::default());
+        let b = PendingBatch {
+            stream: state,
+            stream_epoch: 0,
+            base_offset: 0,
+            end_offset: 1,
+            record_count: 1,
+            max_timestamp: 0,
+            bytes: Bytes::from_static(b"x"),
+            ack,
+            permit: handle.reserve(1).await.unwrap(),
+            txn: None,
+            fate: fate.clone(),
+            after,
+        };
+        assert!(handle.submit(b).await.is_ok());
+        (rx, fate)
+    }
+
+    /// Runs: A on `first`, then B on stream 2 that must follow A, then C on
+    /// stream 3 that follows nothing. Returns the three outcomes and the
+    /// streams of each committed object, commit by commit.
+    async fn run(first: u64, fenced: u64) -> (Vec<AckOutcome>, Vec<Vec<Vec<StreamId>>>) {
+        let controller = Arc::new(Controller {
+            fenced: StreamId(fenced),
+            commits: Mutex::new(Vec::new()),
+        });
+        let cfg = StorageConfig {
+            linger: Duration::from_millis(50),
+            ..StorageConfig::default()
+        };
+        let (handle, task) = spawn_writer(
+            cfg,
+            Arc::new(InMemory::new()),
+            controller.clone(),
+            WriterIdentity {
+                broker: 1,
+                broker_epoch: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+                key_prefix: String::new(),
+            },
+            Arc::new(LogCache::new(1 << 20)),
+        );
+        let (a, fate_a) = batch(&handle, first, Vec::new()).await;
+        let (b, _) = batch(&handle, 2, vec![fate_a]).await;
+        let (c, _) = batch(&handle, 3, Vec::new()).await;
+        let mut outcomes = Vec::new();
+        for rx in [a, b, c] {
+            outcomes.push(rx.await.unwrap());
+        }
+        drop(handle);
+        task.await.unwrap();
+        let commits = controller.commits.lock().unwrap().clone();
+        (outcomes, commits)
+    }
+
+    #[tokio::test]
+    async fn a_batch_commits_after_the_batch_it_follows_and_only_if_that_did() {
+        use AckOutcome::*;
+        // A commits: B commits too, in a later object and a later commit
+        // than A's (never beside A, whose verdict it must wait for).
+        let (outcomes, commits) = run(1, 99).await;
+        assert_eq!(outcomes, vec![Committed, Committed, Committed]);
+        assert_eq!(commits[0], vec![vec![StreamId(1)]]);
+        assert_eq!(commits[1], vec![vec![StreamId(2), StreamId(3)]]);
+        // A is refused: B fails without being committed; C, in the same
+        // object as B, commits.
+        let (outcomes, commits) = run(1, 1).await;
+        assert_eq!(outcomes, vec![Fenced, Failed, Committed]);
+        assert_eq!(commits.len(), 2);
+        assert_eq!(commits[1], vec![vec![StreamId(3)]]);
     }
 }

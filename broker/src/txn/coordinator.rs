@@ -11,6 +11,7 @@ use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt};
 use tokio::sync::{oneshot, Mutex, MutexGuard, Notify};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -20,9 +21,11 @@ use super::{decide_add, decide_end, decide_init, Step, TxnMeta, TxnState, TXN_TO
 use crate::broker::{Broker, OpenPartition};
 use crate::errors::ErrorCode;
 use crate::group::{partition_for, OFFSETS_TOPIC};
-use crate::partition::{Append, AppendMarker, AppendStatus, IncomingBatch};
+use crate::partition::{
+    Append, AppendMarker, AppendStatus, IncomingBatch, PlacedMarker, ReopenIfFailed,
+};
 use crate::storage::batch;
-use crate::storage::writer::AckOutcome;
+use crate::storage::writer::{AckOutcome, Fate};
 
 /// How often open transactions are checked against their timeouts (Kafka's
 /// `transaction.abort.timed.out.transaction.cleanup.interval.ms` is 10 s).
@@ -156,7 +159,8 @@ impl Shard {
         id: &str,
         meta: Option<&TxnMeta>,
         wall_ms: i64,
-    ) -> Result<Vec<oneshot::Receiver<AckOutcome>>, ErrorCode> {
+        after: Vec<Arc<Fate>>,
+    ) -> Result<(Vec<oneshot::Receiver<AckOutcome>>, Arc<Fate>), ErrorCode> {
         if self.is_closed() {
             return Err(ErrorCode::NotCoordinator);
         }
@@ -173,11 +177,12 @@ impl Shard {
                 batches: vec![IncomingBatch { header, bytes }],
                 coordinator: false,
                 guard: None,
+                after,
             })
             .await
             .map_err(|_| ErrorCode::NotCoordinator)?;
         match reply.status {
-            AppendStatus::Queued { acks, .. } => Ok(acks),
+            AppendStatus::Queued { acks, fate, .. } => Ok((acks, fate)),
             AppendStatus::Duplicate { .. } => Err(ErrorCode::UnknownServerError),
             AppendStatus::Refused(code) => Err(map_append_error(code)),
         }
@@ -215,10 +220,10 @@ impl Shard {
         wall_ms: i64,
     ) -> Result<(), ErrorCode> {
         inner.pending.insert(id.to_string());
-        let appended = self.append(id, meta.as_ref(), wall_ms).await;
+        let appended = self.append(id, meta.as_ref(), wall_ms, Vec::new()).await;
         drop(inner);
         let result = match appended {
-            Ok(acks) => wait_acks(acks).await,
+            Ok((acks, _)) => wait_acks(acks).await,
             Err(code) => Err(code),
         };
         let mut inner = self.inner.lock().await;
@@ -237,6 +242,56 @@ impl Shard {
         drop(inner);
         self.settled.notify_waiters();
         result
+    }
+
+    /// Writes `id`'s Prepare* (`meta`) and starts its completion at once:
+    /// the markers of partitions this broker owns, and then Complete*, are
+    /// queued right behind the record and commit only if it does. Returns
+    /// once the record commits (the id stays pending until then). The
+    /// record is applied when queued; if it does not commit, the shard is
+    /// failed and reloaded from the log.
+    async fn prepare(
+        self: &Arc<Self>,
+        broker: &Arc<Broker>,
+        mut inner: MutexGuard<'_, ShardInner>,
+        id: &str,
+        meta: TxnMeta,
+        wall_ms: i64,
+    ) -> Result<(), ErrorCode> {
+        let (acks, fate) = self.append(id, Some(&meta), wall_ms, Vec::new()).await?;
+        let committed = wait_acks(acks).boxed().shared();
+        inner.pending.insert(id.to_string());
+        inner.txns.insert(id.to_string(), meta);
+        let completes = inner.completing.insert(id.to_string());
+        drop(inner);
+        if completes {
+            let prepared = Prepared {
+                fate,
+                committed: committed.clone(),
+            };
+            let (broker, shard, id) = (broker.clone(), self.clone(), id.to_string());
+            tokio::spawn(async move {
+                if !complete(&broker, &shard, &id, Some(prepared)).await {
+                    shard.inner.lock().await.completing.remove(&id);
+                    shard.settled.notify_waiters();
+                }
+            });
+        }
+        let result = committed.await;
+        if result.is_err() {
+            self.fail().await;
+        }
+        self.inner.lock().await.pending.remove(id);
+        self.settled.notify_waiters();
+        result
+    }
+
+    /// A record applied when queued did not commit: what this shard holds
+    /// may be ahead of the log, so it stops serving and its partition
+    /// reopens (now, not at its next write) and loads it again.
+    async fn fail(self: &Arc<Self>) {
+        self.close();
+        let _ = self.open.actor.tell(ReopenIfFailed).await;
     }
 
     fn close(self: &Arc<Self>) {
@@ -447,9 +502,7 @@ impl TxnCoordinator {
                     epoch = m.epoch,
                     "a new producer fences the open transaction; aborting it"
                 );
-                if shard.write(inner, id, m, now).await.is_ok() {
-                    spawn_completion(broker.clone(), shard.clone(), id.to_string()).await;
-                }
+                let _ = shard.prepare(broker, inner, id, m, now).await;
                 return fail(ErrorCode::ConcurrentTransactions);
             }
             Step::NewProducerId(mut m) => {
@@ -563,11 +616,8 @@ impl TxnCoordinator {
         let now = broker.seams.clock.now_ms();
         match decide_end(inner.txns.get(id), producer_id, epoch, commit, now, version) {
             Step::Reply(code) => code,
-            Step::Write(m) => match shard.write(inner, id, m, now).await {
-                Ok(()) => {
-                    spawn_completion(broker.clone(), shard.clone(), id.to_string()).await;
-                    ErrorCode::None
-                }
+            Step::Write(m) => match shard.prepare(broker, inner, id, m, now).await {
+                Ok(()) => ErrorCode::None,
                 Err(code) => code,
             },
             _ => ErrorCode::UnknownServerError,
@@ -683,9 +733,7 @@ async fn tick(broker: &Arc<Broker>, shard: &Arc<Shard>) {
             "transaction timed out; aborting it"
         );
         metrics::counter!("oxbow_txn_timed_out_total").increment(1);
-        if shard.write(inner, &id, m, now).await.is_ok() {
-            spawn_completion(broker.clone(), shard.clone(), id).await;
-        }
+        let _ = shard.prepare(broker, inner, &id, m, now).await;
     }
     for id in unfinished {
         spawn_completion(broker.clone(), shard.clone(), id).await;
@@ -707,8 +755,8 @@ async fn tick(broker: &Arc<Broker>, shard: &Arc<Shard>) {
     }
 }
 
-/// Starts writing the markers of `id`'s Prepare* and then its Complete*,
-/// unless that is already under way.
+/// Starts writing the markers of `id`'s committed Prepare* and then its
+/// Complete*, unless that is already under way.
 async fn spawn_completion(broker: Arc<Broker>, shard: Arc<Shard>, id: String) {
     {
         let mut inner = shard.inner.lock().await;
@@ -717,17 +765,39 @@ async fn spawn_completion(broker: Arc<Broker>, shard: Arc<Shard>, id: String) {
         }
     }
     tokio::spawn(async move {
-        if !complete(&broker, &shard, &id).await {
+        if !complete(&broker, &shard, &id, None).await {
             shard.inner.lock().await.completing.remove(&id);
             shard.settled.notify_waiters();
         }
     });
 }
 
-/// Writes the markers, then Complete*. `true` once it has released the id
-/// (after which the id may be completing a later transaction, whose flag
-/// must not be touched).
-async fn complete(broker: &Arc<Broker>, shard: &Arc<Shard>, id: &str) -> bool {
+/// A Prepare* record queued but perhaps not committed yet.
+#[derive(Clone)]
+struct Prepared {
+    fate: Arc<Fate>,
+    committed: futures::future::Shared<BoxFuture<'static, Result<(), ErrorCode>>>,
+}
+
+/// A marker queued on a partition this broker owns.
+struct QueuedMarker {
+    topic: String,
+    open: Arc<OpenPartition>,
+    placed: PlacedMarker,
+}
+
+/// Writes the markers, then Complete*. Markers of partitions this broker
+/// owns are queued at once (behind `prepared` when it is not committed
+/// yet) and Complete* right behind them, committing only if they do; the
+/// others are sent once Prepare* has committed and Complete* waits for
+/// them. `true` once it has released the id (after which the id may be
+/// completing a later transaction, whose flag must not be touched).
+async fn complete(
+    broker: &Arc<Broker>,
+    shard: &Arc<Shard>,
+    id: &str,
+    prepared: Option<Prepared>,
+) -> bool {
     let meta = {
         let inner = shard.inner.lock().await;
         match inner.txns.get(id) {
@@ -737,20 +807,37 @@ async fn complete(broker: &Arc<Broker>, shard: &Arc<Shard>, id: &str) -> bool {
     };
     let commit = meta.state == TxnState::PrepareCommit;
     let started = tokio::time::Instant::now();
-    let writes = meta.partitions.iter().map(|(topic, partition)| {
-        write_marker_until_done(
-            broker,
-            shard,
-            topic,
-            *partition,
-            meta.producer_id,
-            meta.epoch,
-            commit,
-        )
-    });
-    let done = futures::future::join_all(writes).await;
-    if done.iter().any(|ok| !ok) {
-        return false; // the shard closed; its new owner finishes the transaction
+    let after: Vec<Arc<Fate>> = prepared.iter().map(|p| p.fate.clone()).collect();
+    let mut queued = Vec::new();
+    let mut rest = Vec::new();
+    for (topic, partition) in &meta.partitions {
+        match queue_local_marker(broker, shard, topic, *partition, &meta, &after).await {
+            LocalMarker::Queued(q) => queued.push(q),
+            LocalMarker::Done => {}
+            LocalMarker::NotHere => rest.push((topic.clone(), *partition)),
+        }
+    }
+    if !rest.is_empty() {
+        if let Some(p) = &prepared {
+            if p.committed.clone().await.is_err() {
+                return false; // the shard is failed and reloads
+            }
+        }
+        let writes = rest.iter().map(|(topic, partition)| {
+            write_marker_until_done(
+                broker,
+                shard,
+                topic,
+                *partition,
+                meta.producer_id,
+                meta.epoch,
+                commit,
+            )
+        });
+        let done = futures::future::join_all(writes).await;
+        if done.iter().any(|ok| !ok) {
+            return false; // the shard closed; its new owner finishes the transaction
+        }
     }
     let mut inner = shard.inner.lock().await;
     if serving(shard, &inner).is_err() || inner.txns.get(id) != Some(&meta) {
@@ -761,11 +848,12 @@ async fn complete(broker: &Arc<Broker>, shard: &Arc<Shard>, id: &str) -> bool {
     // Complete* only records that the markers are written, so the id is
     // free once the record is in the partition's queue, before it commits:
     // any later record of the id follows it in the same stream and cannot
-    // commit without it. If it is lost, the log still ends at Prepare*
-    // and whoever loads it writes the same markers again, which changes
-    // nothing.
-    let acks = match shard.append(id, Some(&next), now).await {
-        Ok(acks) => acks,
+    // commit without it, and it cannot commit without the markers. If it
+    // is lost, the shard reloads, the log still ends at Prepare* and the
+    // same markers are written again, which changes nothing.
+    let after = queued.iter().map(|q| q.placed.fate.clone()).collect();
+    let acks = match shard.append(id, Some(&next), now, after).await {
+        Ok((acks, _)) => acks,
         Err(code) => {
             debug!(transactional_id = id, ?code, "writing Complete* failed");
             return false; // still Prepare*: the ticker finishes it again
@@ -775,6 +863,17 @@ async fn complete(broker: &Arc<Broker>, shard: &Arc<Shard>, id: &str) -> bool {
     inner.completing.remove(id);
     drop(inner);
     shard.settled.notify_waiters();
+    for q in queued {
+        let _ = marker_committed(
+            broker,
+            &q.open,
+            &q.topic,
+            meta.producer_id,
+            commit,
+            q.placed,
+        )
+        .await;
+    }
     metrics::histogram!("oxbow_txn_markers_seconds").record(started.elapsed().as_secs_f64());
     match wait_acks(acks).await {
         Ok(()) => metrics::counter!(
@@ -782,9 +881,67 @@ async fn complete(broker: &Arc<Broker>, shard: &Arc<Shard>, id: &str) -> bool {
             "result" => if commit { "commit" } else { "abort" }
         )
         .increment(1),
-        Err(code) => debug!(transactional_id = id, ?code, "Complete* did not commit"),
+        Err(code) => {
+            debug!(transactional_id = id, ?code, "Complete* did not commit");
+            shard.fail().await;
+        }
     }
     true
+}
+
+enum LocalMarker {
+    Queued(QueuedMarker),
+    /// Nothing to write: the topic is gone, or a newer epoch or
+    /// coordinator already wrote past this one.
+    Done,
+    /// Owned elsewhere, or not writable here now: sent the slow way.
+    NotHere,
+}
+
+/// Queues `meta`'s marker on `topic`/`partition` when this broker owns it.
+async fn queue_local_marker(
+    broker: &Arc<Broker>,
+    shard: &Shard,
+    topic: &str,
+    partition: i32,
+    meta: &TxnMeta,
+    after: &[Arc<Fate>],
+) -> LocalMarker {
+    let Some((owner, stream, _)) = broker.owner_address(topic, partition) else {
+        let exists = broker
+            .metadata
+            .read(|img| img.stream_of(topic, partition).is_some());
+        return if exists {
+            LocalMarker::NotHere
+        } else {
+            LocalMarker::Done
+        };
+    };
+    if owner != broker.id {
+        return LocalMarker::NotHere;
+    }
+    let commit = meta.state == TxnState::PrepareCommit;
+    match queue_marker(
+        broker,
+        stream,
+        meta.producer_id,
+        meta.epoch,
+        commit,
+        shard.coordinator_epoch,
+        after,
+    )
+    .await
+    {
+        Ok((open, placed)) => LocalMarker::Queued(QueuedMarker {
+            topic: topic.to_string(),
+            open,
+            placed,
+        }),
+        Err(ErrorCode::InvalidProducerEpoch | ErrorCode::TransactionCoordinatorFenced) => {
+            LocalMarker::Done
+        }
+        Err(_) => LocalMarker::NotHere,
+    }
 }
 
 /// Writes one marker, retrying while the partition is unavailable. `false`
@@ -922,7 +1079,6 @@ pub async fn verify_in_txn(
 /// Appends a marker to a partition this broker owns and waits for its
 /// commit; a committed marker on `__consumer_offsets` completes the
 /// producer's pending offset commits there.
-#[allow(clippy::too_many_arguments)]
 pub async fn write_marker(
     broker: &Arc<Broker>,
     stream: proto::StreamId,
@@ -932,8 +1088,37 @@ pub async fn write_marker(
     commit: bool,
     coordinator_epoch: i32,
 ) -> ErrorCode {
+    match queue_marker(
+        broker,
+        stream,
+        producer_id,
+        epoch,
+        commit,
+        coordinator_epoch,
+        &[],
+    )
+    .await
+    {
+        Ok((open, placed)) => {
+            marker_committed(broker, &open, topic, producer_id, commit, placed).await
+        }
+        Err(code) => code,
+    }
+}
+
+/// Queues a marker on a partition this broker owns, to commit only after
+/// `after`.
+async fn queue_marker(
+    broker: &Arc<Broker>,
+    stream: proto::StreamId,
+    producer_id: i64,
+    epoch: i16,
+    commit: bool,
+    coordinator_epoch: i32,
+    after: &[Arc<Fate>],
+) -> Result<(Arc<OpenPartition>, PlacedMarker), ErrorCode> {
     let Some(open) = broker.partition(stream) else {
-        return ErrorCode::NotLeaderOrFollower;
+        return Err(ErrorCode::NotLeaderOrFollower);
     };
     let reply = open
         .actor
@@ -943,16 +1128,26 @@ pub async fn write_marker(
             commit,
             coordinator_epoch,
             timestamp_ms: broker.seams.clock.now_ms(),
+            after: after.to_vec(),
         })
         .await;
-    let rx = match reply {
-        Ok(r) => match r.0 {
-            Ok(rx) => rx,
-            Err(code) => return code,
-        },
-        Err(_) => return ErrorCode::NotLeaderOrFollower,
-    };
-    match rx.await {
+    match reply {
+        Ok(r) => r.0.map(|placed| (open, placed)),
+        Err(_) => Err(ErrorCode::NotLeaderOrFollower),
+    }
+}
+
+/// Waits for a queued marker's commit; on `__consumer_offsets` it then
+/// completes the producer's pending offset commits.
+async fn marker_committed(
+    broker: &Arc<Broker>,
+    open: &Arc<OpenPartition>,
+    topic: &str,
+    producer_id: i64,
+    commit: bool,
+    placed: PlacedMarker,
+) -> ErrorCode {
+    match placed.ack.await {
         Ok(AckOutcome::Committed) => {}
         Ok(AckOutcome::Fenced) => return ErrorCode::NotLeaderOrFollower,
         Ok(AckOutcome::Failed) | Err(_) => return ErrorCode::KafkaStorageError,
@@ -961,7 +1156,7 @@ pub async fn write_marker(
     if topic == OFFSETS_TOPIC {
         broker
             .groups
-            .txn_completed(&open, producer_id, commit)
+            .txn_completed(open, producer_id, commit, placed.offset)
             .await;
     }
     ErrorCode::None
