@@ -17,7 +17,7 @@ use crate::broker::Broker;
 use crate::errors::ErrorCode;
 use crate::partition::{Append, AppendStatus, BeginVerification, IncomingBatch};
 use crate::storage::batch;
-use crate::storage::writer::AckOutcome;
+use crate::storage::writer::{AckOutcome, Fate};
 
 enum Pending {
     Done(PartitionProduceResponse),
@@ -177,7 +177,7 @@ async fn append_partition(
     let append_time = log_append_time.then(|| broker.seams.clock.now_ms());
     let mut incoming = Vec::with_capacity(batches.len());
     let mut guard = None;
-    let after = Vec::new();
+    let mut after = Vec::new();
     for bytes in batches {
         let bytes = match append_time {
             Some(now) if batch::validate(&bytes).is_ok() => {
@@ -214,11 +214,12 @@ async fn append_partition(
                 else {
                     return refuse(ErrorCode::NotLeaderOrFollower);
                 };
-                let code = verify(broker, txn_id, &header, topic, index, version).await;
+                let (code, follows) = verify(broker, txn_id, &header, topic, index, version).await;
                 if code != ErrorCode::None {
                     return refuse(code);
                 }
                 guard = Some(g.0);
+                after.extend(follows);
             }
         }
         if header.producer_id >= 0 && header.base_sequence < 0 {
@@ -273,6 +274,8 @@ async fn append_partition(
 /// taken only if its coordinator says the partition is in the producer's
 /// open transaction, so a late or zombie write cannot open a transaction
 /// that no marker will ever end. Errors map as Kafka's `ReplicaManager`.
+/// With NONE, the coordinator's record the batch must follow, when it has
+/// not committed yet.
 async fn verify(
     broker: &Arc<Broker>,
     txn_id: &str,
@@ -280,18 +283,18 @@ async fn verify(
     topic: &str,
     partition: i32,
     version: i16,
-) -> ErrorCode {
-    let code = crate::txn::coordinator::verify_in_txn(
+) -> (ErrorCode, Option<Arc<Fate>>) {
+    let (code, after) = crate::txn::coordinator::verify_in_txn(
         broker,
         txn_id,
         header.producer_id,
         header.producer_epoch,
-        topic,
-        partition,
+        (topic, partition),
+        true,
     )
     .await;
-    match code {
-        ErrorCode::None => ErrorCode::None,
+    let code = match code {
+        ErrorCode::None => return (ErrorCode::None, after),
         ErrorCode::ProducerFenced | ErrorCode::InvalidProducerEpoch => {
             ErrorCode::InvalidProducerEpoch
         }
@@ -304,7 +307,8 @@ async fn verify(
         }
         // Coordinator moving, loading or busy: retriable for the client.
         _ => ErrorCode::NotEnoughReplicas,
-    }
+    };
+    (code, None)
 }
 
 async fn finish(p: Pending, timeout: Duration) -> PartitionProduceResponse {

@@ -360,13 +360,13 @@ async fn verify_offsets(
         .ask(BeginVerification { producer_id })
         .await
         .map_err(|_| ErrorCode::NotCoordinator)?;
-    let code = coordinator::verify_in_txn(
+    let (code, _) = coordinator::verify_in_txn(
         broker,
         txn_id,
         producer_id,
         epoch,
-        OFFSETS_TOPIC,
-        open.state.partition,
+        (OFFSETS_TOPIC, open.state.partition),
+        false,
     )
     .await;
     match code {

@@ -46,6 +46,9 @@ struct ShardInner {
     pending: HashSet<String>,
     /// Ids whose markers are being written.
     completing: HashSet<String>,
+    /// Ids whose newest record was applied when queued (AddPartitions) and
+    /// has not committed yet.
+    unconfirmed: HashMap<String, Queued>,
 }
 
 struct Shard {
@@ -265,7 +268,7 @@ impl Shard {
         let completes = inner.completing.insert(id.to_string());
         drop(inner);
         if completes {
-            let prepared = Prepared {
+            let prepared = Queued {
                 fate,
                 committed: committed.clone(),
             };
@@ -284,6 +287,46 @@ impl Shard {
         self.inner.lock().await.pending.remove(id);
         self.settled.notify_waiters();
         result
+    }
+
+    /// Writes `meta` (an AddPartitions) for `id` and applies it at once,
+    /// returning once it is queued: whatever relies on it before it commits
+    /// must follow it (a produce verified against it is queued to commit
+    /// only if it does; a verification for another broker waits for the
+    /// commit). If it does not commit, the shard fails and reloads.
+    async fn write_queued(
+        self: &Arc<Self>,
+        mut inner: MutexGuard<'_, ShardInner>,
+        id: &str,
+        meta: TxnMeta,
+        wall_ms: i64,
+    ) -> Result<(), ErrorCode> {
+        let (acks, fate) = self.append(id, Some(&meta), wall_ms, Vec::new()).await?;
+        let committed = wait_acks(acks).boxed().shared();
+        inner.txns.insert(id.to_string(), meta);
+        inner.unconfirmed.insert(
+            id.to_string(),
+            Queued {
+                fate: fate.clone(),
+                committed: committed.clone(),
+            },
+        );
+        drop(inner);
+        let (shard, id) = (self.clone(), id.to_string());
+        tokio::spawn(async move {
+            if committed.await.is_err() {
+                shard.fail().await;
+            }
+            let mut inner = shard.inner.lock().await;
+            if inner
+                .unconfirmed
+                .get(&id)
+                .is_some_and(|q| Arc::ptr_eq(&q.fate, &fate))
+            {
+                inner.unconfirmed.remove(&id);
+            }
+        });
+        Ok(())
     }
 
     /// A record applied when queued did not commit: what this shard holds
@@ -362,6 +405,7 @@ impl TxnCoordinator {
                 txns: HashMap::new(),
                 pending: HashSet::new(),
                 completing: HashSet::new(),
+                unconfirmed: HashMap::new(),
             }),
             closed: AtomicBool::new(false),
             settled: Notify::new(),
@@ -550,7 +594,7 @@ impl TxnCoordinator {
             version,
         ) {
             Step::Reply(code) => code,
-            Step::Write(m) => match shard.write(inner, id, m, now).await {
+            Step::Write(m) => match shard.write_queued(inner, id, m, now).await {
                 Ok(()) => ErrorCode::None,
                 Err(code) => code,
             },
@@ -559,8 +603,9 @@ impl TxnCoordinator {
     }
 
     /// Whether `topic`/`partition` is in the open transaction of
-    /// `producer_id` at `epoch` (KIP-890's verification): NONE, or the
-    /// error the produce should get.
+    /// `producer_id` at `epoch` (KIP-890's verification), once the record
+    /// that added it has committed: NONE, or the error the produce should
+    /// get.
     pub async fn verify(
         &self,
         broker: &Arc<Broker>,
@@ -570,15 +615,38 @@ impl TxnCoordinator {
         topic: &str,
         partition: i32,
     ) -> ErrorCode {
+        let (code, queued) = self
+            .verify_queued(broker, id, producer_id, epoch, topic, partition)
+            .await;
+        if let Some(q) = queued {
+            if q.committed.await.is_err() {
+                return ErrorCode::NotCoordinator;
+            }
+        }
+        code
+    }
+
+    /// `verify`, answered at once: with NONE, the record that added the
+    /// partition if it has not committed yet (what the produce must
+    /// follow).
+    async fn verify_queued(
+        &self,
+        broker: &Arc<Broker>,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+        topic: &str,
+        partition: i32,
+    ) -> (ErrorCode, Option<Queued>) {
         let shard = match self.shard_for(broker, id) {
             Ok(s) => s,
-            Err(code) => return code,
+            Err(code) => return (code, None),
         };
         let inner = shard.inner.lock().await;
         if let Err(code) = serving(&shard, &inner) {
-            return code;
+            return (code, None);
         }
-        match inner.txns.get(id) {
+        let code = match inner.txns.get(id) {
             Some(m) if m.producer_id == producer_id => {
                 if m.epoch > epoch {
                     ErrorCode::ProducerFenced
@@ -591,7 +659,13 @@ impl TxnCoordinator {
                 }
             }
             _ => ErrorCode::InvalidProducerIdMapping,
-        }
+        };
+        let queued = if code == ErrorCode::None {
+            inner.unconfirmed.get(id).cloned()
+        } else {
+            None
+        };
+        (code, queued)
     }
 
     /// EndTxn: answered once the Prepare* record is committed; the markers
@@ -772,9 +846,9 @@ async fn spawn_completion(broker: Arc<Broker>, shard: Arc<Shard>, id: String) {
     });
 }
 
-/// A Prepare* record queued but perhaps not committed yet.
+/// A record queued but perhaps not committed yet.
 #[derive(Clone)]
-struct Prepared {
+struct Queued {
     fate: Arc<Fate>,
     committed: futures::future::Shared<BoxFuture<'static, Result<(), ErrorCode>>>,
 }
@@ -796,7 +870,7 @@ async fn complete(
     broker: &Arc<Broker>,
     shard: &Arc<Shard>,
     id: &str,
-    prepared: Option<Prepared>,
+    prepared: Option<Queued>,
 ) -> bool {
     let meta = {
         let inner = shard.inner.lock().await;
@@ -1047,31 +1121,46 @@ async fn send_marker(
 /// KIP-890: asks `txn_id`'s coordinator (here, or through `peer`) whether
 /// `topic`/`partition` is in the open transaction of `producer_id` at
 /// `epoch`. NONE, or the coordinator's answer (NOT_COORDINATOR and the
-/// like when it cannot be asked).
+/// like when it cannot be asked). With `may_follow`, a coordinator here
+/// answers before the record that added the partition commits, giving
+/// that record's fate, which the caller's write must then follow;
+/// otherwise the answer waits for the commit.
 pub async fn verify_in_txn(
     broker: &Arc<Broker>,
     txn_id: &str,
     producer_id: i64,
     epoch: i16,
-    topic: &str,
-    partition: i32,
-) -> ErrorCode {
+    (topic, partition): (&str, i32),
+    may_follow: bool,
+) -> (ErrorCode, Option<Arc<Fate>>) {
     let Some(p) = txn_partition(broker, txn_id) else {
-        return ErrorCode::CoordinatorNotAvailable;
+        return (ErrorCode::CoordinatorNotAvailable, None);
     };
     match broker.owner_address(TXN_TOPIC, p) {
-        None => ErrorCode::CoordinatorNotAvailable,
+        None => (ErrorCode::CoordinatorNotAvailable, None),
+        Some((owner, _, _)) if owner == broker.id && may_follow => {
+            let (code, queued) = broker
+                .txns
+                .verify_queued(broker, txn_id, producer_id, epoch, topic, partition)
+                .await;
+            let fate = queued
+                .map(|q| q.fate)
+                .filter(|f| f.outcome() != Some(AckOutcome::Committed));
+            (code, fate)
+        }
         Some((owner, _, _)) if owner == broker.id => {
-            broker
+            let code = broker
                 .txns
                 .verify(broker, txn_id, producer_id, epoch, topic, partition)
-                .await
+                .await;
+            (code, None)
         }
         Some((_, _, addr)) => {
-            broker
+            let code = broker
                 .peers
                 .verify_txn_partition(&addr, txn_id, producer_id, epoch, topic, partition)
-                .await
+                .await;
+            (code, None)
         }
     }
 }
