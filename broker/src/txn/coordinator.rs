@@ -261,24 +261,13 @@ impl Shard {
         meta: TxnMeta,
         wall_ms: i64,
     ) -> Result<(), ErrorCode> {
-        let (acks, fate) = self.append(id, Some(&meta), wall_ms, Vec::new()).await?;
-        let committed = wait_acks(acks).boxed().shared();
+        let queued = self.apply_queued(&mut inner, id, meta, wall_ms).await?;
         inner.pending.insert(id.to_string());
-        inner.txns.insert(id.to_string(), meta);
         let completes = inner.completing.insert(id.to_string());
         drop(inner);
+        let committed = queued.committed.clone();
         if completes {
-            let prepared = Queued {
-                fate,
-                committed: committed.clone(),
-            };
-            let (broker, shard, id) = (broker.clone(), self.clone(), id.to_string());
-            tokio::spawn(async move {
-                if !complete(&broker, &shard, &id, Some(prepared)).await {
-                    shard.inner.lock().await.completing.remove(&id);
-                    shard.settled.notify_waiters();
-                }
-            });
+            start_completion(broker.clone(), self.clone(), id.to_string(), Some(queued));
         }
         let result = committed.await;
         if result.is_err() {
@@ -301,16 +290,9 @@ impl Shard {
         meta: TxnMeta,
         wall_ms: i64,
     ) -> Result<(), ErrorCode> {
-        let (acks, fate) = self.append(id, Some(&meta), wall_ms, Vec::new()).await?;
-        let committed = wait_acks(acks).boxed().shared();
-        inner.txns.insert(id.to_string(), meta);
-        inner.unconfirmed.insert(
-            id.to_string(),
-            Queued {
-                fate: fate.clone(),
-                committed: committed.clone(),
-            },
-        );
+        let queued = self.apply_queued(&mut inner, id, meta, wall_ms).await?;
+        let (fate, committed) = (queued.fate.clone(), queued.committed.clone());
+        inner.unconfirmed.insert(id.to_string(), queued);
         drop(inner);
         let (shard, id) = (self.clone(), id.to_string());
         tokio::spawn(async move {
@@ -327,6 +309,22 @@ impl Shard {
             }
         });
         Ok(())
+    }
+
+    /// Hands `meta` for `id` to the partition and applies it at once.
+    async fn apply_queued(
+        &self,
+        inner: &mut ShardInner,
+        id: &str,
+        meta: TxnMeta,
+        wall_ms: i64,
+    ) -> Result<Queued, ErrorCode> {
+        let (acks, fate) = self.append(id, Some(&meta), wall_ms, Vec::new()).await?;
+        inner.txns.insert(id.to_string(), meta);
+        Ok(Queued {
+            fate,
+            committed: wait_acks(acks).boxed().shared(),
+        })
     }
 
     /// A record applied when queued did not commit: what this shard holds
@@ -838,8 +836,14 @@ async fn spawn_completion(broker: Arc<Broker>, shard: Arc<Shard>, id: String) {
             return;
         }
     }
+    start_completion(broker, shard, id, None);
+}
+
+/// Runs `complete` for an id just marked completing; clears the mark if
+/// it did not release the id.
+fn start_completion(broker: Arc<Broker>, shard: Arc<Shard>, id: String, prepared: Option<Queued>) {
     tokio::spawn(async move {
-        if !complete(&broker, &shard, &id, None).await {
+        if !complete(&broker, &shard, &id, prepared).await {
             shard.inner.lock().await.completing.remove(&id);
             shard.settled.notify_waiters();
         }
