@@ -1151,6 +1151,12 @@ impl GroupSet {
                 else {
                     return out;
                 };
+                // Its session may have run out while it waited (a member
+                // awaiting an answer does not expire): it starts again now,
+                // as Kafka schedules the next heartbeat expiration on
+                // answering, or a member that never comes back stays for
+                // good.
+                group.reschedule_heartbeat(&member_id, now, None);
                 let resp = match result {
                     Err(code) => JoinResponse {
                         generation_id: group.generation,
