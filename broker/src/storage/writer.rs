@@ -691,6 +691,10 @@ async fn commit_with_retries(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::future::BoxFuture;
+    use object_store::memory::InMemory;
+    use proto::rpc::{MetadataDeltas, WriteOutcome};
+    use std::sync::Mutex;
 
     // The simulation (seed 183) found the commit loop panicking with
     // "JoinHandle polled after completion": a queued object whose upload
@@ -706,15 +710,6 @@ mod tests {
         assert!(stored.succeeded().await);
         assert!(stored.succeeded().await);
     }
-}
-
-#[cfg(test)]
-mod ordering_tests {
-    use super::*;
-    use futures::future::BoxFuture;
-    use object_store::memory::InMemory;
-    use proto::rpc::{MetadataDeltas, WriteOutcome};
-    use std::sync::Mutex;
 
     /// Refuses every range of `fenced` as fenced, accepts the others, and
     /// keeps the streams of each object of each commit.

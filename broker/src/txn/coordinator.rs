@@ -1,8 +1,11 @@
 //! The async shell around `txn::decide_*`: one shard per
 //! `__transaction_state` partition this broker owns, loaded from the log
 //! when the partition opens; every transition appended through the
-//! partition actor and applied once committed; markers written to the
-//! transaction's partitions after a Prepare* commits; a ticker that aborts
+//! partition actor and applied once committed (InitProducerId, tombstones)
+//! or once queued (AddPartitions, Prepare*, Complete*: whatever relies on
+//! them is queued to commit only if they do, and a shard whose such record
+//! fails reloads); markers queued right behind Prepare* on partitions this
+//! broker owns, sent elsewhere once it commits; a ticker that aborts
 //! timed-out transactions and finishes any Prepare* left unfinished.
 
 use std::collections::{HashMap, HashSet};
@@ -967,10 +970,19 @@ async fn complete(
     true
 }
 
+/// A marker refused because a newer epoch or coordinator already wrote
+/// past this one: nothing left to write.
+fn written_past(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::InvalidProducerEpoch | ErrorCode::TransactionCoordinatorFenced
+    )
+}
+
 enum LocalMarker {
     Queued(QueuedMarker),
-    /// Nothing to write: the topic is gone, or a newer epoch or
-    /// coordinator already wrote past this one.
+    /// Nothing to write: a newer epoch or coordinator already wrote past
+    /// this one.
     Done,
     /// Owned elsewhere, or not writable here now: sent the slow way.
     NotHere,
@@ -985,15 +997,9 @@ async fn queue_local_marker(
     meta: &TxnMeta,
     after: &[Arc<Fate>],
 ) -> LocalMarker {
+    // Owned elsewhere, unowned or deleted: `write_marker_until_done` decides.
     let Some((owner, stream, _)) = broker.owner_address(topic, partition) else {
-        let exists = broker
-            .metadata
-            .read(|img| img.stream_of(topic, partition).is_some());
-        return if exists {
-            LocalMarker::NotHere
-        } else {
-            LocalMarker::Done
-        };
+        return LocalMarker::NotHere;
     };
     if owner != broker.id {
         return LocalMarker::NotHere;
@@ -1015,9 +1021,7 @@ async fn queue_local_marker(
             open,
             placed,
         }),
-        Err(ErrorCode::InvalidProducerEpoch | ErrorCode::TransactionCoordinatorFenced) => {
-            LocalMarker::Done
-        }
+        Err(code) if written_past(code) => LocalMarker::Done,
         Err(_) => LocalMarker::NotHere,
     }
 }
@@ -1058,10 +1062,7 @@ async fn write_marker_until_done(
         .await;
         match code {
             ErrorCode::None => return true,
-            // A newer epoch or coordinator already wrote past this one.
-            ErrorCode::InvalidProducerEpoch | ErrorCode::TransactionCoordinatorFenced => {
-                return true
-            }
+            code if written_past(code) => return true,
             code => {
                 attempts += 1;
                 if attempts.is_multiple_of(50) {

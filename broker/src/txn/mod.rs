@@ -4,15 +4,17 @@
 //!
 //! A transactional id belongs to partition `abs(hashCode(id)) % partitions`
 //! of that topic, and the broker owning the partition coordinates it, so
-//! coordinators move and fail over like partitions (as groups do). A
-//! transition (InitProducerId, AddPartitionsToTxn, EndTxn, a timeout) takes
-//! effect only once its record is committed; meanwhile other requests for
-//! the id wait for it (up to 1 s, then CONCURRENT_TRANSACTIONS). EndTxn is
-//! answered once its Prepare* record commits; the coordinator then writes a
-//! marker to every partition of the transaction (locally, or through `peer`
-//! to the owning broker) and records Complete* once every marker is
-//! committed (the id is free once that record is queued). A new owner
-//! finishes any Prepare* it loads. Ids idle past
+//! coordinators move and fail over like partitions (as groups do).
+//! InitProducerId takes effect once its record is committed (meanwhile other
+//! requests for the id wait for it, up to 1 s, then
+//! CONCURRENT_TRANSACTIONS); AddPartitionsToTxn, Prepare* and Complete*
+//! take effect once queued, and what relies on them is queued to commit
+//! only if they do (the writer's ordered commit). EndTxn is answered once
+//! its Prepare* record commits; the markers of partitions this broker owns
+//! and then Complete* are queued right behind it, markers for other
+//! brokers' partitions go through `peer` once it commits, and the id is
+//! free once Complete* is queued. A new owner finishes any Prepare* it
+//! loads. Ids idle past
 //! `transactional.id.expiration.ms` are tombstoned.
 //!
 //! `decide` is pure (unit-tested against Kafka's rules); `coordinator` is
